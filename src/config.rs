@@ -1,0 +1,170 @@
+//! Typed settings from command-line flags, each with an environment fallback.
+//!
+//! There are no config files: `permitd --help` lists every knob, and the
+//! README's configuration table mirrors it. The store is chosen here, as an
+//! enum, from whether a Redis URL is given.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::semaphore::{Ttl, WaitTime};
+use crate::store::redis::RedisSettings;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "permitd", version, about = "A distributed counting semaphore served over HTTP")]
+pub struct Settings {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "PERMITD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Redis to keep semaphores in, e.g. redis://:password@host:6379/0. Without
+    /// it permitd uses its embedded store, which is not shared between instances.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key permitd writes, so several deployments can
+    /// share one Redis.
+    #[arg(long, env = "PERMITD_KEY_PREFIX", default_value = "permitd:")]
+    pub key_prefix: String,
+
+    /// Lease length of a permit whose acquire gives no ttl_ms.
+    #[arg(long, env = "PERMITD_DEFAULT_TTL_MS", default_value_t = 30_000)]
+    pub default_ttl_ms: u64,
+
+    /// Longest lease a client may ask for (ttl_ms on acquire and refresh).
+    #[arg(long, env = "PERMITD_MAX_TTL_MS", default_value_t = 3_600_000)]
+    pub max_ttl_ms: u64,
+
+    /// Longest an acquire may wait for capacity (wait_ms).
+    #[arg(long, env = "PERMITD_MAX_WAIT_MS", default_value_t = 60_000)]
+    pub max_wait_ms: u64,
+
+    /// Most Redis connections one instance keeps open.
+    #[arg(long, env = "PERMITD_REDIS_POOL_SIZE", default_value_t = 16)]
+    pub redis_pool_size: usize,
+
+    /// Bound on opening one Redis connection.
+    #[arg(long, env = "PERMITD_REDIS_CONNECT_TIMEOUT_MS", default_value_t = 1_000)]
+    pub redis_connect_timeout_ms: u64,
+
+    /// Bound on one whole store call (pool wait, connect and script): past it
+    /// the request is answered 503 instead of hanging.
+    #[arg(long, env = "PERMITD_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
+    pub redis_timeout_ms: u64,
+
+    /// Log lines as human-readable text or as JSON objects.
+    #[arg(long, env = "PERMITD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Where semaphores live.
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    /// Embedded, this process only.
+    Memory,
+    /// Redis, shared by every instance pointed at it.
+    Redis(RedisSettings),
+}
+
+/// The bounds request values are checked against, derived from settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestBounds {
+    pub default_ttl: Ttl,
+    pub max_ttl_ms: u64,
+    pub max_wait_ms: u64,
+}
+
+impl Settings {
+    /// Settings for tests and embedding: every default, a port chosen by the OS,
+    /// and the given store.
+    pub fn for_tests(redis_url: Option<String>) -> Self {
+        let mut settings = Settings::parse_from(["permitd"]);
+        settings.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        settings.redis_url = redis_url;
+        settings
+    }
+
+    pub fn store(&self) -> StoreChoice {
+        match &self.redis_url {
+            None => StoreChoice::Memory,
+            Some(url) => StoreChoice::Redis(RedisSettings {
+                url: url.clone(),
+                key_prefix: self.key_prefix.clone(),
+                pool_size: self.redis_pool_size.max(1),
+                connect_timeout: Duration::from_millis(self.redis_connect_timeout_ms),
+                timeout: Duration::from_millis(self.redis_timeout_ms),
+            }),
+        }
+    }
+
+    /// # Errors
+    /// When the default lease is outside 100 ms … the maximum lease.
+    pub fn request_bounds(&self) -> anyhow::Result<RequestBounds> {
+        let default_ttl = Ttl::new(self.default_ttl_ms, self.max_ttl_ms).map_err(|e| {
+            anyhow::anyhow!("--default-ttl-ms must fit --max-ttl-ms and be at least 100: {e}")
+        })?;
+        WaitTime::new(0, self.max_wait_ms)?;
+        Ok(RequestBounds {
+            default_ttl,
+            max_ttl_ms: self.max_ttl_ms,
+            max_wait_ms: self.max_wait_ms,
+        })
+    }
+}
+
+/// The URL with any password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+            } else {
+                url.to_owned()
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_the_password_and_keeps_the_rest() {
+        assert_eq!(
+            redact_url("redis://:s3cret@host:6379/0"),
+            "redis://:***@host:6379/0"
+        );
+        assert_eq!(
+            redact_url("redis://user:s3cret@host:6379"),
+            "redis://user:***@host:6379"
+        );
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+    }
+
+    #[test]
+    fn defaults_choose_the_memory_store() {
+        let settings = Settings::parse_from(["permitd"]);
+        assert!(matches!(settings.store(), StoreChoice::Memory));
+        assert_eq!(settings.listen.port(), 8080);
+        assert!(settings.request_bounds().is_ok());
+    }
+
+    #[test]
+    fn a_default_ttl_above_the_maximum_is_refused() {
+        let settings =
+            Settings::parse_from(["permitd", "--default-ttl-ms", "5000", "--max-ttl-ms", "1000"]);
+        assert!(settings.request_bounds().is_err());
+    }
+}

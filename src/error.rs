@@ -1,0 +1,171 @@
+//! The one error type of the HTTP layer, rendered as `application/problem+json`
+//! (RFC 9457).
+//!
+//! Every refusal a client can see is a variant here, and each variant's doc
+//! names its status. Extractor rejections (bad JSON, oversized body, bad path)
+//! are converted into it too, so no response ever falls back to axum's plain
+//! text errors. Store failures are logged with their details; the client only
+//! learns whether to retry.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use crate::store::StoreError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: a field, header or path segment is outside the contract.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404: no such semaphore, permit or route.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the path exists but not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 409: the semaphore exists with another limit.
+    #[error("semaphore exists with limit {current}")]
+    LimitConflict { current: u32 },
+    /// 413: the body is over the size limit.
+    #[error("request body is too large")]
+    PayloadTooLarge(String),
+    /// 422: an `Idempotency-Key` was reused with a different request body.
+    #[error("idempotency key reused with a different request")]
+    IdempotencyMismatch,
+    /// 429: no capacity; `Retry-After` says when a lease next runs out.
+    #[error("no permit available")]
+    NoCapacity {
+        limit: u32,
+        held: u32,
+        retry_after_secs: u64,
+    },
+    /// 503 or 500, from the store's own classification.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::LimitConflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NoCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The problem `type`: a stable identifier clients can switch on.
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "invalid-request",
+            ApiError::NotFound(_) => "not-found",
+            ApiError::MethodNotAllowed => "method-not-allowed",
+            ApiError::LimitConflict { .. } => "limit-conflict",
+            ApiError::PayloadTooLarge(_) => "payload-too-large",
+            ApiError::IdempotencyMismatch => "idempotency-key-reused",
+            ApiError::NoCapacity { .. } => "no-capacity",
+            ApiError::Store(e) if e.is_transient() => "store-unavailable",
+            ApiError::Store(_) => "internal",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "Invalid request",
+            ApiError::NotFound(_) => "Not found",
+            ApiError::MethodNotAllowed => "Method not allowed",
+            ApiError::LimitConflict { .. } => "Semaphore exists with another limit",
+            ApiError::PayloadTooLarge(_) => "Request body too large",
+            ApiError::IdempotencyMismatch => "Idempotency key reused",
+            ApiError::NoCapacity { .. } => "No permit available",
+            ApiError::Store(e) if e.is_transient() => "Store unavailable",
+            ApiError::Store(_) => "Internal error",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ApiError::BadRequest(d) | ApiError::NotFound(d) | ApiError::PayloadTooLarge(d) => {
+                d.clone()
+            }
+            ApiError::MethodNotAllowed => "this path does not accept that method".into(),
+            ApiError::LimitConflict { current } => format!(
+                "the semaphore exists with limit {current}; acquire without a limit, or with \
+                 limit {current}, or change it with PUT"
+            ),
+            ApiError::IdempotencyMismatch => "this Idempotency-Key names a live permit that was \
+                 acquired with a different request body"
+                .into(),
+            ApiError::NoCapacity { limit, held, .. } => {
+                format!("{held} of {limit} units are held; not enough are free")
+            }
+            ApiError::Store(e) if e.is_transient() => {
+                "the semaphore store cannot be reached right now; retry shortly".into()
+            }
+            ApiError::Store(_) => "the server failed to handle this request".into(),
+        }
+    }
+
+    fn extensions(&self) -> Map<String, Value> {
+        let mut extra = Map::new();
+        match self {
+            ApiError::LimitConflict { current } => {
+                extra.insert("limit".into(), json!(current));
+            }
+            ApiError::NoCapacity { limit, held, .. } => {
+                extra.insert("limit".into(), json!(limit));
+                extra.insert("held".into(), json!(held));
+                extra.insert("available".into(), json!(limit.saturating_sub(*held)));
+            }
+            _ => {}
+        }
+        extra
+    }
+
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ApiError::NoCapacity {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            ApiError::Store(e) if e.is_transient() => Some(1),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Store(e) = &self {
+            // The only place store details appear: logs, never the client.
+            if e.is_transient() {
+                tracing::warn!(error = %e, "store unavailable");
+            } else {
+                tracing::error!(error = %e, "store failed");
+            }
+        }
+        let mut body = self.extensions();
+        body.insert(
+            "type".into(),
+            json!(format!("urn:permitd:problem:{}", self.kind())),
+        );
+        body.insert("title".into(), json!(self.title()));
+        body.insert("status".into(), json!(status.as_u16()));
+        body.insert("detail".into(), json!(self.detail()));
+        let mut response = (status, Value::Object(body).to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = self.retry_after_secs() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

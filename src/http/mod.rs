@@ -1,0 +1,59 @@
+//! The HTTP API: routes, shared state, and the layers around them.
+//!
+//! `router(state)` is a plain function so tests can drive it without a socket.
+//! Handlers live one file per resource; `models` holds the JSON shapes and
+//! `extract` the extractors whose rejections are problem+json.
+
+mod extract;
+mod health;
+mod models;
+mod permits;
+mod semaphores;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use tower_http::trace::TraceLayer;
+
+use crate::config::RequestBounds;
+use crate::error::ApiError;
+use crate::store::SemaphoreStore;
+
+/// Request bodies above this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn SemaphoreStore>,
+    pub bounds: RequestBounds,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/semaphores/{name}",
+            get(semaphores::get_semaphore)
+                .put(semaphores::put_semaphore)
+                .delete(semaphores::delete_semaphore),
+        )
+        .route(
+            "/semaphores/{name}/permits",
+            axum::routing::post(permits::acquire_permit),
+        )
+        .route(
+            "/semaphores/{name}/permits/{id}",
+            get(permits::get_permit)
+                .patch(permits::refresh_permit)
+                .delete(permits::release_permit),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,23 @@
+//! permitd: a distributed counting semaphore served over HTTP.
+//!
+//! A client asks for a permit before some work and hands it back after; at most
+//! `limit` units of a semaphore are held at once, across every process and
+//! machine that asks. Permits are leases, so a crashed holder never leaks
+//! capacity, and each carries a fencing token.
+//!
+//! A tour, top-down:
+//! - [`config`]: flags and environment, and the choice of store;
+//! - [`startup`]: `Application::build` and `run_until_stopped`;
+//! - [`http`]: routes and handlers, turning JSON into domain values;
+//! - [`error`]: the one error type, rendered as problem+json;
+//! - [`semaphore`]: validated domain values and acquire outcomes;
+//! - [`store`]: the `SemaphoreStore` trait, with the embedded memory store and
+//!   the Redis store (Lua scripts in `store/scripts/`).
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod semaphore;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

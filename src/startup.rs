@@ -1,0 +1,93 @@
+//! Building and running the application: the store, the router, the listener.
+//!
+//! `Application::build` binds the socket (port 0 works, for tests) and returns
+//! before serving, so callers learn the port first; `run_until_stopped` serves
+//! until the shutdown future they pass completes, then drains in-flight
+//! requests.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::{Settings, StoreChoice, redact_url};
+use crate::http::{AppState, router};
+use crate::store::SemaphoreStore;
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// # Errors
+    /// When settings are inconsistent, the Redis URL is malformed, or the
+    /// address cannot be bound. An unreachable Redis is not an error: it is
+    /// logged, `/readyz` reports it, and requests get 503 until it answers.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let bounds = settings.request_bounds()?;
+        let store = build_store(settings).await?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        Ok(Self {
+            listener,
+            state: AppState { store, bounds },
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets
+    /// in-flight requests finish.
+    ///
+    /// # Errors
+    /// When the server fails to accept connections.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        tracing::info!(address = %self.local_addr(), store = self.state.store.kind(), "permitd listening");
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+async fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn SemaphoreStore>> {
+    match settings.store() {
+        StoreChoice::Memory => {
+            tracing::warn!(
+                "no Redis configured: using the embedded memory store, which is NOT shared \
+                 between permitd instances and is lost on restart (set REDIS_URL to share)"
+            );
+            Ok(Arc::new(MemoryStore::new()))
+        }
+        StoreChoice::Redis(redis) => {
+            let shown = redact_url(&redis.url);
+            let store = RedisStore::new(&redis).map_err(|e| anyhow::anyhow!("{e}"))?;
+            // The seed's "check the Redis connection at start", without making a
+            // Redis outage at deploy time a crash loop.
+            match store.ping().await {
+                Ok(()) => tracing::info!(redis = %shown, "connected to Redis"),
+                Err(e) => tracing::warn!(
+                    redis = %shown, error = %e,
+                    "Redis is not answering yet; requests get 503 until it does"
+                ),
+            }
+            Ok(Arc::new(store))
+        }
+    }
+}

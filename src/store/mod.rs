@@ -1,0 +1,124 @@
+//! The `SemaphoreStore` trait: the one narrow interface between the HTTP layer
+//! and where permits live, plus `StoreError`.
+//!
+//! Two implementations share these semantics, and one contract suite
+//! (`tests/contract.rs`) checks both:
+//! - [`memory::MemoryStore`]: embedded, one process, for `cargo run` and tests;
+//! - [`redis::RedisStore`]: Redis, shared by every permitd instance.
+//!
+//! Semantics every implementation keeps:
+//! - **Atomic steps.** Each method is one atomic step against the state of one
+//!   semaphore (one Lua script on Redis, one critical section in memory).
+//! - **One clock.** Leases are judged by the store's clock (Redis `TIME`), never
+//!   by a permitd instance's or a client's clock.
+//! - **Leases.** A permit is live while `now < expires_at`. An expired permit is
+//!   gone: it frees its units, every method treats it as unknown, and refresh
+//!   never brings it back.
+//! - **Fencing tokens** strictly increase across all permits of a name, also when
+//!   the semaphore is deleted and created again: a new semaphore's counter starts
+//!   at the store clock in microseconds, which is ahead of any counter an earlier
+//!   semaphore of that name could have reached (that would need more than one
+//!   permit per microsecond for its whole life).
+//! - **Ids are capabilities.** A permit id is only ever returned by the acquire
+//!   that created it (or its idempotent replay).
+
+pub mod memory;
+pub mod redis;
+
+use async_trait::async_trait;
+
+use crate::semaphore::{
+    AcquireOutcome, AcquireRequest, Permit, PermitId, SemaphoreName, SemaphoreStatus,
+    SetLimitOutcome, Limit, Ttl,
+};
+
+/// A failure of the store itself, never of the request. Details are for logs;
+/// clients only learn whether retrying may help.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or did not answer in time: retrying
+    /// later may succeed (HTTP 503 with `Retry-After`).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered something this version does not understand, or a
+    /// script failed: a bug or an incompatible deployment (HTTP 500).
+    #[error("store failed: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// Whether the same request may succeed if retried later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Where semaphores and permits live. See the module docs for the semantics
+/// every method keeps.
+#[async_trait]
+pub trait SemaphoreStore: Send + Sync + 'static {
+    /// A short name for logs and `/readyz`: `"redis"` or `"memory"`.
+    fn kind(&self) -> &'static str;
+
+    /// Checks that the store answers (Redis `PING`).
+    ///
+    /// # Errors
+    /// `Unavailable` when it does not answer in time.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Creates the semaphore, or changes its limit. Lowering a limit never
+    /// revokes held permits; setting the current limit changes nothing.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn set_limit(&self, name: &SemaphoreName, limit: Limit)
+    -> Result<SetLimitOutcome, StoreError>;
+
+    /// The semaphore's limit, held units and live holders, or `None` if it
+    /// does not exist. Read-only: expired permits are left out, not removed.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn status(&self, name: &SemaphoreName) -> Result<Option<SemaphoreStatus>, StoreError>;
+
+    /// Removes the semaphore with every permit and idempotency record.
+    /// Returns whether it existed.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn delete(&self, name: &SemaphoreName) -> Result<bool, StoreError>;
+
+    /// Takes `count` units, all or nothing, creating the semaphore first when
+    /// the request carries a limit and it does not exist. With an idempotency
+    /// key that already names a live permit, returns that permit unchanged.
+    ///
+    /// # Errors
+    /// Only store failures; every refusal is an `AcquireOutcome`.
+    async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, StoreError>;
+
+    /// The permit if it is live. Read-only.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn permit(&self, name: &SemaphoreName, id: PermitId)
+    -> Result<Option<Permit>, StoreError>;
+
+    /// Sets a live permit's lease to end `ttl` from now (the store's now), which
+    /// may shorten it. `None` when the permit is unknown or already expired.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn refresh(
+        &self,
+        name: &SemaphoreName,
+        id: PermitId,
+        ttl: Ttl,
+    ) -> Result<Option<Permit>, StoreError>;
+
+    /// Gives a live permit's units back. Returns whether it was live; releasing
+    /// twice is harmless and the second answer is `false`.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn release(&self, name: &SemaphoreName, id: PermitId) -> Result<bool, StoreError>;
+}

@@ -1,0 +1,353 @@
+//! The Redis store: semaphores shared by every permitd instance on one Redis.
+//!
+//! Each operation is one Lua script from `scripts/` (a shared prelude plus a
+//! body), run with EVALSHA through a deadpool connection pool. The scripts own
+//! the semantics; this file only chooses keys, passes arguments and decodes
+//! replies. Data model, per semaphore `name` under the configured prefix `p`:
+//!
+//! - `p{name}:meta`    hash: limit, held, fence
+//! - `p{name}:expiry`  sorted set: permit id scored by lease end (Redis ms)
+//! - `p{name}:permits` hash: permit id -> record
+//! - `p{name}:idem`    hash: Idempotency-Key -> permit id
+//!
+//! The `{name}` hash tag puts every key of one semaphore in one cluster slot.
+//!
+//! Every call is bounded by one deadline (`--redis-timeout-ms`): pool checkout,
+//! connecting and the script together. Past it the caller gets
+//! `StoreError::Unavailable` (HTTP 503) instead of a hanging request. Broken
+//! connections are noticed by the pool's recycle check (PING) and replaced, so
+//! the store recovers by itself when Redis comes back.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_redis::redis::{self, RetryMethod, Script, Value};
+use deadpool_redis::{Pool, PoolError, Runtime, Timeouts};
+
+use super::{SemaphoreStore, StoreError};
+use crate::semaphore::{
+    AcquireOutcome, AcquireRequest, HolderInfo, Limit, MAX_LISTED_HOLDERS, Millis, Permit,
+    PermitId, SemaphoreName, SemaphoreStatus, SetLimitOutcome, Ttl,
+};
+
+const PRELUDE: &str = include_str!("scripts/prelude.lua");
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/acquire.lua")));
+static PERMIT: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/permit.lua")));
+static REFRESH: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/refresh.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/release.lua")));
+static SET_LIMIT: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("scripts/set_limit.lua")));
+static STATUS: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/status.lua")));
+static DELETE: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/delete.lua")));
+
+/// How to reach Redis and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+    pub pool_size: usize,
+    /// Bound on establishing one new connection.
+    pub connect_timeout: Duration,
+    /// Bound on one whole store call: checkout, connect and script.
+    pub timeout: Duration,
+}
+
+pub struct RedisStore {
+    pool: Pool,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl RedisStore {
+    /// Builds the pool. No connection is made yet: an unreachable Redis at
+    /// start is reported by `ping` (and `/readyz`), not by a failed start.
+    ///
+    /// # Errors
+    /// When the URL cannot be parsed.
+    pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let mut config = deadpool_redis::Config::from_url(settings.url.clone());
+        let mut pool = deadpool_redis::PoolConfig::new(settings.pool_size);
+        pool.timeouts = Timeouts {
+            wait: Some(settings.timeout),
+            create: Some(settings.connect_timeout),
+            recycle: Some(settings.connect_timeout),
+        };
+        config.pool = Some(pool);
+        let pool = config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| StoreError::Internal(format!("bad Redis configuration: {e}")))?;
+        Ok(Self {
+            pool,
+            prefix: settings.key_prefix.clone(),
+            timeout: settings.timeout,
+        })
+    }
+
+    fn keys(&self, name: &SemaphoreName) -> [String; 4] {
+        let base = format!("{}{{{}}}", self.prefix, name.as_str());
+        [
+            format!("{base}:meta"),
+            format!("{base}:expiry"),
+            format!("{base}:permits"),
+            format!("{base}:idem"),
+        ]
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        name: &SemaphoreName,
+        args: &[&str],
+    ) -> Result<T, StoreError> {
+        let call = async {
+            let mut conn = self.pool.get().await.map_err(classify_pool)?;
+            let mut invocation = script.prepare_invoke();
+            for key in self.keys(name) {
+                invocation.key(key);
+            }
+            for arg in args {
+                invocation.arg(*arg);
+            }
+            invocation
+                .invoke_async::<T>(&mut conn)
+                .await
+                .map_err(classify)
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| StoreError::Unavailable("Redis did not answer in time".into()))?
+    }
+}
+
+fn classify(e: redis::RedisError) -> StoreError {
+    match e.retry_method() {
+        RetryMethod::NoRetry => StoreError::Internal(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn classify_pool(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => classify(e),
+        PoolError::Timeout(_) => StoreError::Unavailable("no Redis connection in time".into()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// A script's array reply, read front to back.
+struct Reply(std::vec::IntoIter<Value>);
+
+impl Reply {
+    fn new(values: Vec<Value>) -> Self {
+        Self(values.into_iter())
+    }
+
+    fn next_value(&mut self) -> Result<Value, StoreError> {
+        self.0
+            .next()
+            .ok_or_else(|| StoreError::Internal("script reply too short".into()))
+    }
+
+    fn string(&mut self) -> Result<String, StoreError> {
+        redis::from_redis_value(self.next_value()?)
+            .map_err(|e| StoreError::Internal(format!("bad script reply: {e}")))
+    }
+
+    fn int(&mut self) -> Result<i64, StoreError> {
+        redis::from_redis_value(self.next_value()?)
+            .map_err(|e| StoreError::Internal(format!("bad script reply: {e}")))
+    }
+
+    fn uint(&mut self) -> Result<u64, StoreError> {
+        u64::try_from(self.int()?).map_err(|_| StoreError::Internal("negative in reply".into()))
+    }
+
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        u32::try_from(self.int()?).map_err(|_| StoreError::Internal("out of range reply".into()))
+    }
+
+    fn holder(&mut self) -> Result<Option<String>, StoreError> {
+        let holder = self.string()?;
+        Ok((!holder.is_empty()).then_some(holder))
+    }
+
+    /// The `id, count, fence, acquired_ms, expires_ms, holder` tail.
+    fn permit(&mut self, semaphore: &SemaphoreName) -> Result<Permit, StoreError> {
+        let id = PermitId::parse(&self.string()?)
+            .map_err(|_| StoreError::Internal("bad permit id in store".into()))?;
+        Ok(Permit {
+            id,
+            semaphore: semaphore.clone(),
+            count: self.u32()?,
+            fencing_token: self.uint()?,
+            acquired_at: Millis(self.uint()?),
+            expires_at: Millis(self.uint()?),
+            holder: self.holder()?,
+        })
+    }
+}
+
+fn unexpected(tag: &str) -> StoreError {
+    StoreError::Internal(format!("unexpected script reply {tag:?}"))
+}
+
+#[async_trait]
+impl SemaphoreStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let call = async {
+            let mut conn = self.pool.get().await.map_err(classify_pool)?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map_err(classify)
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| StoreError::Unavailable("Redis did not answer in time".into()))??;
+        Ok(())
+    }
+
+    async fn set_limit(
+        &self,
+        name: &SemaphoreName,
+        limit: Limit,
+    ) -> Result<SetLimitOutcome, StoreError> {
+        let limit = limit.get().to_string();
+        let mut reply = Reply::new(self.run(&SET_LIMIT, name, &[&limit]).await?);
+        match reply.string()?.as_str() {
+            "created" => Ok(SetLimitOutcome::Created),
+            "unchanged" => Ok(SetLimitOutcome::Unchanged),
+            "changed" => Ok(SetLimitOutcome::Changed {
+                previous: reply.u32()?,
+            }),
+            tag => Err(unexpected(tag)),
+        }
+    }
+
+    async fn status(&self, name: &SemaphoreName) -> Result<Option<SemaphoreStatus>, StoreError> {
+        let max = MAX_LISTED_HOLDERS.to_string();
+        let mut reply = Reply::new(self.run(&STATUS, name, &[&max]).await?);
+        match reply.string()?.as_str() {
+            "not_found" => Ok(None),
+            "found" => {
+                let limit = reply.u32()?;
+                let held = reply.u32()?;
+                let listed = reply.uint()?;
+                let mut holders = Vec::with_capacity(listed as usize);
+                for _ in 0..listed {
+                    holders.push(HolderInfo {
+                        count: reply.u32()?,
+                        fencing_token: reply.uint()?,
+                        acquired_at: Millis(reply.uint()?),
+                        expires_at: Millis(reply.uint()?),
+                        holder: reply.holder()?,
+                    });
+                }
+                Ok(Some(SemaphoreStatus {
+                    name: name.clone(),
+                    limit,
+                    held,
+                    waiting: 0,
+                    holders,
+                }))
+            }
+            tag => Err(unexpected(tag)),
+        }
+    }
+
+    async fn delete(&self, name: &SemaphoreName) -> Result<bool, StoreError> {
+        let existed: i64 = self.run(&DELETE, name, &[]).await?;
+        Ok(existed == 1)
+    }
+
+    async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, StoreError> {
+        let limit = request
+            .limit
+            .map(|l| l.get().to_string())
+            .unwrap_or_default();
+        let count = request.count.get().to_string();
+        let ttl = request.ttl.as_millis().to_string();
+        let holder = request.holder.as_ref().map(|h| h.as_str()).unwrap_or("");
+        let key = request
+            .idempotency_key
+            .as_ref()
+            .map(|k| k.as_str())
+            .unwrap_or("");
+        let fingerprint = request.fingerprint();
+        let id = PermitId::random().to_string();
+        let args = [
+            limit.as_str(),
+            &count,
+            &ttl,
+            holder,
+            key,
+            &fingerprint,
+            &id,
+        ];
+        let mut reply = Reply::new(self.run(&ACQUIRE, &request.name, &args).await?);
+        match reply.string()?.as_str() {
+            "granted" => Ok(AcquireOutcome::Granted(reply.permit(&request.name)?)),
+            "replayed" => Ok(AcquireOutcome::Replayed(reply.permit(&request.name)?)),
+            "not_found" => Ok(AcquireOutcome::NotFound),
+            "mismatch" => Ok(AcquireOutcome::IdempotencyMismatch),
+            "conflict" => Ok(AcquireOutcome::LimitConflict {
+                current: reply.u32()?,
+            }),
+            "too_large" => Ok(AcquireOutcome::CountExceedsLimit {
+                limit: reply.u32()?,
+            }),
+            "unavailable" => Ok(AcquireOutcome::Unavailable {
+                limit: reply.u32()?,
+                held: reply.u32()?,
+                retry_after_ms: u64::try_from(reply.int()?).ok(),
+            }),
+            tag => Err(unexpected(tag)),
+        }
+    }
+
+    async fn permit(
+        &self,
+        name: &SemaphoreName,
+        id: PermitId,
+    ) -> Result<Option<Permit>, StoreError> {
+        let id = id.to_string();
+        let mut reply = Reply::new(self.run(&PERMIT, name, &[&id]).await?);
+        match reply.string()?.as_str() {
+            "gone" => Ok(None),
+            "live" => Ok(Some(reply.permit(name)?)),
+            tag => Err(unexpected(tag)),
+        }
+    }
+
+    async fn refresh(
+        &self,
+        name: &SemaphoreName,
+        id: PermitId,
+        ttl: Ttl,
+    ) -> Result<Option<Permit>, StoreError> {
+        let id = id.to_string();
+        let ttl = ttl.as_millis().to_string();
+        let mut reply = Reply::new(self.run(&REFRESH, name, &[&id, &ttl]).await?);
+        match reply.string()?.as_str() {
+            "gone" => Ok(None),
+            "live" => Ok(Some(reply.permit(name)?)),
+            tag => Err(unexpected(tag)),
+        }
+    }
+
+    async fn release(&self, name: &SemaphoreName, id: PermitId) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        let released: i64 = self.run(&RELEASE, name, &[&id]).await?;
+        Ok(released == 1)
+    }
+}

@@ -1,0 +1,21 @@
+--[[ refresh.lua: set a live permit's lease to end ttl_ms from now.
+
+ARGV[1] permit id
+ARGV[2] ttl_ms
+Returns {'gone'} or {'live', id, count, fence, acquired_ms, expires_ms, holder}.
+
+Atomic so an expired permit is swept before the refresh looks for it: a
+lease that ran out is never brought back, even by a refresh that arrives a
+millisecond late.
+]]
+if redis.call('EXISTS', meta_key) == 0 then
+  return { 'gone' }
+end
+expire()
+local record = redis.call('HGET', permits_key, ARGV[1])
+if not record then
+  return { 'gone' }
+end
+local expires = now_ms + tonumber(ARGV[2])
+redis.call('ZADD', expiry_key, 'XX', expires, ARGV[1])
+return permit_reply('live', ARGV[1], record, expires)

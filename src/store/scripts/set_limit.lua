@@ -1,0 +1,19 @@
+--[[ set_limit.lua: create the semaphore or change its limit.
+
+ARGV[1] limit
+Returns {'created'}, {'unchanged'} or {'changed', previous_limit}.
+
+Lowering a limit never touches held permits: new acquires wait until what
+is held fits. A new semaphore's fencing counter starts at the Redis clock in
+microseconds, so tokens keep increasing across a delete and re-create.
+]]
+local current = redis.call('HGET', meta_key, 'limit')
+if not current then
+  redis.call('HSET', meta_key, 'limit', ARGV[1], 'held', 0, 'fence', int(now_us))
+  return { 'created' }
+end
+if current == ARGV[1] then
+  return { 'unchanged' }
+end
+redis.call('HSET', meta_key, 'limit', ARGV[1])
+return { 'changed', tonumber(current) }
