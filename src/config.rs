@@ -13,7 +13,11 @@ use crate::semaphore::{Ttl, WaitTime};
 use crate::store::redis::RedisSettings;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "permitd", version, about = "A distributed counting semaphore served over HTTP")]
+#[command(
+    name = "permitd",
+    version,
+    about = "A distributed counting semaphore served over HTTP"
+)]
 pub struct Settings {
     /// Address to serve HTTP on.
     #[arg(long, env = "PERMITD_LISTEN", default_value = "0.0.0.0:8080")]
@@ -46,7 +50,11 @@ pub struct Settings {
     pub redis_pool_size: usize,
 
     /// Bound on opening one Redis connection.
-    #[arg(long, env = "PERMITD_REDIS_CONNECT_TIMEOUT_MS", default_value_t = 1_000)]
+    #[arg(
+        long,
+        env = "PERMITD_REDIS_CONNECT_TIMEOUT_MS",
+        default_value_t = 1_000
+    )]
     pub redis_connect_timeout_ms: u64,
 
     /// Bound on one whole store call (pool wait, connect and script): past it
@@ -163,8 +171,13 @@ mod tests {
 
     #[test]
     fn a_default_ttl_above_the_maximum_is_refused() {
-        let settings =
-            Settings::parse_from(["permitd", "--default-ttl-ms", "5000", "--max-ttl-ms", "1000"]);
+        let settings = Settings::parse_from([
+            "permitd",
+            "--default-ttl-ms",
+            "5000",
+            "--max-ttl-ms",
+            "1000",
+        ]);
         assert!(settings.request_bounds().is_err());
     }
 }

@@ -93,7 +93,10 @@ async fn granted(app: &TestApp, name: &str, body: Value) -> Value {
     let permit: Value = response.json().await.unwrap();
     assert_eq!(
         location,
-        format!("/semaphores/{name}/permits/{}", permit["id"].as_str().unwrap())
+        format!(
+            "/semaphores/{name}/permits/{}",
+            permit["id"].as_str().unwrap()
+        )
     );
     permit
 }
@@ -127,7 +130,10 @@ async fn acquire_grants_until_the_limit_then_returns_429(app: &TestApp) {
     assert_eq!(problem["available"], 0);
 
     let status = app.status("api").await;
-    assert_eq!((status["held"].as_u64(), status["available"].as_u64()), (Some(2), Some(0)));
+    assert_eq!(
+        (status["held"].as_u64(), status["available"].as_u64()),
+        (Some(2), Some(0))
+    );
 }
 
 async fn multi_unit_count_is_all_or_nothing(app: &TestApp) {
@@ -147,7 +153,8 @@ async fn count_above_the_limit_is_400(app: &TestApp) {
     create(app, "small", 2).await;
     expect_problem(app.acquire("small", json!({ "count": 3 })).await, 400).await;
     expect_problem(
-        app.acquire("fresh", json!({ "limit": 2, "count": 3 })).await,
+        app.acquire("fresh", json!({ "limit": 2, "count": 3 }))
+            .await,
         400,
     )
     .await;
@@ -162,12 +169,20 @@ async fn expired_lease_frees_its_units(app: &TestApp) {
     expect_problem(app.acquire("lease", json!({})).await, 429).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
 
-    assert_eq!(app.status("lease").await["held"], 0, "status sees the expiry");
+    assert_eq!(
+        app.status("lease").await["held"],
+        0,
+        "status sees the expiry"
+    );
     expect_problem(app.get(&permit_path(&short)).await, 404).await;
     let next = granted(app, "lease", json!({})).await;
     assert_ne!(next["id"], short["id"]);
     expect_problem(app.delete(&permit_path(&short)).await, 404).await;
-    assert_eq!(app.status("lease").await["held"], 1, "a late release frees nothing");
+    assert_eq!(
+        app.status("lease").await["held"],
+        1,
+        "a late release frees nothing"
+    );
 }
 
 async fn refresh_extends_a_live_lease(app: &TestApp) {
@@ -183,7 +198,11 @@ async fn refresh_extends_a_live_lease(app: &TestApp) {
     assert_eq!(refreshed["fencing_token"], permit["fencing_token"]);
     assert!(refreshed["expires_at"].as_str() > permit["expires_at"].as_str());
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(app.get(&permit_path(&permit)).await.status(), 200, "outlived its first lease");
+    assert_eq!(
+        app.get(&permit_path(&permit)).await.status(),
+        200,
+        "outlived its first lease"
+    );
     assert_eq!(app.status("renew").await["held"], 1);
 }
 
@@ -232,12 +251,18 @@ async fn idempotent_acquire_returns_the_same_permit(app: &TestApp) {
     assert_eq!(retry, first);
     assert_eq!(app.status("idem").await["held"], 1);
 
-    let other = send("order-42", json!({ "limit": 3, "holder": "job-2" })).await.unwrap();
+    let other = send("order-42", json!({ "limit": 3, "holder": "job-2" }))
+        .await
+        .unwrap();
     expect_problem(other, 422).await;
 
     assert_eq!(app.delete(&permit_path(&first)).await.status(), 204);
     let again = send("order-42", body).await.unwrap();
-    assert_eq!(again.status(), 201, "a released permit's key makes a new permit");
+    assert_eq!(
+        again.status(),
+        201,
+        "a released permit's key makes a new permit"
+    );
     let again: Value = again.json().await.unwrap();
     assert_ne!(again["id"], first["id"]);
 
@@ -273,12 +298,23 @@ async fn conflicting_limit_is_409_and_same_limit_is_fine(app: &TestApp) {
     assert_eq!(conflict["limit"], 3);
     granted(app, "shared", json!({ "limit": 3 })).await;
 
-    let same = app.put_json("/semaphores/shared", json!({ "limit": 3 })).await;
-    assert_eq!(same.status(), 200, "PUT with the current limit changes nothing");
+    let same = app
+        .put_json("/semaphores/shared", json!({ "limit": 3 }))
+        .await;
+    assert_eq!(
+        same.status(),
+        200,
+        "PUT with the current limit changes nothing"
+    );
     let same: Value = same.json().await.unwrap();
-    assert_eq!((same["limit"].as_u64(), same["held"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(
+        (same["limit"].as_u64(), same["held"].as_u64()),
+        (Some(3), Some(1))
+    );
 
-    let changed = app.put_json("/semaphores/shared", json!({ "limit": 4 })).await;
+    let changed = app
+        .put_json("/semaphores/shared", json!({ "limit": 4 }))
+        .await;
     assert_eq!(changed.status(), 200);
     assert_eq!(changed.json::<Value>().await.unwrap()["limit"], 4);
     granted(app, "shared", json!({ "limit": 4 })).await;
@@ -286,12 +322,20 @@ async fn conflicting_limit_is_409_and_same_limit_is_fine(app: &TestApp) {
 
 async fn status_lists_holders_but_never_permit_ids(app: &TestApp) {
     create(app, "seen", 5).await;
-    let a = granted(app, "seen", json!({ "holder": "alpha", "count": 2, "ttl_ms": 1000 })).await;
+    let a = granted(
+        app,
+        "seen",
+        json!({ "holder": "alpha", "count": 2, "ttl_ms": 1000 }),
+    )
+    .await;
     let b = granted(app, "seen", json!({ "holder": "beta", "ttl_ms": 2000 })).await;
     let response = app.get("/semaphores/seen").await;
     let text = response.text().await.unwrap();
     for permit in [&a, &b] {
-        assert!(!text.contains(permit["id"].as_str().unwrap()), "status leaked an id");
+        assert!(
+            !text.contains(permit["id"].as_str().unwrap()),
+            "status leaked an id"
+        );
     }
     let status: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(status["name"], "seen");
@@ -330,7 +374,11 @@ async fn delete_removes_the_semaphore_and_its_permits(app: &TestApp) {
     expect_problem(app.get("/semaphores/gone").await, 404).await;
     expect_problem(app.get(&permit_path(&permit)).await, 404).await;
     create(app, "gone", 1).await;
-    assert_eq!(app.status("gone").await["held"], 0, "old permits are not carried over");
+    assert_eq!(
+        app.status("gone").await["held"],
+        0,
+        "old permits are not carried over"
+    );
     expect_problem(app.get(&permit_path(&permit)).await, 404).await;
     granted(app, "gone", json!({})).await;
 }
@@ -342,12 +390,21 @@ async fn lowering_the_limit_never_revokes_held_permits(app: &TestApp) {
         granted(app, "shrink", json!({})).await,
         granted(app, "shrink", json!({})).await,
     ];
-    let lowered = app.put_json("/semaphores/shrink", json!({ "limit": 1 })).await;
+    let lowered = app
+        .put_json("/semaphores/shrink", json!({ "limit": 1 }))
+        .await;
     assert_eq!(lowered.status(), 200);
     let lowered: Value = lowered.json().await.unwrap();
-    assert_eq!((lowered["held"].as_u64(), lowered["available"].as_u64()), (Some(3), Some(0)));
+    assert_eq!(
+        (lowered["held"].as_u64(), lowered["available"].as_u64()),
+        (Some(3), Some(0))
+    );
     for permit in &permits {
-        assert_eq!(app.get(&permit_path(permit)).await.status(), 200, "still held");
+        assert_eq!(
+            app.get(&permit_path(permit)).await.status(),
+            200,
+            "still held"
+        );
     }
     assert_eq!(app.delete(&permit_path(&permits[0])).await.status(), 204);
     assert_eq!(app.delete(&permit_path(&permits[1])).await.status(), 204);
@@ -361,7 +418,9 @@ async fn raising_the_limit_frees_capacity_at_once(app: &TestApp) {
     granted(app, "grow", json!({})).await;
     expect_problem(app.acquire("grow", json!({})).await, 429).await;
     assert_eq!(
-        app.put_json("/semaphores/grow", json!({ "limit": 2 })).await.status(),
+        app.put_json("/semaphores/grow", json!({ "limit": 2 }))
+            .await
+            .status(),
         200
     );
     granted(app, "grow", json!({})).await;
@@ -370,7 +429,12 @@ async fn raising_the_limit_frees_capacity_at_once(app: &TestApp) {
 async fn every_bound_is_enforced_with_a_problem(app: &TestApp) {
     create(app, "bounds", 2).await;
     let long_name = "n".repeat(129);
-    for name in [long_name.as_str(), "bad%20name", "semi;colon", "%7Bbrace%7D"] {
+    for name in [
+        long_name.as_str(),
+        "bad%20name",
+        "semi;colon",
+        "%7Bbrace%7D",
+    ] {
         expect_problem(app.get(&format!("/semaphores/{name}")).await, 400).await;
         expect_problem(app.acquire(name, json!({ "limit": 1 })).await, 400).await;
     }
@@ -420,14 +484,21 @@ async fn every_bound_is_enforced_with_a_problem(app: &TestApp) {
 
     let permit = granted(app, "bounds", json!({})).await;
     let path = permit_path(&permit);
-    for body in [json!({ "ttl_ms": 50 }), json!({ "ttl_ms": 3_600_001 }), json!({ "ttl_ms": "x" })] {
+    for body in [
+        json!({ "ttl_ms": 50 }),
+        json!({ "ttl_ms": 3_600_001 }),
+        json!({ "ttl_ms": "x" }),
+    ] {
         expect_problem(app.patch_json(&path, body).await, 400).await;
     }
     expect_problem(app.get("/semaphores/bounds/permits/not-a-uuid").await, 400).await;
     expect_problem(app.delete("/semaphores/bounds/permits/123").await, 400).await;
     // None of the refused requests changed anything.
     let status = app.status("bounds").await;
-    assert_eq!((status["limit"].as_u64(), status["held"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(
+        (status["limit"].as_u64(), status["held"].as_u64()),
+        (Some(2), Some(1))
+    );
 }
 
 async fn boundary_values_are_accepted(app: &TestApp) {
@@ -440,7 +511,9 @@ async fn boundary_values_are_accepted(app: &TestApp) {
     )
     .await;
     assert_eq!(permit["count"], 1_000_000);
-    let refreshed = app.patch_json(&permit_path(&permit), json!({ "ttl_ms": 100 })).await;
+    let refreshed = app
+        .patch_json(&permit_path(&permit), json!({ "ttl_ms": 100 }))
+        .await;
     assert_eq!(refreshed.status(), 200, "100 ms is the shortest lease");
     let odd = "A.z_0-9:x";
     granted(app, odd, json!({ "limit": 1 })).await;
@@ -457,7 +530,12 @@ async fn boundary_values_are_accepted(app: &TestApp) {
 async fn bad_routes_and_methods_are_problems(app: &TestApp) {
     expect_problem(app.get("/nope").await, 404).await;
     expect_problem(app.get("/semaphores").await, 404).await;
-    let post = app.client.post(app.url("/semaphores/x")).send().await.unwrap();
+    let post = app
+        .client
+        .post(app.url("/semaphores/x"))
+        .send()
+        .await
+        .unwrap();
     expect_problem(post, 405).await;
     let put = app
         .client

@@ -16,5 +16,7 @@ pub async fn healthz() -> Json<Value> {
 /// `GET /readyz`: the store answers (Redis `PING`); 503 problem when not.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.store.ping().await?;
-    Ok(Json(json!({ "status": "ready", "store": state.store.kind() })))
+    Ok(Json(
+        json!({ "status": "ready", "store": state.store.kind() }),
+    ))
 }

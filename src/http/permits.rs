@@ -19,7 +19,9 @@ fn parse_id(raw: &str) -> Result<PermitId, ApiError> {
 }
 
 fn permit_not_found() -> ApiError {
-    ApiError::NotFound("no such permit: it was released, its lease ran out, or it never existed".into())
+    ApiError::NotFound(
+        "no such permit: it was released, its lease ran out, or it never existed".into(),
+    )
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {

@@ -38,7 +38,7 @@ impl SemaphoreName {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
         {
             return Err(err(
-                "semaphore name may contain only A-Z a-z 0-9 . _ - :".to_string(),
+                "semaphore name may contain only A-Z a-z 0-9 . _ - :".to_string()
             ));
         }
         Ok(Self(raw.to_owned()))
@@ -193,9 +193,7 @@ impl IdempotencyKey {
     /// # Errors
     /// When the key is empty, too long, or not visible ASCII.
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
-        if raw.is_empty()
-            || raw.len() > Self::MAX_LEN
-            || !raw.bytes().all(|b| b.is_ascii_graphic())
+        if raw.is_empty() || raw.len() > Self::MAX_LEN || !raw.bytes().all(|b| b.is_ascii_graphic())
         {
             return Err(err(format!(
                 "Idempotency-Key must be 1 to {} visible ASCII characters",

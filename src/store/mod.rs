@@ -28,8 +28,8 @@ pub mod redis;
 use async_trait::async_trait;
 
 use crate::semaphore::{
-    AcquireOutcome, AcquireRequest, Permit, PermitId, SemaphoreName, SemaphoreStatus,
-    SetLimitOutcome, Limit, Ttl,
+    AcquireOutcome, AcquireRequest, Limit, Permit, PermitId, SemaphoreName, SemaphoreStatus,
+    SetLimitOutcome, Ttl,
 };
 
 /// A failure of the store itself, never of the request. Details are for logs;
@@ -71,8 +71,11 @@ pub trait SemaphoreStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// Only store failures.
-    async fn set_limit(&self, name: &SemaphoreName, limit: Limit)
-    -> Result<SetLimitOutcome, StoreError>;
+    async fn set_limit(
+        &self,
+        name: &SemaphoreName,
+        limit: Limit,
+    ) -> Result<SetLimitOutcome, StoreError>;
 
     /// The semaphore's limit, held units and live holders, or `None` if it
     /// does not exist. Read-only: expired permits are left out, not removed.
@@ -100,8 +103,11 @@ pub trait SemaphoreStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// Only store failures.
-    async fn permit(&self, name: &SemaphoreName, id: PermitId)
-    -> Result<Option<Permit>, StoreError>;
+    async fn permit(
+        &self,
+        name: &SemaphoreName,
+        id: PermitId,
+    ) -> Result<Option<Permit>, StoreError>;
 
     /// Sets a live permit's lease to end `ttl` from now (the store's now), which
     /// may shorten it. `None` when the permit is unknown or already expired.

@@ -285,15 +285,7 @@ impl SemaphoreStore for RedisStore {
             .unwrap_or("");
         let fingerprint = request.fingerprint();
         let id = PermitId::random().to_string();
-        let args = [
-            limit.as_str(),
-            &count,
-            &ttl,
-            holder,
-            key,
-            &fingerprint,
-            &id,
-        ];
+        let args = [limit.as_str(), &count, &ttl, holder, key, &fingerprint, &id];
         let mut reply = Reply::new(self.run(&ACQUIRE, &request.name, &args).await?);
         match reply.string()?.as_str() {
             "granted" => Ok(AcquireOutcome::Granted(reply.permit(&request.name)?)),

@@ -153,20 +153,36 @@ impl TestApp {
     }
 
     pub async fn put_json(&self, path: &str, body: Value) -> reqwest::Response {
-        self.client.put(self.url(path)).json(&body).send().await.unwrap()
+        self.client
+            .put(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn post_json(&self, path: &str, body: Value) -> reqwest::Response {
-        self.client.post(self.url(path)).json(&body).send().await.unwrap()
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn patch_json(&self, path: &str, body: Value) -> reqwest::Response {
-        self.client.patch(self.url(path)).json(&body).send().await.unwrap()
+        self.client
+            .patch(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// `POST /semaphores/{name}/permits` with `body`.
     pub async fn acquire(&self, name: &str, body: Value) -> reqwest::Response {
-        self.post_json(&format!("/semaphores/{name}/permits"), body).await
+        self.post_json(&format!("/semaphores/{name}/permits"), body)
+            .await
     }
 
     /// Status of a semaphore as JSON; panics unless 200.

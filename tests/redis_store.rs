@@ -1,0 +1,150 @@
+//! Redis-only behaviour: outages and recovery, several permitd instances on one
+//! Redis, and the key layout the scripts promise.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::{RedisServer, expect_problem, spawn_app, spawn_app_with};
+use permitd::config::Settings;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_gives_503_quickly_and_recovers_without_restart() {
+    let mut redis = RedisServer::start();
+    let app = spawn_app(Some(&redis)).await;
+    assert_eq!(
+        app.acquire("svc", json!({ "limit": 1 })).await.status(),
+        201
+    );
+
+    redis.stop();
+    for path in ["/semaphores/svc/permits", "/semaphores/other/permits"] {
+        let started = Instant::now();
+        let response = app
+            .client
+            .post(app.url(path))
+            .json(&json!({ "limit": 1 }))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.headers().contains_key("retry-after"));
+        expect_problem(response, 503).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    expect_problem(app.get("/readyz").await, 503).await;
+    assert_eq!(
+        app.get("/healthz").await.status(),
+        200,
+        "liveness ignores Redis"
+    );
+
+    redis.restart();
+    // The restarted Redis is empty, so the semaphore is created again.
+    let response = app.acquire("svc", json!({ "limit": 1 })).await;
+    assert_eq!(
+        response.status(),
+        201,
+        "recovered with no restart of permitd"
+    );
+    assert_eq!(app.get("/readyz").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_never_answers_gives_503_within_the_configured_timeout() {
+    // Accepts connections and never replies: the worst case for a client.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", silent.local_addr().unwrap());
+    let mut settings = Settings::for_tests(Some(url));
+    settings.redis_timeout_ms = 500;
+    settings.redis_connect_timeout_ms = 300;
+    let app = spawn_app_with(settings).await;
+    let started = Instant::now();
+    expect_problem(app.acquire("svc", json!({ "limit": 1 })).await, 503).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_redis_grant_exactly_the_limit() {
+    let redis = RedisServer::start();
+    let a = spawn_app(Some(&redis)).await;
+    let b = spawn_app(Some(&redis)).await;
+    let attempts = (0..200).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        app.acquire("shared", json!({ "limit": 10, "ttl_ms": 60000 }))
+    });
+    let responses = futures::future::join_all(attempts).await;
+    let mut tokens = HashSet::new();
+    let mut by_status = std::collections::BTreeMap::new();
+    for response in responses {
+        *by_status.entry(response.status().as_u16()).or_insert(0) += 1;
+        if response.status() == 201 {
+            let permit: Value = response.json().await.unwrap();
+            tokens.insert(permit["fencing_token"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(by_status, [(201, 10), (429, 190)].into_iter().collect());
+    assert_eq!(tokens.len(), 10);
+    assert_eq!(a.status("shared").await["held"], 10);
+    assert_eq!(b.status("shared").await["held"], 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permit_from_one_instance_is_released_through_another() {
+    let redis = RedisServer::start();
+    let a = spawn_app(Some(&redis)).await;
+    let b = spawn_app(Some(&redis)).await;
+    let permit: Value = a
+        .acquire("hop", json!({ "limit": 1 }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let path = format!("/semaphores/hop/permits/{}", permit["id"].as_str().unwrap());
+    expect_problem(b.acquire("hop", json!({})).await, 429).await;
+    assert_eq!(b.get(&path).await.status(), 200);
+    assert_eq!(b.delete(&path).await.status(), 204);
+    assert_eq!(a.acquire("hop", json!({})).await.status(), 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_of_a_semaphore_shares_one_hash_tag_under_the_prefix() {
+    let redis = RedisServer::start();
+    let mut settings = Settings::for_tests(Some(redis.url()));
+    settings.key_prefix = "team-a:".into();
+    let app = spawn_app_with(settings).await;
+    let response = app
+        .client
+        .post(app.url("/semaphores/jobs/permits"))
+        .header("Idempotency-Key", "k1")
+        .json(&json!({ "limit": 2 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let keys = redis.command("KEYS *").unwrap();
+    for suffix in ["meta", "expiry", "permits", "idem"] {
+        assert!(
+            keys.contains(&format!("team-a:{{jobs}}:{suffix}")),
+            "missing {suffix} in {keys}"
+        );
+    }
+    assert_eq!(keys.matches("team-a:{jobs}:").count(), 4, "{keys}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_are_reloaded_after_script_flush() {
+    let redis = RedisServer::start();
+    let app = spawn_app(Some(&redis)).await;
+    assert_eq!(app.acquire("s", json!({ "limit": 5 })).await.status(), 201);
+    assert!(redis.command("SCRIPT FLUSH").unwrap().starts_with("+OK"));
+    assert_eq!(app.acquire("s", json!({})).await.status(), 201);
+    assert_eq!(app.status("s").await["held"], 2);
+}
