@@ -12,41 +12,90 @@ use clap::{Parser, ValueEnum};
 use crate::semaphore::{Ttl, WaitTime};
 use crate::store::redis::RedisSettings;
 
+/// The command line: server settings, and optionally a subcommand. With no
+/// subcommand permitd serves HTTP.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "permitd",
     version,
     about = "A distributed counting semaphore served over HTTP"
 )]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// What the binary does besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Serve HTTP (the default when no subcommand is given).
+    Serve,
+}
+
+/// Server settings. Flags may be given before or after a subcommand.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     /// Address to serve HTTP on.
-    #[arg(long, env = "PERMITD_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
     pub listen: SocketAddr,
 
     /// Redis to keep semaphores in, e.g. redis://:password@host:6379/0. Without
     /// it permitd uses its embedded store, which is not shared between instances.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Prefix of every Redis key permitd writes, so several deployments can
     /// share one Redis.
-    #[arg(long, env = "PERMITD_KEY_PREFIX", default_value = "permitd:")]
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_KEY_PREFIX",
+        default_value = "permitd:"
+    )]
     pub key_prefix: String,
 
     /// Lease length of a permit whose acquire gives no ttl_ms.
-    #[arg(long, env = "PERMITD_DEFAULT_TTL_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_DEFAULT_TTL_MS",
+        default_value_t = 30_000
+    )]
     pub default_ttl_ms: u64,
 
     /// Longest lease a client may ask for (ttl_ms on acquire and refresh).
-    #[arg(long, env = "PERMITD_MAX_TTL_MS", default_value_t = 3_600_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_MAX_TTL_MS",
+        default_value_t = 3_600_000
+    )]
     pub max_ttl_ms: u64,
 
     /// Longest an acquire may wait for capacity (wait_ms).
-    #[arg(long, env = "PERMITD_MAX_WAIT_MS", default_value_t = 60_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_MAX_WAIT_MS",
+        default_value_t = 60_000
+    )]
     pub max_wait_ms: u64,
 
     /// Most Redis connections one instance keeps open.
-    #[arg(long, env = "PERMITD_REDIS_POOL_SIZE", default_value_t = 16)]
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_REDIS_POOL_SIZE",
+        default_value_t = 16
+    )]
     pub redis_pool_size: usize,
 
     /// Bound on opening one Redis connection.
@@ -59,11 +108,16 @@ pub struct Settings {
 
     /// Bound on one whole store call (pool wait, connect and script): past it
     /// the request is answered 503 instead of hanging.
-    #[arg(long, env = "PERMITD_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_REDIS_TIMEOUT_MS",
+        default_value_t = 2_000
+    )]
     pub redis_timeout_ms: u64,
 
     /// Log lines as human-readable text or as JSON objects.
-    #[arg(long, env = "PERMITD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    #[arg(long, global = true, env = "PERMITD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
 }
 
@@ -94,7 +148,7 @@ impl Settings {
     /// Settings for tests and embedding: every default, a port chosen by the OS,
     /// and the given store.
     pub fn for_tests(redis_url: Option<String>) -> Self {
-        let mut settings = Settings::parse_from(["permitd"]);
+        let mut settings = Cli::parse_from(["permitd"]).settings;
         settings.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         settings.redis_url = redis_url;
         settings
@@ -163,7 +217,7 @@ mod tests {
 
     #[test]
     fn defaults_choose_the_memory_store() {
-        let settings = Settings::parse_from(["permitd"]);
+        let settings = Cli::parse_from(["permitd"]).settings;
         assert!(matches!(settings.store(), StoreChoice::Memory));
         assert_eq!(settings.listen.port(), 8080);
         assert!(settings.request_bounds().is_ok());

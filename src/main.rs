@@ -1,16 +1,21 @@
-//! The permitd binary: parse settings, start logging, serve until signalled.
+//! The permitd binary: parse the command line, start logging, run the command
+//! (by default: serve until signalled).
 
 use clap::Parser;
-use permitd::config::Settings;
+use permitd::config::{Cli, Command};
 use permitd::startup::Application;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = Settings::parse();
-    permitd::telemetry::init(settings.log_format);
-    let app = Application::build(&settings).await?;
-    app.run_until_stopped(shutdown_signal()).await?;
-    tracing::info!("permitd stopped");
+    let cli = Cli::parse();
+    permitd::telemetry::init(cli.settings.log_format);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = Application::build(&cli.settings).await?;
+            app.run_until_stopped(shutdown_signal()).await?;
+            tracing::info!("permitd stopped");
+        }
+    }
     Ok(())
 }
 
