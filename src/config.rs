@@ -225,13 +225,14 @@ mod tests {
 
     #[test]
     fn a_default_ttl_above_the_maximum_is_refused() {
-        let settings = Settings::parse_from([
+        let cli = Cli::parse_from([
             "permitd",
             "--default-ttl-ms",
             "5000",
             "--max-ttl-ms",
             "1000",
         ]);
+        let settings = cli.settings;
         assert!(settings.request_bounds().is_err());
     }
 }
