@@ -20,6 +20,7 @@ use tower_http::trace::TraceLayer;
 use crate::config::RequestBounds;
 use crate::error::ApiError;
 use crate::store::SemaphoreStore;
+use crate::waiting::WaitSettings;
 
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -29,6 +30,7 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub struct AppState {
     pub store: Arc<dyn SemaphoreStore>,
     pub bounds: RequestBounds,
+    pub waiting: WaitSettings,
 }
 
 pub fn router(state: AppState) -> Router {
