@@ -8,6 +8,8 @@
 //!   expiry, limit raise, a waiter ahead leaving);
 //! - for the queue's head only, the soonest lease expiry (a holder that
 //!   crashed frees units without anyone telling us);
+//! - on Redis, the end of the soonest waiter lease (a waiter whose instance
+//!   died blocks the queue until then, and nobody else will say it is gone);
 //! - the re-check interval, which bounds the damage of a lost notification
 //!   and, on Redis, renews this waiter's lease in the queue;
 //! - the end of its wait, then one last try-once attempt that also leaves the
@@ -107,15 +109,20 @@ pub async fn acquire(
             Attempt::Queued {
                 position,
                 soonest_expiry,
+                soonest_waiter_lease,
             } => {
                 let now = Instant::now();
                 let mut until = deadline.min(now + settings.recheck);
+                // A millisecond late, so the lease has surely ended on the
+                // store's clock when we look.
+                let late = Duration::from_millis(1);
                 if position == 0
                     && let Some(expiry) = soonest_expiry
                 {
-                    // A millisecond late, so the lease has surely ended on
-                    // the store's clock when we look.
-                    until = until.min(now + expiry + Duration::from_millis(1));
+                    until = until.min(now + expiry + late);
+                }
+                if let Some(lease) = soonest_waiter_lease {
+                    until = until.min(now + lease + late);
                 }
                 tokio::select! {
                     () = wake.notified() => {}

@@ -240,6 +240,7 @@ impl MemoryStore {
                 return Attempt::Queued {
                     position: position as u32,
                     soonest_expiry: soonest.map(|at| Duration::from_millis(at.0 - now.0)),
+                    soonest_waiter_lease: None,
                 };
             }
             if state.dequeue(ticket) || expired {

@@ -80,9 +80,12 @@ pub enum Attempt {
     },
     /// The ticket waits in the queue at `position` (0 = head). `soonest_expiry`
     /// is when the soonest lease runs out, so the head can set a timer for it.
+    /// `soonest_waiter_lease` (Redis only) is when the soonest waiter lease
+    /// ends: a waiter whose instance died may be blocking the queue until then.
     Queued {
         position: u32,
         soonest_expiry: Option<Duration>,
+        soonest_waiter_lease: Option<Duration>,
     },
 }
 

@@ -413,6 +413,9 @@ impl SemaphoreStore for RedisStore {
                 return Ok(Attempt::Queued {
                     position: reply.u32()?,
                     soonest_expiry: u64::try_from(reply.int()?).ok().map(Duration::from_millis),
+                    soonest_waiter_lease: u64::try_from(reply.int()?)
+                        .ok()
+                        .map(Duration::from_millis),
                 });
             }
             tag => return Err(unexpected(tag)),

@@ -19,7 +19,8 @@ Returns one of:
   {'mismatch', now_us}               key names a permit made by another body
   {'too_large', now_us, limit}       count > limit: could never succeed
   {'unavailable', now_us, limit, held, ms_until_soonest_expiry or -1}
-  {'queued', now_us, position, ms_until_soonest_expiry or -1}
+  {'queued', now_us, position, ms_until_soonest_expiry or -1,
+   ms_until_soonest_waiter_lease_end}
   {'granted'|'replayed', now_us, id, count, fence, acquired_ms, expires_ms, holder}
 
 Atomic because the queue order, the capacity check, the fencing counter and
@@ -84,7 +85,12 @@ if not fits(ticket, count) then
     if changed then
       wake_heads()
     end
-    return { 'queued', now_us, redis.call('ZRANK', queue_key, ticket), soonest_expiry_in_ms() }
+    -- When the soonest waiter lease ends, a waiter whose instance died may
+    -- be blocking the queue: the caller re-checks then, so dead waiters are
+    -- swept within one lease even if nothing else happens.
+    local lease = redis.call('ZRANGE', wleases_key, 0, 0, 'WITHSCORES')
+    return { 'queued', now_us, redis.call('ZRANK', queue_key, ticket), soonest_expiry_in_ms(),
+      tonumber(lease[2]) - now_ms }
   end
   if dequeue(ticket) or changed then
     wake_heads()
