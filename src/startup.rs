@@ -32,6 +32,7 @@ impl Application {
     /// logged, `/readyz` reports it, and requests get 503 until it answers.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let bounds = settings.request_bounds()?;
+        crate::telemetry::metrics();
         let store = build_store(settings).await?;
         let listener = TcpListener::bind(settings.listen)
             .await
