@@ -13,6 +13,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::{Settings, StoreChoice, redact_url};
+use crate::demo::{AllowedHosts, DemoConfig};
 use crate::http::{AppState, router};
 use crate::store::SemaphoreStore;
 use crate::store::memory::MemoryStore;
@@ -30,13 +31,20 @@ impl Application {
     /// logged, `/readyz` reports it, and requests get 503 until it answers.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let bounds = settings.request_bounds()?;
+        let allowed_hosts = AllowedHosts::parse(&settings.demo_allowed_hosts)?;
         let store = build_store(settings).await?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        // The demo calls its built-in upstream on the address actually bound.
+        let demo = DemoConfig::new(listener.local_addr()?, allowed_hosts, bounds.max_wait_ms)?;
         Ok(Self {
             listener,
-            state: AppState { store, bounds },
+            state: AppState {
+                store,
+                bounds,
+                demo: Arc::new(demo),
+            },
         })
     }
 
@@ -66,7 +74,11 @@ impl Application {
     }
 }
 
-async fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn SemaphoreStore>> {
+/// The store the settings choose, with the start-up log lines about it.
+///
+/// # Errors
+/// When the Redis URL is malformed (an unreachable Redis is only logged).
+pub async fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn SemaphoreStore>> {
     match settings.store() {
         StoreChoice::Memory => {
             tracing::warn!(
