@@ -20,6 +20,11 @@ pub struct FormValues {
     pub url: String,
 }
 
+/// Where the page was served from (`http://host:port`, from the `Host`
+/// header), so the curl hint under the picture can be pasted as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Origin(pub String);
+
 const WIDTH: f64 = 960.0;
 const LEFT: f64 = 64.0;
 const RIGHT: f64 = 72.0;
@@ -40,8 +45,9 @@ button{font:inherit;padding:.3rem 1rem}
 dl{display:grid;grid-template-columns:max-content auto;gap:.15rem 1rem;margin:1rem 0}
 dt{color:#4a5561}dd{margin:0;font-family:ui-monospace,monospace}
 svg{display:block;margin:.5rem 0 1.5rem;max-width:100%;height:auto}
-svg text{font:11px ui-monospace,monospace;fill:#4a5561}
+svg text{font:11px system-ui,sans-serif;fill:#4a5561}
 .wait{fill:#f2b134}.hold{fill:#2f6fb3}.failed{fill:#c0392b}
+.legend .wait{background:#f2b134}.legend .hold{background:#2f6fb3}.legend .failed{background:#c0392b}
 .grid{stroke:#dde2e7}.ideal{stroke:#1d232a;stroke-dasharray:4 3}
 .limit{stroke:#c0392b;stroke-dasharray:4 3}.inflight{fill:#2f6fb3;fill-opacity:.25;stroke:#2f6fb3}
 .legend span{display:inline-block;width:.9em;height:.9em;margin:0 .3em 0 1em;vertical-align:-.1em}
@@ -49,7 +55,7 @@ code{background:#f3f5f7;padding:.1rem .3rem;border-radius:3px}
 ";
 
 /// The whole page for one report.
-pub fn render(report: &DemoReport, form: &FormValues) -> String {
+pub fn render(report: &DemoReport, form: &FormValues, origin: &Origin) -> String {
     let mut html = String::with_capacity(16 * 1024);
     let _ = write!(
         html,
@@ -92,7 +98,7 @@ pub fn render(report: &DemoReport, form: &FormValues) -> String {
         html,
         "<p>The same report as JSON: <code>curl -s '{query}'</code>. From the terminal: \
          <code>permitd demo --requests {r} --limit {l}</code>.</p></body></html>\n",
-        query = escape(&query_string(form)),
+        query = escape(&format!("{}{}", origin.0, query_string(form))),
         r = form.requests,
         l = form.limit,
     );
@@ -328,7 +334,7 @@ mod tests {
 
     #[test]
     fn the_page_has_one_bar_per_request_and_no_script() {
-        let html = render(&report(), &FormValues::default());
+        let html = render(&report(), &FormValues::default(), &Origin::default());
         assert_eq!(html.matches("<g class=\"bar\"").count(), 3);
         assert!(!html.contains("<script"));
         assert!(html.contains("data-status=\"none\""));

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::extract::QueryParams;
-use crate::demo::page::{self, FormValues};
+use crate::demo::page::{self, FormValues, Origin};
 use crate::demo::{self as scenario, DemoError, DemoRequest, MAX_DELAY_MS};
 use crate::error::ApiError;
 
@@ -93,7 +93,13 @@ pub async fn run_demo(
         "demo run"
     );
     if wants_html(&headers) {
-        let mut response = Html(page::render(&report, &form)).into_response();
+        // Only used as text in the page, escaped like every other value.
+        let origin = headers
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .map(|host| Origin(format!("http://{host}")))
+            .unwrap_or_default();
+        let mut response = Html(page::render(&report, &form, &origin)).into_response();
         // The page is self-contained: forbid every script and every fetch.
         response.headers_mut().insert(
             header::CONTENT_SECURITY_POLICY,
