@@ -438,3 +438,35 @@ async fn on_redis_the_demo_leaves_no_key_behind() {
     let keys = redis.command("KEYS *").unwrap();
     assert_eq!(keys.trim(), "*0", "keys left in Redis: {keys}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_run_leaves_no_semaphore_behind() {
+    let redis = RedisServer::start();
+    let app = spawn_app(Some(&redis)).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .get(app.url("/demo?requests=4&limit=1&delay_ms=1000"))
+        .send()
+        .await;
+    assert!(
+        gave_up.is_err(),
+        "the run takes 4 s, the client waits 0.4 s"
+    );
+    // The semaphore existed mid-run; once the server notices the hang-up it
+    // must be deleted, not left to sit there forever.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let keys = redis.command("KEYS *").unwrap();
+        if keys.trim() == "*0" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keys left in Redis: {keys}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -94,10 +94,10 @@ pub fn render(report: &DemoReport, form: &FormValues, origin: &Origin) -> String
     html.push_str(&timeline(report));
     html.push_str("<p>Calls in flight over time; the dashed red line is the limit.</p>");
     html.push_str(&in_flight_chart(report));
-    let _ = write!(
+    let _ = writeln!(
         html,
         "<p>The same report as JSON: <code>curl -s '{query}'</code>. From the terminal: \
-         <code>permitd demo --requests {r} --limit {l}</code>.</p></body></html>\n",
+         <code>permitd demo --requests {r} --limit {l}</code>.</p></body></html>",
         query = escape(&format!("{}{}", origin.0, query_string(form))),
         r = form.requests,
         l = form.limit,
