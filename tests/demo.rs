@@ -470,3 +470,29 @@ async fn a_client_that_hangs_up_mid_run_leaves_no_semaphore_behind() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_four_runs_at_once_then_429() {
+    let app = std::sync::Arc::new(spawn_app(None).await);
+    let mut running = Vec::new();
+    for _ in 0..4 {
+        let app = std::sync::Arc::clone(&app);
+        running.push(tokio::spawn(async move {
+            app.get("/demo?requests=1&limit=1&delay_ms=2500")
+                .await
+                .status()
+        }));
+    }
+    // Time for the four to start; they last 2.5 s.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let response = app.get("/demo?requests=1&limit=1&delay_ms=0").await;
+    assert!(response.headers().contains_key("retry-after"));
+    let problem = expect_problem(response, 429).await;
+    assert_eq!(problem["limit"], 4);
+    for run in running {
+        assert_eq!(run.await.unwrap(), 200);
+    }
+    // Slots are given back when runs end.
+    let response = app.get("/demo?requests=1&limit=1&delay_ms=0").await;
+    assert_eq!(response.status(), 200);
+}

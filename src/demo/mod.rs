@@ -54,6 +54,10 @@ const PERMIT_TTL: Duration = Duration::from_secs(40);
 /// one that tries once gets polled at this pace, which adds at most this
 /// much to each hand-over of a permit.
 const RETRY_PAUSE: Duration = Duration::from_millis(3);
+/// Most demo runs one process serves at once. Each run may make up to
+/// [`MAX_REQUESTS`] outbound calls; without a cap, many concurrent `/demo`
+/// requests would multiply that without bound.
+pub const MAX_CONCURRENT_RUNS: usize = 4;
 /// Response bodies are read (a call is over when its body is) and dropped,
 /// never relayed; at most this much is read.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -220,6 +224,8 @@ pub struct DemoConfig {
     /// may need them.
     outbound: reqwest::Client,
     max_wait_ms: u64,
+    /// One unit per run in progress: see [`MAX_CONCURRENT_RUNS`].
+    runs: Arc<tokio::sync::Semaphore>,
 }
 
 impl DemoConfig {
@@ -255,7 +261,14 @@ impl DemoConfig {
             loopback: builder().no_proxy().build()?,
             outbound: builder().build()?,
             max_wait_ms,
+            runs: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_RUNS)),
         })
+    }
+
+    /// A slot for one run, or `None` when [`MAX_CONCURRENT_RUNS`] are in
+    /// progress (the HTTP layer answers 429). Held until dropped.
+    pub fn try_start_run(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.runs).try_acquire_owned().ok()
     }
 
     pub fn allowed_hosts(&self) -> &AllowedHosts {

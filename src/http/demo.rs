@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::extract::QueryParams;
 use crate::demo::page::{self, FormValues, Origin};
-use crate::demo::{self as scenario, DemoError, DemoRequest, MAX_DELAY_MS};
+use crate::demo::{self as scenario, DemoError, DemoRequest, MAX_CONCURRENT_RUNS, MAX_DELAY_MS};
 use crate::error::ApiError;
 
 /// The demo's routes, merged into the main router.
@@ -82,6 +82,14 @@ pub async fn run_demo(
         state.demo.allowed_hosts(),
     )
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let Some(_slot) = state.demo.try_start_run() else {
+        // The runs themselves are the semaphore here: all units held, retry.
+        return Err(ApiError::NoCapacity {
+            limit: MAX_CONCURRENT_RUNS as u32,
+            held: MAX_CONCURRENT_RUNS as u32,
+            retry_after_secs: 1,
+        });
+    };
     let report = scenario::run(Arc::clone(&state.store), &state.demo, &request, |_| {})
         .await
         .map_err(|DemoError::Store(e)| ApiError::Store(e))?;
