@@ -251,6 +251,10 @@ async fn defaults_are_five_requests_at_limit_one_against_the_built_in_upstream()
         url,
         format!("http://{}/demo/upstream?delay_ms=100", app.addr)
     );
+
+    // What the page's form sends when every field is left empty.
+    let report = demo(&app, "requests=&limit=&delay_ms=&url=").await;
+    check_report(&report, 5, 1, "memory");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
