@@ -666,6 +666,28 @@ mod tests {
     }
 
     #[test]
+    fn the_allow_list_flag_takes_a_comma_separated_list() {
+        use clap::Parser;
+        let cli = crate::config::Cli::parse_from([
+            "permitd",
+            "--demo-allowed-hosts",
+            "api.example.com,127.0.0.1:9000",
+        ]);
+        assert_eq!(
+            AllowedHosts::parse(&cli.settings.demo_allowed_hosts).unwrap(),
+            AllowedHosts::Only(vec![
+                ("api.example.com".into(), None),
+                ("127.0.0.1".into(), Some(9000)),
+            ])
+        );
+        let cli = crate::config::Cli::parse_from(["permitd"]);
+        assert_eq!(
+            AllowedHosts::parse(&cli.settings.demo_allowed_hosts).unwrap(),
+            AllowedHosts::Only(vec![])
+        );
+    }
+
+    #[test]
     fn the_log_line_is_the_seed_scripts() {
         let result = RequestResult {
             index: 4,
