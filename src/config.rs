@@ -114,6 +114,18 @@ pub struct Settings {
     )]
     pub max_wait_ms: u64,
 
+    /// Longest a waiting acquire sleeps between two checks when no wake
+    /// arrives: the bound on a lost notification. On Redis, waiters are
+    /// dropped from the queue after three of these without a check (their
+    /// permitd instance died).
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_WAIT_RECHECK_MS",
+        default_value_t = 1_000
+    )]
+    pub wait_recheck_ms: u64,
+
     /// Most Redis connections one instance keeps open.
     #[arg(
         long,
@@ -199,8 +211,14 @@ impl Settings {
                 pool_size: self.redis_pool_size.max(1),
                 connect_timeout: Duration::from_millis(self.redis_connect_timeout_ms),
                 timeout: Duration::from_millis(self.redis_timeout_ms),
+                waiter_lease: self.wait_recheck().saturating_mul(3),
             }),
         }
+    }
+
+    /// See `--wait-recheck-ms`; at least 10 ms.
+    pub fn wait_recheck(&self) -> Duration {
+        Duration::from_millis(self.wait_recheck_ms.max(10))
     }
 
     /// # Errors

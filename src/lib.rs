@@ -24,3 +24,4 @@ pub mod semaphore;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod waiting;

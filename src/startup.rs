@@ -18,6 +18,8 @@ use crate::http::{AppState, router};
 use crate::store::SemaphoreStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
+use crate::waiting::WaitSettings;
+use tokio_util::sync::CancellationToken;
 
 pub struct Application {
     listener: TcpListener,
@@ -36,13 +38,23 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let waiting = WaitSettings {
+            recheck: settings.wait_recheck(),
+            shutdown: CancellationToken::new(),
+        };
         // The demo calls its built-in upstream on the address actually bound.
-        let demo = DemoConfig::new(listener.local_addr()?, allowed_hosts, bounds.max_wait_ms)?;
+        let demo = DemoConfig::new(
+            listener.local_addr()?,
+            allowed_hosts,
+            bounds.max_wait_ms,
+            waiting.clone(),
+        )?;
         Ok(Self {
             listener,
             state: AppState {
                 store,
                 bounds,
+                waiting,
                 demo: Arc::new(demo),
             },
         })
@@ -58,8 +70,9 @@ impl Application {
         self.local_addr().port()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and lets
-    /// in-flight requests finish.
+    /// Serves until `shutdown` completes, then stops accepting, answers
+    /// waiting acquires with 503 (rather than holding shutdown for their whole
+    /// wait), and lets other in-flight requests finish.
     ///
     /// # Errors
     /// When the server fails to accept connections.
@@ -68,8 +81,12 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(address = %self.local_addr(), store = self.state.store.kind(), "permitd listening");
+        let waiters = self.state.waiting.shutdown.clone();
         axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                waiters.cancel();
+            })
             .await
     }
 }

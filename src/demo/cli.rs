@@ -10,11 +10,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use super::{AllowedHosts, DemoConfig, DemoRequest};
 use crate::config::{DemoArgs, Settings};
 use crate::http::{AppState, router};
 use crate::startup::build_store;
+use crate::waiting::WaitSettings;
 
 /// Runs the demo once and prints it.
 ///
@@ -35,14 +37,20 @@ pub async fn run(settings: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .context("cannot bind a loopback port for the built-in upstream")?;
+    let waiting = WaitSettings {
+        recheck: settings.wait_recheck(),
+        shutdown: CancellationToken::new(),
+    };
     let config = Arc::new(DemoConfig::new(
         listener.local_addr()?,
         AllowedHosts::Any,
         bounds.max_wait_ms,
+        waiting.clone(),
     )?);
     let state = AppState {
         store: Arc::clone(&store),
         bounds,
+        waiting,
         demo: Arc::clone(&config),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -28,6 +28,7 @@ use crate::semaphore::{
     AcquireOutcome, AcquireRequest, Count, Holder, Limit, SemaphoreName, Ttl, ValueError, WaitTime,
 };
 use crate::store::{SemaphoreStore, StoreError};
+use crate::waiting::{self, WaitSettings};
 
 /// Most requests one demo may fan out: enough to see the effect of a limit,
 /// few enough that `/demo` cannot be used to flood an upstream.
@@ -49,10 +50,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// be granted the unit while the first is still calling. They are released
 /// explicitly; the lease only matters if this process dies mid-demo.
 const PERMIT_TTL: Duration = Duration::from_secs(40);
-/// Pause before trying again after `Unavailable`. A store that waits
-/// server-side (`wait_ms`) rarely answers `Unavailable` before the deadline;
-/// one that tries once gets polled at this pace, which adds at most this
-/// much to each hand-over of a permit.
+/// Pause before asking again when a wait ended without a permit (the wait is
+/// capped by `--max-wait-ms`, which may be shorter than the demo's deadline).
 const RETRY_PAUSE: Duration = Duration::from_millis(3);
 /// Most demo runs one process serves at once. Each run may make up to
 /// [`MAX_REQUESTS`] outbound calls; without a cap, many concurrent `/demo`
@@ -224,6 +223,8 @@ pub struct DemoConfig {
     /// may need them.
     outbound: reqwest::Client,
     max_wait_ms: u64,
+    /// The API's waiting (FIFO queue, wakes, shutdown), shared by the demo.
+    waiting: WaitSettings,
     /// One unit per run in progress: see [`MAX_CONCURRENT_RUNS`].
     runs: Arc<tokio::sync::Semaphore>,
 }
@@ -238,6 +239,7 @@ impl DemoConfig {
         listening: SocketAddr,
         allowed: AllowedHosts,
         max_wait_ms: u64,
+        waiting: WaitSettings,
     ) -> Result<Self, reqwest::Error> {
         let mut addr = listening;
         if addr.ip().is_unspecified() {
@@ -261,6 +263,7 @@ impl DemoConfig {
             loopback: builder().no_proxy().build()?,
             outbound: builder().build()?,
             max_wait_ms,
+            waiting,
             runs: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_RUNS)),
         })
     }
@@ -367,6 +370,7 @@ struct Run {
     url: String,
     client: reqwest::Client,
     max_wait_ms: u64,
+    waiting: WaitSettings,
     started: Instant,
     deadline: Instant,
     in_flight: AtomicU32,
@@ -406,6 +410,7 @@ pub async fn run(
         url: config.url_of(&request.target),
         client: config.client_for(&request.target).clone(),
         max_wait_ms: config.max_wait_ms,
+        waiting: config.waiting.clone(),
         started,
         deadline: started + DEADLINE,
         in_flight: AtomicU32::new(0),
@@ -508,10 +513,10 @@ async fn one_request(run: Arc<Run>, index: u32) -> Result<RequestResult, StoreEr
 
 /// Acquires one unit of the demo semaphore before the run's deadline.
 ///
-/// Correct for both kinds of store: it asks the store to wait up to the time
-/// left (a store that waits server-side grants as soon as a unit is free), and
-/// when the answer is still `Unavailable` (a store that tries once) it pauses
-/// briefly and asks again.
+/// It waits the way `POST …/permits` with `wait_ms` does (the same FIFO queue
+/// and wakes, so a unit is handed over as soon as it is released), for the
+/// time left in the run; should that wait end without a permit (it is capped
+/// by `--max-wait-ms`), it pauses briefly and asks again until the deadline.
 async fn acquire(run: &Run, index: u32) -> Result<Option<crate::semaphore::PermitId>, StoreError> {
     let holder = Holder::parse(&format!("demo request {index}")).ok();
     let ttl = Ttl::new(PERMIT_TTL.as_millis() as u64, PERMIT_TTL.as_millis() as u64)
@@ -533,7 +538,7 @@ async fn acquire(run: &Run, index: u32) -> Result<Option<crate::semaphore::Permi
             holder: holder.clone(),
             idempotency_key: None,
         };
-        match run.store.acquire(&request).await? {
+        match waiting::acquire(&run.store, &request, &run.waiting).await? {
             AcquireOutcome::Granted(permit) | AcquireOutcome::Replayed(permit) => {
                 return Ok(Some(permit.id));
             }

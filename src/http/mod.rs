@@ -22,6 +22,7 @@ use crate::config::RequestBounds;
 use crate::demo::DemoConfig;
 use crate::error::ApiError;
 use crate::store::SemaphoreStore;
+use crate::waiting::WaitSettings;
 
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -31,6 +32,7 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub struct AppState {
     pub store: Arc<dyn SemaphoreStore>,
     pub bounds: RequestBounds,
+    pub waiting: WaitSettings,
     /// The demo's outbound policy and HTTP clients (`GET /demo`).
     pub demo: Arc<DemoConfig>,
 }

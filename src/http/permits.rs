@@ -11,6 +11,7 @@ use super::models::{AcquireBody, PermitView, RefreshBody};
 use super::semaphores::{parse_name, semaphore_not_found};
 use crate::error::ApiError;
 use crate::semaphore::{AcquireOutcome, IdempotencyKey, Permit, PermitId, SemaphoreName, Ttl};
+use crate::waiting;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -57,7 +58,7 @@ pub async fn acquire_permit(
     let name = parse_name(&name)?;
     let key = idempotency_key(&headers)?;
     let request = body.into_request(name, key, &state.bounds)?;
-    match state.store.acquire(&request).await? {
+    match waiting::acquire(&state.store, &request, &state.waiting).await? {
         AcquireOutcome::Granted(permit) => {
             tracing::info!(
                 semaphore = %permit.semaphore,

@@ -7,23 +7,37 @@
 //!
 //! One `std::sync::Mutex` guards the whole map: every operation is a short,
 //! non-async critical section (no `.await` while locked), which is both the
-//! atomicity the contract asks for and cheaper than an async lock.
+//! atomicity the contract asks for and cheaper than an async lock. Waiters are
+//! woken through `Wakeups` from inside that section (its own lock is only ever
+//! taken after ours, never the other way round).
+//!
+//! Waiters here cannot outlive the process, so unlike Redis waiters they need
+//! no lease: a waiter that goes away leaves through `leave`.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{SemaphoreStore, StoreError};
+use super::{Attempt, SemaphoreStore, StoreError, Wakeups};
 use crate::semaphore::{
     AcquireOutcome, AcquireRequest, HolderInfo, Limit, MAX_LISTED_HOLDERS, Millis, Permit,
     PermitId, SemaphoreName, SemaphoreStatus, SetLimitOutcome, Ttl,
 };
 
-#[derive(Default)]
 pub struct MemoryStore {
     semaphores: Mutex<HashMap<SemaphoreName, SemaphoreState>>,
+    wakeups: Arc<Wakeups>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            semaphores: Mutex::default(),
+            wakeups: Wakeups::new(),
+        }
+    }
 }
 
 struct PermitRecord {
@@ -46,6 +60,8 @@ struct SemaphoreState {
     /// Leases ordered by end, so expiry only touches what has expired.
     expiries: BTreeSet<(Millis, PermitId)>,
     idempotency: HashMap<String, PermitId>,
+    /// Waiting tickets and their counts, in arrival order.
+    queue: VecDeque<(PermitId, u32)>,
 }
 
 impl SemaphoreState {
@@ -57,17 +73,65 @@ impl SemaphoreState {
             permits: HashMap::new(),
             expiries: BTreeSet::new(),
             idempotency: HashMap::new(),
+            queue: VecDeque::new(),
         }
     }
 
-    /// Drops every permit whose lease ended at or before `now`.
-    fn expire(&mut self, now: Millis) {
+    /// Drops every permit whose lease ended at or before `now`; returns
+    /// whether any did.
+    fn expire(&mut self, now: Millis) -> bool {
+        let mut any = false;
         while let Some(&(at, id)) = self.expiries.first() {
             if at > now {
                 break;
             }
             self.expiries.pop_first();
             self.remove(id);
+            any = true;
+        }
+        any
+    }
+
+    fn dequeue(&mut self, ticket: PermitId) -> bool {
+        match self.queue.iter().position(|&(t, _)| t == ticket) {
+            Some(at) => {
+                self.queue.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `count` units for `ticket` fit after every waiter ahead of it
+    /// (all of the queue when the ticket is not in it).
+    fn fits(&self, ticket: PermitId, count: u32) -> bool {
+        let Some(free) = self.limit.checked_sub(self.held) else {
+            return false;
+        };
+        let mut needed = u64::from(count);
+        for &(waiter, waiter_count) in &self.queue {
+            if waiter == ticket || needed > u64::from(free) {
+                break;
+            }
+            needed += u64::from(waiter_count);
+        }
+        needed <= u64::from(free)
+    }
+
+    /// Wakes the waiters at the head of the queue whose counts fit now, in
+    /// order; the first that does not fit blocks the rest (strict FIFO).
+    fn wake_heads(&self, wakeups: &Wakeups) {
+        let mut free = self.limit.saturating_sub(self.held);
+        if self.queue.is_empty() || free == 0 {
+            return;
+        }
+        let cause = now_micros();
+        for &(ticket, count) in &self.queue {
+            if count > free {
+                break;
+            }
+            free -= count;
+            wakeups.wake(ticket, Some(cause));
         }
     }
 
@@ -110,6 +174,110 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// The attempt's decision, under the lock.
+    fn decide(&self, request: &AcquireRequest, ticket: PermitId, queue: bool) -> Attempt {
+        let now = Millis::now();
+        let done = |outcome| Attempt::Done {
+            outcome,
+            clock_us: now_micros(),
+        };
+        let mut map = self.lock();
+        let state = match (map.get_mut(&request.name), request.limit) {
+            (None, None) => return done(AcquireOutcome::NotFound),
+            (Some(state), Some(limit)) if state.limit != limit.get() => {
+                state.dequeue(ticket);
+                return done(AcquireOutcome::LimitConflict {
+                    current: state.limit,
+                });
+            }
+            (Some(state), _) => state,
+            (None, Some(limit)) => map
+                .entry(request.name.clone())
+                .or_insert_with(|| SemaphoreState::new(limit.get())),
+        };
+        let expired = state.expire(now);
+
+        if let Some(key) = &request.idempotency_key
+            && let Some(&id) = state.idempotency.get(key.as_str())
+        {
+            let left = state.dequeue(ticket);
+            let record = &state.permits[&id];
+            let same = record
+                .idempotency
+                .as_ref()
+                .is_some_and(|(_, fp)| *fp == request.fingerprint());
+            let outcome = if same {
+                AcquireOutcome::Replayed(to_permit(&request.name, id, record))
+            } else {
+                AcquireOutcome::IdempotencyMismatch
+            };
+            if left || expired {
+                state.wake_heads(&self.wakeups);
+            }
+            return done(outcome);
+        }
+
+        let count = request.count.get();
+        if count > state.limit {
+            if state.dequeue(ticket) || expired {
+                state.wake_heads(&self.wakeups);
+            }
+            return done(AcquireOutcome::CountExceedsLimit { limit: state.limit });
+        }
+        if !state.fits(ticket, count) {
+            let soonest = state.soonest_expiry();
+            if queue {
+                let position = match state.queue.iter().position(|&(t, _)| t == ticket) {
+                    Some(at) => at,
+                    None => {
+                        state.queue.push_back((ticket, count));
+                        state.queue.len() - 1
+                    }
+                };
+                if expired {
+                    state.wake_heads(&self.wakeups);
+                }
+                return Attempt::Queued {
+                    position: position as u32,
+                    soonest_expiry: soonest.map(|at| Duration::from_millis(at.0 - now.0)),
+                    soonest_waiter_lease: None,
+                };
+            }
+            if state.dequeue(ticket) || expired {
+                state.wake_heads(&self.wakeups);
+            }
+            return done(AcquireOutcome::Unavailable {
+                limit: state.limit,
+                held: state.held,
+                retry_after_ms: soonest.map(|at| at.0.saturating_sub(now.0)),
+            });
+        }
+
+        state.dequeue(ticket);
+        state.fence += 1;
+        let record = PermitRecord {
+            count,
+            fencing_token: state.fence,
+            acquired_at: now,
+            expires_at: Millis(now.0 + request.ttl.as_millis()),
+            holder: request.holder.as_ref().map(|h| h.as_str().to_owned()),
+            idempotency: request
+                .idempotency_key
+                .as_ref()
+                .map(|k| (k.as_str().to_owned(), request.fingerprint())),
+        };
+        if let Some((key, _)) = &record.idempotency {
+            state.idempotency.insert(key.clone(), ticket);
+        }
+        state.expiries.insert((record.expires_at, ticket));
+        state.held += count;
+        let permit = to_permit(&request.name, ticket, &record);
+        state.permits.insert(ticket, record);
+        // More may fit behind us (several units freed at once).
+        state.wake_heads(&self.wakeups);
+        done(AcquireOutcome::Granted(permit))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SemaphoreName, SemaphoreState>> {
         // A panic while locked cannot leave a half-applied change (every
         // mutation is a few infallible statements), so a poisoned lock is safe
@@ -144,6 +312,7 @@ impl SemaphoreStore for MemoryStore {
             Some(state) if state.limit == limit.get() => Ok(SetLimitOutcome::Unchanged),
             Some(state) => {
                 let previous = std::mem::replace(&mut state.limit, limit.get());
+                state.wake_heads(&self.wakeups);
                 Ok(SetLimitOutcome::Changed { previous })
             }
         }
@@ -155,7 +324,9 @@ impl SemaphoreStore for MemoryStore {
         let Some(state) = map.get_mut(name) else {
             return Ok(None);
         };
-        state.expire(now);
+        if state.expire(now) {
+            state.wake_heads(&self.wakeups);
+        }
         let holders = state
             .expiries
             .iter()
@@ -175,80 +346,45 @@ impl SemaphoreStore for MemoryStore {
             name: name.clone(),
             limit: state.limit,
             held: state.held,
-            waiting: 0,
+            waiting: state.queue.len() as u32,
             holders,
         }))
     }
 
     async fn delete(&self, name: &SemaphoreName) -> Result<bool, StoreError> {
-        Ok(self.lock().remove(name).is_some())
+        let Some(state) = self.lock().remove(name) else {
+            return Ok(false);
+        };
+        // Waiters learn the news on their next attempt, not after their wait.
+        for &(ticket, _) in &state.queue {
+            self.wakeups.wake(ticket, None);
+        }
+        Ok(true)
     }
 
-    async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, StoreError> {
-        let now = Millis::now();
+    async fn attempt(
+        &self,
+        request: &AcquireRequest,
+        ticket: PermitId,
+        queue: bool,
+    ) -> Result<Attempt, StoreError> {
+        Ok(self.decide(request, ticket, queue))
+    }
+
+    async fn leave(&self, name: &SemaphoreName, ticket: PermitId) -> Result<(), StoreError> {
         let mut map = self.lock();
-        let state = match (map.get_mut(&request.name), request.limit) {
-            (None, None) => return Ok(AcquireOutcome::NotFound),
-            (Some(state), Some(limit)) if state.limit != limit.get() => {
-                return Ok(AcquireOutcome::LimitConflict {
-                    current: state.limit,
-                });
+        if let Some(state) = map.get_mut(name) {
+            let left = state.dequeue(ticket);
+            let released = state.remove(ticket).is_some();
+            if left || released {
+                state.wake_heads(&self.wakeups);
             }
-            (Some(state), _) => state,
-            (None, Some(limit)) => map
-                .entry(request.name.clone())
-                .or_insert_with(|| SemaphoreState::new(limit.get())),
-        };
-        state.expire(now);
+        }
+        Ok(())
+    }
 
-        if let Some(key) = &request.idempotency_key
-            && let Some(&id) = state.idempotency.get(key.as_str())
-        {
-            let record = &state.permits[&id];
-            let same = record
-                .idempotency
-                .as_ref()
-                .is_some_and(|(_, fp)| *fp == request.fingerprint());
-            return Ok(if same {
-                AcquireOutcome::Replayed(to_permit(&request.name, id, record))
-            } else {
-                AcquireOutcome::IdempotencyMismatch
-            });
-        }
-
-        let count = request.count.get();
-        if count > state.limit {
-            return Ok(AcquireOutcome::CountExceedsLimit { limit: state.limit });
-        }
-        if state.held + count > state.limit {
-            return Ok(AcquireOutcome::Unavailable {
-                limit: state.limit,
-                held: state.held,
-                retry_after_ms: state.soonest_expiry().map(|at| at.0.saturating_sub(now.0)),
-            });
-        }
-
-        state.fence += 1;
-        let id = PermitId::random();
-        let record = PermitRecord {
-            count,
-            fencing_token: state.fence,
-            acquired_at: now,
-            expires_at: Millis(now.0 + request.ttl.as_millis()),
-            holder: request.holder.as_ref().map(|h| h.as_str().to_owned()),
-            idempotency: request
-                .idempotency_key
-                .as_ref()
-                .map(|k| (k.as_str().to_owned(), request.fingerprint())),
-        };
-        if let Some((key, _)) = &record.idempotency {
-            state.idempotency.insert(key.clone(), id);
-        }
-        state.expiries.insert((record.expires_at, id));
-        state.held += count;
-        let permit = to_permit(&request.name, id, &record);
-        state.permits.insert(id, record);
-        Ok(AcquireOutcome::Granted(permit))
+    fn wakeups(&self) -> &Arc<Wakeups> {
+        &self.wakeups
     }
 
     async fn permit(
@@ -261,7 +397,9 @@ impl SemaphoreStore for MemoryStore {
         let Some(state) = map.get_mut(name) else {
             return Ok(None);
         };
-        state.expire(now);
+        if state.expire(now) {
+            state.wake_heads(&self.wakeups);
+        }
         Ok(state.permits.get(&id).map(|r| to_permit(name, id, r)))
     }
 
@@ -276,14 +414,25 @@ impl SemaphoreStore for MemoryStore {
         let Some(state) = map.get_mut(name) else {
             return Ok(None);
         };
-        state.expire(now);
+        if state.expire(now) {
+            state.wake_heads(&self.wakeups);
+        }
+        let soonest_before = state.soonest_expiry();
         let Some(record) = state.permits.get_mut(&id) else {
             return Ok(None);
         };
         state.expiries.remove(&(record.expires_at, id));
         record.expires_at = Millis(now.0 + ttl.as_millis());
         state.expiries.insert((record.expires_at, id));
-        Ok(Some(to_permit(name, id, record)))
+        let permit = to_permit(name, id, record);
+        // The head waiter's timer aims at the soonest expiry: if that moved
+        // earlier, wake the head so it aims again.
+        if state.soonest_expiry() < soonest_before
+            && let Some(&(head, _)) = state.queue.front()
+        {
+            self.wakeups.wake(head, None);
+        }
+        Ok(Some(permit))
     }
 
     async fn release(&self, name: &SemaphoreName, id: PermitId) -> Result<bool, StoreError> {
@@ -293,6 +442,8 @@ impl SemaphoreStore for MemoryStore {
             return Ok(false);
         };
         state.expire(now);
-        Ok(state.remove(id).is_some())
+        let released = state.remove(id).is_some();
+        state.wake_heads(&self.wakeups);
+        Ok(released)
     }
 }

@@ -21,11 +21,28 @@
 //!   permit per microsecond for its whole life).
 //! - **Ids are capabilities.** A permit id is only ever returned by the acquire
 //!   that created it (or its idempotent replay).
+//! - **First come, first served.** Acquires that wait form one queue per
+//!   semaphore, in arrival order at the store. Units go to the queue's head
+//!   first: an acquire is granted only if its count fits after every waiter
+//!   ahead of it (a newcomer is behind the whole queue), so nobody is overtaken,
+//!   not even by a try-once acquire that finds units free.
+//! - **Tickets.** A waiting acquire is known by a ticket (a fresh `PermitId`,
+//!   which also becomes the permit's id when granted). When a change may let a
+//!   waiter proceed (release, expiry, limit raise, a waiter leaving, a refresh
+//!   that moves the soonest expiry), the store wakes that ticket through
+//!   [`Wakeups`]; the waiter then calls `attempt` again. The waiting loop itself
+//!   is in `crate::waiting`, shared by both stores.
 
 pub mod memory;
 pub mod redis;
+pub mod wakeups;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+
+pub use wakeups::Wakeups;
 
 use crate::semaphore::{
     AcquireOutcome, AcquireRequest, Limit, Permit, PermitId, SemaphoreName, SemaphoreStatus,
@@ -51,6 +68,25 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+}
+
+/// The answer to one acquire attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// A final answer; `clock_us` is the store clock when it was decided.
+    Done {
+        outcome: AcquireOutcome,
+        clock_us: u64,
+    },
+    /// The ticket waits in the queue at `position` (0 = head). `soonest_expiry`
+    /// is when the soonest lease runs out, so the head can set a timer for it.
+    /// `soonest_waiter_lease` (Redis only) is when the soonest waiter lease
+    /// ends: a waiter whose instance died may be blocking the queue until then.
+    Queued {
+        position: u32,
+        soonest_expiry: Option<Duration>,
+        soonest_waiter_lease: Option<Duration>,
+    },
 }
 
 /// Where semaphores and permits live. See the module docs for the semantics
@@ -91,13 +127,36 @@ pub trait SemaphoreStore: Send + Sync + 'static {
     /// Only store failures.
     async fn delete(&self, name: &SemaphoreName) -> Result<bool, StoreError>;
 
-    /// Takes `count` units, all or nothing, creating the semaphore first when
-    /// the request carries a limit and it does not exist. With an idempotency
-    /// key that already names a live permit, returns that permit unchanged.
+    /// One acquire attempt for `ticket`: takes `count` units, all or nothing,
+    /// creating the semaphore first when the request carries a limit and it
+    /// does not exist. With an idempotency key that already names a live
+    /// permit, returns that permit unchanged.
+    ///
+    /// When the units do not fit (after every waiter ahead of the ticket):
+    /// with `queue`, the ticket joins the queue (or keeps its place, renewing
+    /// its waiter lease) and the answer is `Queued`; without, the ticket leaves
+    /// the queue if it was in it and the answer is `Unavailable`. Every final
+    /// answer takes the ticket out of the queue.
     ///
     /// # Errors
     /// Only store failures; every refusal is an `AcquireOutcome`.
-    async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, StoreError>;
+    async fn attempt(
+        &self,
+        request: &AcquireRequest,
+        ticket: PermitId,
+        queue: bool,
+    ) -> Result<Attempt, StoreError>;
+
+    /// Withdraws a ticket: out of the queue if it waits, and if it was already
+    /// granted (the client went away before hearing so), its permit is
+    /// released. Idempotent.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn leave(&self, name: &SemaphoreName, ticket: PermitId) -> Result<(), StoreError>;
+
+    /// Where this store wakes the tickets waiting in this process.
+    fn wakeups(&self) -> &Arc<Wakeups>;
 
     /// The permit if it is live. Read-only.
     ///

@@ -9,8 +9,19 @@
 //! - `p{name}:expiry`  sorted set: permit id scored by lease end (Redis ms)
 //! - `p{name}:permits` hash: permit id -> record
 //! - `p{name}:idem`    hash: Idempotency-Key -> permit id
+//! - `p{name}:queue`   sorted set: waiting ticket scored by arrival number
+//! - `p{name}:waiters` hash: waiting ticket -> count and wake channel
+//! - `p{name}:wleases` sorted set: waiting ticket scored by waiter lease end
 //!
 //! The `{name}` hash tag puts every key of one semaphore in one cluster slot.
+//!
+//! Waiting: each instance subscribes (one dedicated connection, outside the
+//! pool) to its own channel `p wake:<instance id>`. Scripts publish a ticket
+//! there when it may proceed, and the subscriber task wakes it through
+//! `Wakeups`. When the subscription drops, messages sent meanwhile are lost, so
+//! every local waiter re-checks as soon as it is back. Waiters renew their
+//! lease in the queue with every attempt; an instance that dies stops renewing,
+//! and its waiters drop out after one lease.
 //!
 //! Every call is bounded by one deadline (`--redis-timeout-ms`): pool checkout,
 //! connecting and the script together. Past it the caller gets
@@ -18,14 +29,15 @@
 //! connections are noticed by the pool's recycle check (PING) and replaced, so
 //! the store recovers by itself when Redis comes back.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::redis::{self, RetryMethod, Script, Value};
 use deadpool_redis::{Pool, PoolError, Runtime, Timeouts};
+use futures::StreamExt;
 
-use super::{SemaphoreStore, StoreError};
+use super::{Attempt, SemaphoreStore, StoreError, Wakeups};
 use crate::semaphore::{
     AcquireOutcome, AcquireRequest, HolderInfo, Limit, MAX_LISTED_HOLDERS, Millis, Permit,
     PermitId, SemaphoreName, SemaphoreStatus, SetLimitOutcome, Ttl,
@@ -45,6 +57,7 @@ static SET_LIMIT: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("scripts/set_limit.lua")));
 static STATUS: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/status.lua")));
 static DELETE: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/delete.lua")));
+static LEAVE: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/leave.lua")));
 
 /// How to reach Redis and how long to wait for it.
 #[derive(Debug, Clone)]
@@ -56,17 +69,31 @@ pub struct RedisSettings {
     pub connect_timeout: Duration,
     /// Bound on one whole store call: checkout, connect and script.
     pub timeout: Duration,
+    /// How long the queue keeps a waiter its instance stopped renewing.
+    pub waiter_lease: Duration,
 }
 
 pub struct RedisStore {
     pool: Pool,
     prefix: String,
     timeout: Duration,
+    waiter_lease_ms: String,
+    wake_channel: String,
+    wakeups: Arc<Wakeups>,
+    subscriber: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.subscriber.abort();
+    }
 }
 
 impl RedisStore {
-    /// Builds the pool. No connection is made yet: an unreachable Redis at
-    /// start is reported by `ping` (and `/readyz`), not by a failed start.
+    /// Builds the pool and starts the subscriber task (so it must be called
+    /// inside a Tokio runtime). No pooled connection is made yet: an
+    /// unreachable Redis at start is reported by `ping` (and `/readyz`), not
+    /// by a failed start.
     ///
     /// # Errors
     /// When the URL cannot be parsed.
@@ -82,21 +109,33 @@ impl RedisStore {
         let pool = config
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|e| StoreError::Internal(format!("bad Redis configuration: {e}")))?;
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| StoreError::Internal(format!("bad Redis URL: {e}")))?;
+        let wake_channel = format!("{}wake:{}", settings.key_prefix, uuid::Uuid::new_v4());
+        let wakeups = Wakeups::new();
+        let subscriber = tokio::spawn(subscribe(
+            client,
+            wake_channel.clone(),
+            wakeups.clone(),
+            settings.connect_timeout,
+        ));
         Ok(Self {
             pool,
             prefix: settings.key_prefix.clone(),
             timeout: settings.timeout,
+            waiter_lease_ms: settings.waiter_lease.as_millis().to_string(),
+            wake_channel,
+            wakeups,
+            subscriber,
         })
     }
 
-    fn keys(&self, name: &SemaphoreName) -> [String; 4] {
+    fn keys(&self, name: &SemaphoreName) -> [String; 7] {
         let base = format!("{}{{{}}}", self.prefix, name.as_str());
         [
-            format!("{base}:meta"),
-            format!("{base}:expiry"),
-            format!("{base}:permits"),
-            format!("{base}:idem"),
+            "meta", "expiry", "permits", "idem", "queue", "waiters", "wleases",
         ]
+        .map(|suffix| format!("{base}:{suffix}"))
     }
 
     async fn run<T: redis::FromRedisValue>(
@@ -137,6 +176,54 @@ fn classify_pool(e: PoolError) -> StoreError {
         PoolError::Backend(e) => classify(e),
         PoolError::Timeout(_) => StoreError::Unavailable("no Redis connection in time".into()),
         other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// Keeps this instance subscribed to its wake channel, reconnecting with
+/// backoff, and turns each message ("ticket \n cause µs") into a wake.
+async fn subscribe(
+    client: redis::Client,
+    channel: String,
+    wakeups: Arc<Wakeups>,
+    connect_timeout: Duration,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let connected = tokio::time::timeout(connect_timeout, async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        let mut pubsub = match connected {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "wake subscription failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!("wake subscription timed out; retrying");
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        // Whatever was published while we were not subscribed is lost.
+        wakeups.wake_all();
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            let payload: Vec<u8> = message.get_payload_bytes().to_vec();
+            let text = String::from_utf8_lossy(&payload);
+            let mut parts = text.splitn(2, '\n');
+            let ticket = parts.next().and_then(|t| PermitId::parse(t).ok());
+            let cause_us = parts.next().and_then(|us| us.parse().ok());
+            if let Some(ticket) = ticket {
+                wakeups.wake(ticket, cause_us);
+            }
+        }
+        tracing::warn!("wake subscription lost; waiting acquires re-check");
+        wakeups.wake_all();
     }
 }
 
@@ -242,6 +329,7 @@ impl SemaphoreStore for RedisStore {
             "found" => {
                 let limit = reply.u32()?;
                 let held = reply.u32()?;
+                let waiting = reply.u32()?;
                 let listed = reply.uint()?;
                 let mut holders = Vec::with_capacity(listed as usize);
                 for _ in 0..listed {
@@ -257,7 +345,7 @@ impl SemaphoreStore for RedisStore {
                     name: name.clone(),
                     limit,
                     held,
-                    waiting: 0,
+                    waiting,
                     holders,
                 }))
             }
@@ -270,7 +358,12 @@ impl SemaphoreStore for RedisStore {
         Ok(existed == 1)
     }
 
-    async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, StoreError> {
+    async fn attempt(
+        &self,
+        request: &AcquireRequest,
+        ticket: PermitId,
+        queue: bool,
+    ) -> Result<Attempt, StoreError> {
         let limit = request
             .limit
             .map(|l| l.get().to_string())
@@ -284,27 +377,60 @@ impl SemaphoreStore for RedisStore {
             .map(|k| k.as_str())
             .unwrap_or("");
         let fingerprint = request.fingerprint();
-        let id = PermitId::random().to_string();
-        let args = [limit.as_str(), &count, &ttl, holder, key, &fingerprint, &id];
+        let ticket = ticket.to_string();
+        let args = [
+            limit.as_str(),
+            &count,
+            &ttl,
+            holder,
+            key,
+            &fingerprint,
+            &ticket,
+            if queue { "1" } else { "0" },
+            &self.waiter_lease_ms,
+            &self.wake_channel,
+        ];
         let mut reply = Reply::new(self.run(&ACQUIRE, &request.name, &args).await?);
-        match reply.string()?.as_str() {
-            "granted" => Ok(AcquireOutcome::Granted(reply.permit(&request.name)?)),
-            "replayed" => Ok(AcquireOutcome::Replayed(reply.permit(&request.name)?)),
-            "not_found" => Ok(AcquireOutcome::NotFound),
-            "mismatch" => Ok(AcquireOutcome::IdempotencyMismatch),
-            "conflict" => Ok(AcquireOutcome::LimitConflict {
+        let tag = reply.string()?;
+        let clock_us = reply.uint()?;
+        let outcome = match tag.as_str() {
+            "granted" => AcquireOutcome::Granted(reply.permit(&request.name)?),
+            "replayed" => AcquireOutcome::Replayed(reply.permit(&request.name)?),
+            "not_found" => AcquireOutcome::NotFound,
+            "mismatch" => AcquireOutcome::IdempotencyMismatch,
+            "conflict" => AcquireOutcome::LimitConflict {
                 current: reply.u32()?,
-            }),
-            "too_large" => Ok(AcquireOutcome::CountExceedsLimit {
+            },
+            "too_large" => AcquireOutcome::CountExceedsLimit {
                 limit: reply.u32()?,
-            }),
-            "unavailable" => Ok(AcquireOutcome::Unavailable {
+            },
+            "unavailable" => AcquireOutcome::Unavailable {
                 limit: reply.u32()?,
                 held: reply.u32()?,
                 retry_after_ms: u64::try_from(reply.int()?).ok(),
-            }),
-            tag => Err(unexpected(tag)),
-        }
+            },
+            "queued" => {
+                return Ok(Attempt::Queued {
+                    position: reply.u32()?,
+                    soonest_expiry: u64::try_from(reply.int()?).ok().map(Duration::from_millis),
+                    soonest_waiter_lease: u64::try_from(reply.int()?)
+                        .ok()
+                        .map(Duration::from_millis),
+                });
+            }
+            tag => return Err(unexpected(tag)),
+        };
+        Ok(Attempt::Done { outcome, clock_us })
+    }
+
+    async fn leave(&self, name: &SemaphoreName, ticket: PermitId) -> Result<(), StoreError> {
+        let ticket = ticket.to_string();
+        let _: i64 = self.run(&LEAVE, name, &[&ticket]).await?;
+        Ok(())
+    }
+
+    fn wakeups(&self) -> &Arc<Wakeups> {
+        &self.wakeups
     }
 
     async fn permit(

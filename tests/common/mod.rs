@@ -195,11 +195,18 @@ impl TestApp {
     }
 }
 
-impl Drop for TestApp {
-    fn drop(&mut self) {
+impl TestApp {
+    /// Starts the app's graceful shutdown (as SIGTERM would).
+    pub fn shut_down(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shut_down();
     }
 }
 

@@ -1,4 +1,4 @@
---[[ acquire.lua: take `count` units, all or nothing, in one atomic step.
+--[[ acquire.lua: one acquire attempt for a ticket, in one atomic step.
 
 ARGV[1] limit to create the semaphore with, or '' (then unknown is not_found)
 ARGV[2] count
@@ -6,66 +6,111 @@ ARGV[3] ttl_ms
 ARGV[4] holder label, or ''
 ARGV[5] Idempotency-Key, or ''
 ARGV[6] request fingerprint (a retry must repeat it exactly)
-ARGV[7] id for the new permit (random, made by the caller)
+ARGV[7] ticket: the id the permit gets if granted, and the waiter's name
+ARGV[8] '1' to join (or stay in) the queue when the units do not fit, '0' to
+        give up (leaving the queue if the ticket is in it)
+ARGV[9] waiter lease in ms: how long the queue keeps this ticket unless the
+        instance renews it with another attempt
+ARGV[10] wake channel of the calling permitd instance
 
 Returns one of:
-  {'not_found'}
-  {'conflict', current_limit}
-  {'mismatch'}                       key names a permit made by another body
-  {'too_large', limit}               count > limit: could never succeed
-  {'unavailable', limit, held, ms_until_soonest_expiry or -1}
-  {'granted'|'replayed', id, count, fence, acquired_ms, expires_ms, holder}
+  {'not_found', now_us}
+  {'conflict', now_us, current_limit}
+  {'mismatch', now_us}               key names a permit made by another body
+  {'too_large', now_us, limit}       count > limit: could never succeed
+  {'unavailable', now_us, limit, held, ms_until_soonest_expiry or -1}
+  {'queued', now_us, position, ms_until_soonest_expiry or -1,
+   ms_until_soonest_waiter_lease_end}
+  {'granted'|'replayed', now_us, id, count, fence, acquired_ms, expires_ms, holder}
 
-Atomic because the capacity check, the fencing counter and the write of the
-permit must see one state: two instances racing for the last unit must not
-both win.
+Atomic because the queue order, the capacity check, the fencing counter and
+the write of the permit must see one state: two instances racing for the last
+unit must not both win, and nobody may pass a waiter that arrived earlier.
 ]]
+local ticket = ARGV[7]
 local limit = redis.call('HGET', meta_key, 'limit')
 if not limit then
   if ARGV[1] == '' then
-    return { 'not_found' }
+    return { 'not_found', now_us }
   end
   redis.call('HSET', meta_key, 'limit', ARGV[1], 'held', 0, 'fence', int(now_us))
   limit = ARGV[1]
 elseif ARGV[1] ~= '' and ARGV[1] ~= limit then
-  return { 'conflict', tonumber(limit) }
+  if dequeue(ticket) then
+    wake_heads()
+  end
+  return { 'conflict', now_us, tonumber(limit) }
 end
 limit = tonumber(limit)
-expire()
+-- Anything freed or any waiter dropped may let others proceed: wake them
+-- before leaving, whatever this attempt's answer.
+local changed = expire() + drop_dead_waiters() > 0
 
 if ARGV[5] ~= '' then
   local existing = redis.call('HGET', idem_key, ARGV[5])
   if existing then
+    if dequeue(ticket) then
+      changed = true
+    end
+    if changed then
+      wake_heads()
+    end
     local record = redis.call('HGET', permits_key, existing)
     if decode(record).fingerprint ~= ARGV[6] then
-      return { 'mismatch' }
+      return { 'mismatch', now_us }
     end
-    return permit_reply('replayed', existing, record,
+    local reply = permit_reply('replayed', existing, record,
       tonumber(redis.call('ZSCORE', expiry_key, existing)))
+    table.insert(reply, 2, now_us)
+    return reply
   end
 end
 
 local count = tonumber(ARGV[2])
 if count > limit then
-  return { 'too_large', limit }
-end
-local held = tonumber(redis.call('HGET', meta_key, 'held'))
-if held + count > limit then
-  local soonest = redis.call('ZRANGE', expiry_key, 0, 0, 'WITHSCORES')
-  local wait = -1
-  if soonest[2] then
-    wait = tonumber(soonest[2]) - now_ms
+  if dequeue(ticket) or changed then
+    wake_heads()
   end
-  return { 'unavailable', limit, held, wait }
+  return { 'too_large', now_us, limit }
 end
 
+if not fits(ticket, count) then
+  if ARGV[8] == '1' then
+    if not redis.call('ZSCORE', queue_key, ticket) then
+      local number = redis.call('HINCRBY', meta_key, 'qseq', 1)
+      redis.call('ZADD', queue_key, number, ticket)
+      redis.call('HSET', waiters_key, ticket, ARGV[2] .. '\n' .. ARGV[10])
+    end
+    redis.call('ZADD', wleases_key, now_ms + tonumber(ARGV[9]), ticket)
+    if changed then
+      wake_heads()
+    end
+    -- When the soonest waiter lease ends, a waiter whose instance died may
+    -- be blocking the queue: the caller re-checks then, so dead waiters are
+    -- swept within one lease even if nothing else happens.
+    local lease = redis.call('ZRANGE', wleases_key, 0, 0, 'WITHSCORES')
+    return { 'queued', now_us, redis.call('ZRANK', queue_key, ticket), soonest_expiry_in_ms(),
+      tonumber(lease[2]) - now_ms }
+  end
+  if dequeue(ticket) or changed then
+    wake_heads()
+  end
+  return { 'unavailable', now_us, limit, tonumber(redis.call('HGET', meta_key, 'held')),
+    soonest_expiry_in_ms() }
+end
+
+dequeue(ticket)
 local fence = redis.call('HINCRBY', meta_key, 'fence', 1)
 local expires = now_ms + tonumber(ARGV[3])
 local record = encode(ARGV[2], int(fence), int(now_ms), ARGV[5], ARGV[6], ARGV[4])
-redis.call('HSET', permits_key, ARGV[7], record)
-redis.call('ZADD', expiry_key, expires, ARGV[7])
+redis.call('HSET', permits_key, ticket, record)
+redis.call('ZADD', expiry_key, expires, ticket)
 redis.call('HINCRBY', meta_key, 'held', count)
 if ARGV[5] ~= '' then
-  redis.call('HSET', idem_key, ARGV[5], ARGV[7])
+  redis.call('HSET', idem_key, ARGV[5], ticket)
 end
-return permit_reply('granted', ARGV[7], record, expires)
+-- Several units may have freed at once: the next waiters may fit too.
+wake_heads()
+local reply = permit_reply('granted', ticket, record, expires)
+table.insert(reply, 2, now_us)
+return reply

@@ -6,16 +6,23 @@ Returns {'gone'} or {'live', id, count, fence, acquired_ms, expires_ms, holder}.
 
 Atomic so an expired permit is swept before the refresh looks for it: a
 lease that ran out is never brought back, even by a refresh that arrives a
-millisecond late.
+millisecond late. When the refresh moves the soonest expiry earlier, the head
+waiter is woken to re-aim its expiry timer.
 ]]
 if redis.call('EXISTS', meta_key) == 0 then
   return { 'gone' }
 end
-expire()
+if expire() + drop_dead_waiters() > 0 then
+  wake_heads()
+end
 local record = redis.call('HGET', permits_key, ARGV[1])
 if not record then
   return { 'gone' }
 end
+local soonest_before = soonest_expiry_in_ms()
 local expires = now_ms + tonumber(ARGV[2])
 redis.call('ZADD', expiry_key, 'XX', expires, ARGV[1])
+if soonest_expiry_in_ms() < soonest_before then
+  wake_first()
+end
 return permit_reply('live', ARGV[1], record, expires)

@@ -1,15 +1,19 @@
---[[ release.lua: give a live permit's units back.
+--[[ release.lua: give a live permit's units back, and wake who fits now.
 
 ARGV[1] permit id
 Returns 1 if the permit was live, 0 if unknown or already expired.
 
-Atomic so the held count and the permit record can never disagree.
+Atomic so the held count and the permit record can never disagree, and the
+next waiter is woken in the same step that frees its units.
 ]]
 if redis.call('EXISTS', meta_key) == 0 then
   return 0
 end
 expire()
-if remove_permit(ARGV[1]) then
+drop_dead_waiters()
+local released = remove_permit(ARGV[1])
+wake_heads()
+if released then
   return 1
 end
 return 0

@@ -4,8 +4,9 @@ ARGV[1] limit
 Returns {'created'}, {'unchanged'} or {'changed', previous_limit}.
 
 Lowering a limit never touches held permits: new acquires wait until what
-is held fits. A new semaphore's fencing counter starts at the Redis clock in
-microseconds, so tokens keep increasing across a delete and re-create.
+is held fits. Raising it wakes the waiters that fit now, in the same step.
+A new semaphore's fencing counter starts at the Redis clock in microseconds,
+so tokens keep increasing across a delete and re-create.
 ]]
 local current = redis.call('HGET', meta_key, 'limit')
 if not current then
@@ -16,4 +17,7 @@ if current == ARGV[1] then
   return { 'unchanged' }
 end
 redis.call('HSET', meta_key, 'limit', ARGV[1])
+expire()
+drop_dead_waiters()
+wake_heads()
 return { 'changed', tonumber(current) }

@@ -2,7 +2,8 @@
 
 ARGV[1] the most holders to list
 Returns {'not_found'} or
-  {'found', limit, held, n, (count, fence, acquired_ms, expires_ms, holder) x n}
+  {'found', limit, held, waiting, n,
+   (count, fence, acquired_ms, expires_ms, holder) x n}
 with holders soonest expiry first. Permit ids are never returned.
 
 Expired permits that no write has swept yet are left out of both `held` and
@@ -22,7 +23,9 @@ for i = 1, #ended do
 end
 local live = redis.call('ZRANGEBYSCORE', expiry_key, '(' .. int(now_ms), '+inf',
   'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
-local reply = { 'found', tonumber(limit), held, #live / 2 }
+-- Waiters whose lease ran out are as good as gone.
+local waiting = redis.call('ZCOUNT', wleases_key, '(' .. int(now_ms), '+inf')
+local reply = { 'found', tonumber(limit), held, waiting, #live / 2 }
 for i = 1, #live, 2 do
   local p = decode(redis.call('HGET', permits_key, live[i]))
   reply[#reply + 1] = p.count

@@ -1,0 +1,144 @@
+//! The waiting acquire: how a request with `wait_ms` is held open until it is
+//! granted, its wait runs out, the client goes away, or permitd shuts down.
+//!
+//! One loop serves both stores, because the store does the deciding (who is
+//! next, in FIFO order) and only tells this loop "queued at position N" or a
+//! final answer. Between attempts the loop sleeps until the first of:
+//! - a wake for its ticket (pushed by the store when units may fit: release,
+//!   expiry, limit raise, a waiter ahead leaving);
+//! - for the queue's head only, the soonest lease expiry (a holder that
+//!   crashed frees units without anyone telling us);
+//! - on Redis, the end of the soonest waiter lease (a waiter whose instance
+//!   died blocks the queue until then, and nobody else will say it is gone);
+//! - the re-check interval, which bounds the damage of a lost notification
+//!   and, on Redis, renews this waiter's lease in the queue;
+//! - the end of its wait, then one last try-once attempt that also leaves the
+//!   queue and reports `Unavailable`;
+//! - shutdown, answered with 503 after leaving the queue.
+//!
+//! If the request is dropped mid-wait (the client disconnected), a guard hands
+//! `leave` to a spawned task, since `Drop` cannot await: the ticket leaves the
+//! queue and, if it had just been granted, its permit is released.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::semaphore::{AcquireOutcome, AcquireRequest, PermitId, SemaphoreName};
+use crate::store::{Attempt, SemaphoreStore, StoreError};
+
+/// How waiting behaves, from settings, plus the shutdown signal.
+#[derive(Debug, Clone)]
+pub struct WaitSettings {
+    /// Longest sleep between two attempts of one waiter.
+    pub recheck: Duration,
+    /// Cancelled when permitd begins to shut down.
+    pub shutdown: CancellationToken,
+}
+
+/// Withdraws a ticket if the waiting future is dropped before it finished.
+struct LeaveGuard {
+    store: Arc<dyn SemaphoreStore>,
+    name: SemaphoreName,
+    ticket: PermitId,
+    armed: bool,
+}
+
+impl Drop for LeaveGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (store, name, ticket) = (self.store.clone(), self.name.clone(), self.ticket);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = store.leave(&name, ticket).await {
+                    // On Redis the waiter's lease ends soon anyway.
+                    tracing::debug!(error = %e, "could not withdraw an abandoned waiter");
+                }
+            });
+        }
+    }
+}
+
+/// Acquires, waiting up to `request.wait` for capacity in FIFO order.
+///
+/// # Errors
+/// Store failures, and `StoreError::Unavailable` when permitd shuts down
+/// while the request waits.
+pub async fn acquire(
+    store: &Arc<dyn SemaphoreStore>,
+    request: &AcquireRequest,
+    settings: &WaitSettings,
+) -> Result<AcquireOutcome, StoreError> {
+    let ticket = PermitId::random();
+    if request.wait.as_millis() == 0 {
+        return match store.attempt(request, ticket, false).await? {
+            Attempt::Done { outcome, .. } => Ok(outcome),
+            Attempt::Queued { .. } => Err(queued_without_asking()),
+        };
+    }
+
+    let started = Instant::now();
+    let deadline = started + request.wait.as_duration();
+    let wake = store.wakeups().register(ticket);
+    let mut guard = LeaveGuard {
+        store: store.clone(),
+        name: request.name.clone(),
+        ticket,
+        armed: true,
+    };
+    let mut last_try = false;
+    loop {
+        match store.attempt(request, ticket, !last_try).await? {
+            Attempt::Done { outcome, clock_us } => {
+                guard.armed = false;
+                if let AcquireOutcome::Granted(_) = &outcome {
+                    let waited = started.elapsed();
+                    metrics::histogram!("permitd_acquire_wait_seconds")
+                        .record(waited.as_secs_f64());
+                    if let Some(cause_us) = wake.take_woken_at_us() {
+                        let handoff = clock_us.saturating_sub(cause_us);
+                        metrics::histogram!("permitd_handoff_seconds").record(handoff as f64 / 1e6);
+                    }
+                }
+                return Ok(outcome);
+            }
+            Attempt::Queued { .. } if last_try => return Err(queued_without_asking()),
+            Attempt::Queued {
+                position,
+                soonest_expiry,
+                soonest_waiter_lease,
+            } => {
+                let now = Instant::now();
+                let mut until = deadline.min(now + settings.recheck);
+                // A millisecond late, so the lease has surely ended on the
+                // store's clock when we look.
+                let late = Duration::from_millis(1);
+                if position == 0
+                    && let Some(expiry) = soonest_expiry
+                {
+                    until = until.min(now + expiry + late);
+                }
+                if let Some(lease) = soonest_waiter_lease {
+                    until = until.min(now + lease + late);
+                }
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep_until(until.into()) => {}
+                    () = settings.shutdown.cancelled() => {
+                        guard.armed = false;
+                        let _ = store.leave(&request.name, ticket).await;
+                        return Err(StoreError::Unavailable("permitd is shutting down".into()));
+                    }
+                }
+                last_try = Instant::now() >= deadline;
+            }
+        }
+    }
+}
+
+fn queued_without_asking() -> StoreError {
+    StoreError::Internal("store queued a try-once acquire".into())
+}
