@@ -2,8 +2,9 @@
 //!
 //! `requests` tasks start at once. Each acquires a permit of a fresh demo
 //! semaphore through the [`SemaphoreStore`] trait (so through Redis whenever
-//! the API uses Redis), calls an upstream URL while holding it, and releases
-//! it; the semaphore is deleted at the end. The report says how long that took
+//! the API uses Redis), waiting in line as `POST …/permits` with `wait_ms`
+//! does ([`crate::waiting`]), calls an upstream URL while holding it, and
+//! releases it; the semaphore is deleted at the end. The report says how long that took
 //! against the ideal `ceil(requests / limit) × delay`, and how many calls were
 //! in flight at once: measured with a counter around the calls, never derived
 //! from the limit.
