@@ -33,6 +33,31 @@ pub struct Cli {
 pub enum Command {
     /// Serve HTTP (the default when no subcommand is given).
     Serve,
+    /// Run the fan-out demo once from the terminal: print one line per handled
+    /// request and the headline, like the script permitd grew out of.
+    Demo(DemoArgs),
+}
+
+/// Arguments of `permitd demo`; the same bounds as `GET /demo` apply.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// How many requests to send at once (1-100).
+    #[arg(long, default_value_t = 5)]
+    pub requests: u64,
+
+    /// The demo semaphore's limit: how many requests may be in flight at once (1-100).
+    #[arg(long, default_value_t = 1)]
+    pub limit: u64,
+
+    /// The URL to call (http or https). Without it, the built-in upstream is
+    /// called, which answers after --delay-ms. From the terminal any host may
+    /// be called: the allow-list guards the HTTP endpoint, not the operator.
+    #[arg(long)]
+    pub url: Option<String>,
+
+    /// How long the built-in upstream takes to answer, in milliseconds (0-5000).
+    #[arg(long, default_value_t = 100)]
+    pub delay_ms: u64,
 }
 
 /// Server settings. Flags may be given before or after a subcommand.
@@ -127,6 +152,17 @@ pub struct Settings {
         default_value_t = 2_000
     )]
     pub redis_timeout_ms: u64,
+
+    /// Hosts `GET /demo?url=...` may call, comma-separated, each `host` (any
+    /// port) or `host:port`. The built-in upstream is always allowed; any
+    /// other URL is refused unless its host is listed here.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_DEMO_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub demo_allowed_hosts: Vec<String>,
 
     /// Log lines as human-readable text or as JSON objects.
     #[arg(long, global = true, env = "PERMITD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]

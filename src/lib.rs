@@ -12,9 +12,12 @@
 //! - [`error`]: the one error type, rendered as problem+json;
 //! - [`semaphore`]: validated domain values and acquire outcomes;
 //! - [`store`]: the `SemaphoreStore` trait, with the embedded memory store and
-//!   the Redis store (Lua scripts in `store/scripts/`).
+//!   the Redis store (Lua scripts in `store/scripts/`);
+//! - [`demo`]: the fan-out scenario permitd grew out of, on top of the store
+//!   trait, served as `GET /demo` and run by `permitd demo`.
 
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod http;
 pub mod semaphore;

@@ -8,9 +8,14 @@ use permitd::startup::Application;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    permitd::telemetry::init(cli.settings.log_format);
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Demo(args) => {
+            // Stdout is the demo's own output; logs go to stderr.
+            permitd::telemetry::init_for_terminal(cli.settings.log_format);
+            permitd::demo::cli::run(&cli.settings, &args).await?;
+        }
         Command::Serve => {
+            permitd::telemetry::init(cli.settings.log_format);
             let app = Application::build(&cli.settings).await?;
             app.run_until_stopped(shutdown_signal()).await?;
             tracing::info!("permitd stopped");

@@ -13,6 +13,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::{Settings, StoreChoice, redact_url};
+use crate::demo::{AllowedHosts, DemoConfig};
 use crate::http::{AppState, router};
 use crate::store::SemaphoreStore;
 use crate::store::memory::MemoryStore;
@@ -33,6 +34,7 @@ impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let bounds = settings.request_bounds()?;
         crate::telemetry::metrics();
+        let allowed_hosts = AllowedHosts::parse(&settings.demo_allowed_hosts)?;
         let store = build_store(settings).await?;
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -41,12 +43,20 @@ impl Application {
             recheck: settings.wait_recheck(),
             shutdown: CancellationToken::new(),
         };
+        // The demo calls its built-in upstream on the address actually bound.
+        let demo = DemoConfig::new(
+            listener.local_addr()?,
+            allowed_hosts,
+            bounds.max_wait_ms,
+            waiting.clone(),
+        )?;
         Ok(Self {
             listener,
             state: AppState {
                 store,
                 bounds,
                 waiting,
+                demo: Arc::new(demo),
             },
         })
     }
@@ -82,7 +92,11 @@ impl Application {
     }
 }
 
-async fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn SemaphoreStore>> {
+/// The store the settings choose, with the start-up log lines about it.
+///
+/// # Errors
+/// When the Redis URL is malformed (an unreachable Redis is only logged).
+pub async fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn SemaphoreStore>> {
     match settings.store() {
         StoreChoice::Memory => {
             tracing::warn!(

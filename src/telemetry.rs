@@ -55,3 +55,16 @@ fn describe() {
          the next waiter, on the store's clock"
     );
 }
+
+/// Like [`init`], but writes to stderr and shows only warnings by default:
+/// for commands whose stdout is their result (`permitd demo`).
+pub fn init_for_terminal(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

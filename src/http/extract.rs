@@ -68,3 +68,22 @@ where
             .map_err(|e: PathRejection| ApiError::BadRequest(e.body_text()))
     }
 }
+
+/// Query parameters, with a problem+json rejection (a malformed query string,
+/// or an unknown parameter when `T` denies them).
+pub struct QueryParams<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for QueryParams<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| QueryParams(value))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}

@@ -4,6 +4,7 @@
 //! Handlers live one file per resource; `models` holds the JSON shapes and
 //! `extract` the extractors whose rejections are problem+json.
 
+mod demo;
 mod extract;
 mod health;
 mod models;
@@ -18,6 +19,7 @@ use axum::routing::get;
 use tower_http::trace::TraceLayer;
 
 use crate::config::RequestBounds;
+use crate::demo::DemoConfig;
 use crate::error::ApiError;
 use crate::store::SemaphoreStore;
 use crate::waiting::WaitSettings;
@@ -31,6 +33,8 @@ pub struct AppState {
     pub store: Arc<dyn SemaphoreStore>,
     pub bounds: RequestBounds,
     pub waiting: WaitSettings,
+    /// The demo's outbound policy and HTTP clients (`GET /demo`).
+    pub demo: Arc<DemoConfig>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -54,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .merge(demo::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
