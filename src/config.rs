@@ -5,9 +5,11 @@
 //! enum, from whether a Redis URL is given.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use anyhow::Context;
+use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::semaphore::{Ttl, WaitTime};
 use crate::store::redis::RedisSettings;
@@ -36,6 +38,22 @@ pub enum Command {
     /// Run the fan-out demo once from the terminal: print one line per handled
     /// request and the headline, like the script permitd grew out of.
     Demo(DemoArgs),
+    /// Ask a running permitd whether it is alive (GET /healthz): exit status 0
+    /// if it answers 200 in time, 1 otherwise. For container health checks, so
+    /// the image needs no curl.
+    Healthcheck(HealthcheckArgs),
+}
+
+/// Arguments of `permitd healthcheck`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthcheckArgs {
+    /// The URL to check. Default: /healthz on 127.0.0.1 at the port of --listen.
+    #[arg(long)]
+    pub url: Option<String>,
+
+    /// How long to wait for the answer, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    pub timeout_ms: u64,
 }
 
 /// Arguments of `permitd demo`; the same bounds as `GET /demo` apply.
@@ -75,7 +93,7 @@ pub struct Settings {
     /// Redis to keep semaphores in, e.g. redis://:password@host:6379/0. Without
     /// it permitd uses its embedded store, which is not shared between instances.
     #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<Secret>,
 
     /// Prefix of every Redis key permitd writes, so several deployments can
     /// share one Redis.
@@ -126,6 +144,57 @@ pub struct Settings {
     )]
     pub wait_recheck_ms: u64,
 
+    /// A bearer token clients must present (`Authorization: Bearer <token>`).
+    /// Repeat the flag for several; in the environment, separate them with
+    /// commas. With no token configured (here or in --api-token-file), the API
+    /// is open to anyone who can reach it. Prefer the environment or the file:
+    /// flags are visible to other local users in the process list.
+    #[arg(
+        long = "api-token",
+        global = true,
+        env = "PERMITD_API_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_tokens: Vec<Secret>,
+
+    /// A file of bearer tokens, one per line; blank lines and lines starting
+    /// with # are skipped. Adds to --api-token.
+    #[arg(long, global = true, env = "PERMITD_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// Whether GET /metrics stays readable without a token when tokens are
+    /// configured (true or false). It shows counts by route, never semaphore
+    /// names or permit ids.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_METRICS_PUBLIC",
+        default_value_t = true,
+        action = ArgAction::Set
+    )]
+    pub metrics_public: bool,
+
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_MAX_BODY_BYTES",
+        default_value_t = 16 * 1024
+    )]
+    pub max_body_bytes: usize,
+
+    /// Bound on handling one request; past it the answer is a 503 problem. A
+    /// waiting acquire gets its wait_ms on top, and GET /demo the length of
+    /// its run, so a legitimate long poll is never cut short.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub request_timeout_ms: u64,
+
     /// Most Redis connections one instance keeps open.
     #[arg(
         long,
@@ -138,6 +207,7 @@ pub struct Settings {
     /// Bound on opening one Redis connection.
     #[arg(
         long,
+        global = true,
         env = "PERMITD_REDIS_CONNECT_TIMEOUT_MS",
         default_value_t = 1_000
     )]
@@ -169,6 +239,40 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
+/// A value that must never reach a log line or an error message: a password
+/// or a token. `Debug` prints `***`, there is no `Display`, and the value is
+/// only reachable through [`Secret::expose`], so printing `Settings` is safe.
+/// No `PartialEq` either: tokens are compared in constant time, in
+/// `http::auth`, never with `==`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself, for the one place that needs it (a connection, a
+    /// comparison). Never format it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Pretty,
@@ -198,7 +302,7 @@ impl Settings {
     pub fn for_tests(redis_url: Option<String>) -> Self {
         let mut settings = Cli::parse_from(["permitd"]).settings;
         settings.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        settings.redis_url = redis_url;
+        settings.redis_url = redis_url.map(Secret::new);
         settings
     }
 
@@ -233,6 +337,47 @@ impl Settings {
             max_ttl_ms: self.max_ttl_ms,
             max_wait_ms: self.max_wait_ms,
         })
+    }
+
+    /// Every configured API token: `--api-token` and the lines of
+    /// `--api-token-file`. Empty when access control is off.
+    ///
+    /// # Errors
+    /// When the file cannot be read, or a token is not a valid bearer token
+    /// (visible ASCII without spaces): a paste that brought a space or a
+    /// stray line break along should stop the start, not lock clients out.
+    pub fn api_tokens(&self) -> anyhow::Result<Vec<Secret>> {
+        let mut tokens: Vec<Secret> = self
+            .api_tokens
+            .iter()
+            .filter(|t| !t.expose().trim().is_empty())
+            .map(|t| Secret::new(t.expose().trim()))
+            .collect();
+        if let Some(path) = &self.api_token_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --api-token-file {}", path.display()))?;
+            tokens.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                    .map(Secret::new),
+            );
+        }
+        for (n, token) in tokens.iter().enumerate() {
+            // Says which token, never what it is.
+            anyhow::ensure!(
+                token.expose().bytes().all(|b| b.is_ascii_graphic()),
+                "API token #{} has a space, a control or a non-ASCII character; tokens must be \
+                 visible ASCII without spaces",
+                n + 1
+            );
+        }
+        Ok(tokens)
+    }
+
+    /// See `--request-timeout-ms`; at least 1 ms.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.max(1))
     }
 }
 

@@ -20,6 +20,10 @@ pub enum ApiError {
     /// 400: a field, header or path segment is outside the contract.
     #[error("{0}")]
     BadRequest(String),
+    /// 401: access control is on and the request has no accepted bearer
+    /// token; `presented` says whether it had a (wrong) one.
+    #[error("a valid bearer token is required")]
+    Unauthorized { presented: bool },
     /// 404: no such semaphore, permit or route.
     #[error("{0}")]
     NotFound(String),
@@ -42,6 +46,10 @@ pub enum ApiError {
         held: u32,
         retry_after_secs: u64,
     },
+    /// 503: the request was not answered within `--request-timeout-ms` (plus
+    /// the wait it asked for).
+    #[error("request timed out")]
+    Timeout,
     /// 503 or 500, from the store's own classification.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -51,12 +59,14 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::LimitConflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NoCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -66,12 +76,14 @@ impl ApiError {
     fn kind(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "invalid-request",
+            ApiError::Unauthorized { .. } => "unauthorized",
             ApiError::NotFound(_) => "not-found",
             ApiError::MethodNotAllowed => "method-not-allowed",
             ApiError::LimitConflict { .. } => "limit-conflict",
             ApiError::PayloadTooLarge(_) => "payload-too-large",
             ApiError::IdempotencyMismatch => "idempotency-key-reused",
             ApiError::NoCapacity { .. } => "no-capacity",
+            ApiError::Timeout => "request-timeout",
             ApiError::Store(e) if e.is_transient() => "store-unavailable",
             ApiError::Store(_) => "internal",
         }
@@ -80,12 +92,14 @@ impl ApiError {
     fn title(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "Invalid request",
+            ApiError::Unauthorized { .. } => "Unauthorized",
             ApiError::NotFound(_) => "Not found",
             ApiError::MethodNotAllowed => "Method not allowed",
             ApiError::LimitConflict { .. } => "Semaphore exists with another limit",
             ApiError::PayloadTooLarge(_) => "Request body too large",
             ApiError::IdempotencyMismatch => "Idempotency key reused",
             ApiError::NoCapacity { .. } => "No permit available",
+            ApiError::Timeout => "Request timed out",
             ApiError::Store(e) if e.is_transient() => "Store unavailable",
             ApiError::Store(_) => "Internal error",
         }
@@ -97,6 +111,17 @@ impl ApiError {
                 d.clone()
             }
             ApiError::MethodNotAllowed => "this path does not accept that method".into(),
+            ApiError::Unauthorized { presented: false } => {
+                "send an Authorization: Bearer <token> header with a token this server \
+                 accepts"
+                    .into()
+            }
+            ApiError::Unauthorized { presented: true } => {
+                "the bearer token is not one this server accepts".into()
+            }
+            ApiError::Timeout => "the request was not answered within the server's time \
+                 limit; retry shortly"
+                .into(),
             ApiError::LimitConflict { current } => format!(
                 "the semaphore exists with limit {current}; acquire without a limit, or with \
                  limit {current}, or change it with PUT"
@@ -136,6 +161,7 @@ impl ApiError {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             ApiError::Store(e) if e.is_transient() => Some(1),
+            ApiError::Timeout => Some(1),
             _ => None,
         }
     }
@@ -165,6 +191,18 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(secs) = self.retry_after_secs() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let ApiError::Unauthorized { presented } = self {
+            // RFC 6750: name the realm; say "invalid_token" only when one was sent.
+            let challenge = if presented {
+                r#"Bearer realm="permitd", error="invalid_token""#
+            } else {
+                r#"Bearer realm="permitd""#
+            };
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         response
     }

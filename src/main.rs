@@ -14,6 +14,11 @@ async fn main() -> anyhow::Result<()> {
             permitd::telemetry::init_for_terminal(cli.settings.log_format);
             permitd::demo::cli::run(&cli.settings, &args).await?;
         }
+        Command::Healthcheck(args) => {
+            // No logging set up: the exit status is the answer.
+            let healthy = permitd::startup::healthcheck(&cli.settings, &args).await;
+            std::process::exit(if healthy { 0 } else { 1 });
+        }
         Command::Serve => {
             permitd::telemetry::init(cli.settings.log_format);
             let app = Application::build(&cli.settings).await?;

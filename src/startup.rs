@@ -8,13 +8,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::config::{Settings, StoreChoice, redact_url};
+use crate::config::{HealthcheckArgs, Settings, StoreChoice, redact_url};
 use crate::demo::{AllowedHosts, DemoConfig};
-use crate::http::{AppState, router};
+use crate::http::{AccessControl, AppState, HttpLimits, router};
 use crate::store::SemaphoreStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -33,6 +34,7 @@ impl Application {
     /// logged, `/readyz` reports it, and requests get 503 until it answers.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let bounds = settings.request_bounds()?;
+        let tokens = settings.api_tokens()?;
         crate::telemetry::metrics();
         let allowed_hosts = AllowedHosts::parse(&settings.demo_allowed_hosts)?;
         let store = build_store(settings).await?;
@@ -44,12 +46,28 @@ impl Application {
             shutdown: CancellationToken::new(),
         };
         // The demo calls its built-in upstream on the address actually bound.
+        // With access control on, the demo's calls to its built-in upstream
+        // (this very server) need a token like any other client's.
         let demo = DemoConfig::new(
             listener.local_addr()?,
             allowed_hosts,
             bounds.max_wait_ms,
             waiting.clone(),
-        )?;
+        )?
+        .with_upstream_token(tokens.first().cloned());
+        let access = AccessControl::new(&tokens, settings.metrics_public);
+        if access.is_enabled() {
+            tracing::info!(
+                tokens = tokens.len(),
+                metrics_public = settings.metrics_public,
+                "access control on: API calls need a bearer token"
+            );
+        } else {
+            tracing::warn!(
+                "no API token configured: anyone who can reach this port may use the API \
+                 (set PERMITD_API_TOKENS or --api-token-file to require one)"
+            );
+        }
         Ok(Self {
             listener,
             state: AppState {
@@ -57,6 +75,11 @@ impl Application {
                 bounds,
                 waiting,
                 demo: Arc::new(demo),
+                limits: HttpLimits {
+                    max_body_bytes: settings.max_body_bytes,
+                    request_timeout: settings.request_timeout(),
+                },
+                access: Arc::new(access),
             },
         })
     }
@@ -106,7 +129,7 @@ pub async fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn Semaphor
             Ok(Arc::new(MemoryStore::new()))
         }
         StoreChoice::Redis(redis) => {
-            let shown = redact_url(&redis.url);
+            let shown = redact_url(redis.url.expose());
             let store = RedisStore::new(&redis).map_err(|e| anyhow::anyhow!("{e}"))?;
             // The seed's "check the Redis connection at start", without making a
             // Redis outage at deploy time a crash loop.
@@ -118,6 +141,37 @@ pub async fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn Semaphor
                 ),
             }
             Ok(Arc::new(store))
+        }
+    }
+}
+
+/// `permitd healthcheck`: whether the server answers `GET /healthz` with 200
+/// within the timeout. Prints why not to stderr.
+pub async fn healthcheck(settings: &Settings, args: &HealthcheckArgs) -> bool {
+    let url = args
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("http://127.0.0.1:{}/healthz", settings.listen.port()));
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_millis(args.timeout_ms))
+        .no_proxy()
+        .build()
+    {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            return false;
+        }
+    };
+    match client.get(&url).send().await {
+        Ok(response) if response.status().is_success() => true,
+        Ok(response) => {
+            eprintln!("healthcheck: {url} answered {}", response.status());
+            false
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {url}: {e}");
+            false
         }
     }
 }

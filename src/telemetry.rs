@@ -1,4 +1,11 @@
-//! Log output: one `tracing` subscriber, text or JSON, filtered by `RUST_LOG`.
+//! What permitd tells its operators: log output (one `tracing` subscriber,
+//! text or JSON, filtered by `RUST_LOG`) and the Prometheus metrics, whose
+//! names are the constants below and whose descriptions live in `describe`.
+//!
+//! Metrics are low-cardinality on purpose: labels are matched routes, methods,
+//! statuses, outcomes and script names, never a semaphore name or a permit id
+//! (those belong in log spans), so a busy instance cannot grow its metrics
+//! page without bound.
 
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +30,34 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Requests served, by `route` (the matched route template, or `unmatched`),
+/// `method` and `status`.
+pub const HTTP_REQUESTS: &str = "permitd_http_requests_total";
+/// Time to produce a response, by `route` and `method`.
+pub const HTTP_DURATION: &str = "permitd_http_request_duration_seconds";
+/// Acquire answers, by `outcome`.
+pub const ACQUIRES: &str = "permitd_acquires_total";
+/// Permits removed because their lease ran out: a holder crashed or forgot.
+pub const LEASE_EXPIRIES: &str = "permitd_lease_expiries_total";
+/// Refreshes, by `outcome` (`refreshed`, `gone`).
+pub const REFRESHES: &str = "permitd_refreshes_total";
+/// Releases, by `outcome` (`released`, `gone`).
+pub const RELEASES: &str = "permitd_releases_total";
+/// Acquires waiting for capacity in this instance now.
+pub const WAITERS: &str = "permitd_waiters";
+/// One Redis call (pool checkout and round trip), by `call`.
+pub const REDIS_DURATION: &str = "permitd_redis_call_duration_seconds";
+/// Failed Redis calls, by `call` and `kind` (`timeout`, `unavailable`, `internal`).
+pub const REDIS_ERRORS: &str = "permitd_redis_errors_total";
+/// Redis pool gauges: the bound, open connections, checked out, and callers
+/// waiting for one.
+pub const REDIS_POOL_MAX: &str = "permitd_redis_pool_max_connections";
+pub const REDIS_POOL_OPEN: &str = "permitd_redis_pool_connections";
+pub const REDIS_POOL_IN_USE: &str = "permitd_redis_pool_in_use_connections";
+pub const REDIS_POOL_WAITING: &str = "permitd_redis_pool_waiting_calls";
+/// Always 1, labelled with the `version`: shows what runs where.
+pub const BUILD_INFO: &str = "permitd_build_info";
+
 static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
     std::sync::OnceLock::new();
 
@@ -42,7 +77,82 @@ pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
 }
 
 fn describe() {
-    use metrics::{Unit, describe_histogram};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        HTTP_REQUESTS,
+        Unit::Count,
+        "HTTP requests answered, by matched route template, method and status"
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "Time from request to response headers, by matched route template and method \
+         (a waiting acquire includes its wait)"
+    );
+    describe_counter!(
+        ACQUIRES,
+        Unit::Count,
+        "Acquire answers by outcome: granted, replayed, unavailable (try-once, no capacity), \
+         timed_out (waited, no capacity), not_found, conflict, too_large, \
+         idempotency_mismatch, invalid (400 before the store), error (store failure or \
+         request timeout)"
+    );
+    describe_counter!(
+        LEASE_EXPIRIES,
+        Unit::Count,
+        "Permits removed because their lease ran out without a release: a holder crashed, \
+         hung or forgot to release"
+    );
+    describe_counter!(
+        REFRESHES,
+        Unit::Count,
+        "Lease refreshes by outcome: refreshed, gone (unknown or already expired)"
+    );
+    describe_counter!(
+        RELEASES,
+        Unit::Count,
+        "Releases by outcome: released, gone (unknown or already expired)"
+    );
+    describe_gauge!(
+        WAITERS,
+        Unit::Count,
+        "Acquires waiting for capacity in this instance (long polls, including the demo's)"
+    );
+    describe_histogram!(
+        REDIS_DURATION,
+        Unit::Seconds,
+        "One Redis call, pool checkout included, by call (script name or ping)"
+    );
+    describe_counter!(
+        REDIS_ERRORS,
+        Unit::Count,
+        "Failed Redis calls by call and kind: timeout, unavailable (connection), internal \
+         (script or reply error)"
+    );
+    describe_gauge!(
+        REDIS_POOL_MAX,
+        Unit::Count,
+        "Most Redis connections the pool may open (--redis-pool-size)"
+    );
+    describe_gauge!(
+        REDIS_POOL_OPEN,
+        Unit::Count,
+        "Redis connections open in the pool, in use or idle"
+    );
+    describe_gauge!(
+        REDIS_POOL_IN_USE,
+        Unit::Count,
+        "Redis connections checked out of the pool right now"
+    );
+    describe_gauge!(
+        REDIS_POOL_WAITING,
+        Unit::Count,
+        "Calls waiting for a Redis connection from the pool"
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the version label says what runs");
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Present from the start, so rate() over it works before the first expiry.
+    metrics::counter!(LEASE_EXPIRIES).increment(0);
     describe_histogram!(
         "permitd_acquire_wait_seconds",
         Unit::Seconds,

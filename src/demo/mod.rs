@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use crate::config::Secret;
 use crate::semaphore::{
     AcquireOutcome, AcquireRequest, Count, Holder, Limit, SemaphoreName, Ttl, ValueError, WaitTime,
 };
@@ -228,6 +229,9 @@ pub struct DemoConfig {
     waiting: WaitSettings,
     /// One unit per run in progress: see [`MAX_CONCURRENT_RUNS`].
     runs: Arc<tokio::sync::Semaphore>,
+    /// Bearer token for the built-in upstream when access control is on.
+    /// Only ever sent to this process, never to an allowed URL.
+    upstream_token: Option<Secret>,
 }
 
 impl DemoConfig {
@@ -266,7 +270,15 @@ impl DemoConfig {
             max_wait_ms,
             waiting,
             runs: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_RUNS)),
+            upstream_token: None,
         })
+    }
+
+    /// Sends `token` with every call to the built-in upstream (this server,
+    /// whose routes then need one).
+    pub fn with_upstream_token(mut self, token: Option<Secret>) -> Self {
+        self.upstream_token = token;
+        self
     }
 
     /// A slot for one run, or `None` when [`MAX_CONCURRENT_RUNS`] are in
@@ -292,6 +304,13 @@ impl DemoConfig {
         match target {
             Target::BuiltIn { .. } => &self.loopback,
             Target::Url(_) => &self.outbound,
+        }
+    }
+
+    fn token_for(&self, target: &Target) -> Option<Secret> {
+        match target {
+            Target::BuiltIn { .. } => self.upstream_token.clone(),
+            Target::Url(_) => None,
         }
     }
 }
@@ -370,6 +389,8 @@ struct Run {
     name: SemaphoreName,
     url: String,
     client: reqwest::Client,
+    /// Sent as a bearer token with each call (built-in upstream only).
+    token: Option<Secret>,
     max_wait_ms: u64,
     waiting: WaitSettings,
     started: Instant,
@@ -410,6 +431,7 @@ pub async fn run(
         name: name.clone(),
         url: config.url_of(&request.target),
         client: config.client_for(&request.target).clone(),
+        token: config.token_for(&request.target),
         max_wait_ms: config.max_wait_ms,
         waiting: config.waiting.clone(),
         started,
@@ -494,7 +516,7 @@ async fn one_request(run: Arc<Run>, index: u32) -> Result<RequestResult, StoreEr
     let now_in_flight = run.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     run.max_in_flight.fetch_max(now_in_flight, Ordering::SeqCst);
     let start_ms = run.elapsed_ms();
-    let outcome = call(&run.client, &run.url).await;
+    let outcome = call(&run.client, &run.url, run.token.as_ref()).await;
     let end_ms = run.elapsed_ms();
     run.in_flight.fetch_sub(1, Ordering::SeqCst);
     run.store.release(&run.name, permit).await?;
@@ -556,7 +578,11 @@ async fn acquire(run: &Run, index: u32) -> Result<Option<crate::semaphore::Permi
 
 /// Calls `url` and reads (then drops) the body. Returns the status, or a
 /// coarse reason: details of the failure are logged, not reported.
-async fn call(client: &reqwest::Client, url: &str) -> Result<u16, &'static str> {
+async fn call(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&Secret>,
+) -> Result<u16, &'static str> {
     let classify = |e: reqwest::Error| {
         tracing::debug!(error = %e, "demo call failed");
         if e.is_timeout() {
@@ -567,7 +593,11 @@ async fn call(client: &reqwest::Client, url: &str) -> Result<u16, &'static str> 
             "request"
         }
     };
-    let mut response = client.get(url).send().await.map_err(classify)?;
+    let mut request = client.get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token.expose());
+    }
+    let mut response = request.send().await.map_err(classify)?;
     let status = response.status().as_u16();
     let mut read = 0;
     while let Some(chunk) = response.chunk().await.map_err(classify)? {

@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
+use super::AppState;
 use crate::error::ApiError;
 
 /// A JSON request body.
@@ -18,17 +19,16 @@ use crate::error::ApiError;
 /// be left out.
 pub struct JsonBody<T>(pub T);
 
-impl<S, T> FromRequest<S> for JsonBody<T>
+impl<T> FromRequest<AppState> for JsonBody<T>
 where
-    S: Send + Sync,
     T: DeserializeOwned,
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state)
             .await
-            .map_err(bytes_rejection)?;
+            .map_err(|rejection| bytes_rejection(rejection, state.limits.max_body_bytes))?;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
@@ -40,11 +40,10 @@ where
     }
 }
 
-fn bytes_rejection(rejection: BytesRejection) -> ApiError {
+fn bytes_rejection(rejection: BytesRejection, max_body_bytes: usize) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge(format!(
-            "request bodies are limited to {} bytes",
-            super::MAX_BODY_BYTES
+            "request bodies are limited to {max_body_bytes} bytes"
         ))
     } else {
         ApiError::BadRequest(rejection.body_text())

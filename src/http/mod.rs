@@ -2,12 +2,17 @@
 //!
 //! `router(state)` is a plain function so tests can drive it without a socket.
 //! Handlers live one file per resource; `models` holds the JSON shapes and
-//! `extract` the extractors whose rejections are problem+json.
+//! `extract` the extractors whose rejections are problem+json. The layers
+//! around them: `observe` (request ids, spans, access log, HTTP metrics),
+//! `auth` (bearer tokens) and `limits` (body size, request timeout).
 
+pub mod auth;
 mod demo;
 mod extract;
 mod health;
+pub mod limits;
 mod models;
+pub mod observe;
 mod permits;
 mod semaphores;
 
@@ -15,17 +20,19 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::get;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+
+pub use auth::AccessControl;
+pub use limits::HttpLimits;
 
 use crate::config::RequestBounds;
 use crate::demo::DemoConfig;
 use crate::error::ApiError;
 use crate::store::SemaphoreStore;
 use crate::waiting::WaitSettings;
-
-/// Request bodies above this are refused with 413.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -35,6 +42,10 @@ pub struct AppState {
     pub waiting: WaitSettings,
     /// The demo's outbound policy and HTTP clients (`GET /demo`).
     pub demo: Arc<DemoConfig>,
+    /// Body size and time bounds of one request.
+    pub limits: HttpLimits,
+    /// Which tokens are accepted, and where none is needed.
+    pub access: Arc<AccessControl>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -61,7 +72,29 @@ pub fn router(state: AppState) -> Router {
         .merge(demo::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TraceLayer::new_for_http())
+        // Each layer wraps the ones above it, so a request meets them bottom
+        // up: its id is settled first, then its span opens, and the metrics
+        // and the access log also see the 401s and timeouts answered below
+        // them. Router::layer runs after routing, so the matched route is
+        // known to every one of them.
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(from_fn_with_state(state.clone(), limits::request_timeout))
+        .layer(from_fn_with_state(state.clone(), auth::require_token))
+        .layer(from_fn(observe::record_metrics))
+        .layer(PropagateRequestIdLayer::new(observe::X_REQUEST_ID.clone()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(observe::request_span)
+                .on_request(())
+                .on_response(observe::log_response)
+                // Failures are logged where they happen (`ApiError`) and in
+                // the access line; tower-http's own line would repeat them.
+                .on_failure(()),
+        )
+        .layer(SetRequestIdLayer::new(
+            observe::X_REQUEST_ID.clone(),
+            MakeRequestUuid,
+        ))
+        .layer(from_fn(observe::drop_unusable_request_id))
         .with_state(state)
 }

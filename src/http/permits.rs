@@ -11,7 +11,7 @@ use super::models::{AcquireBody, PermitView, RefreshBody};
 use super::semaphores::{parse_name, semaphore_not_found};
 use crate::error::ApiError;
 use crate::semaphore::{AcquireOutcome, IdempotencyKey, Permit, PermitId, SemaphoreName, Ttl};
-use crate::waiting;
+use crate::{telemetry, waiting};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -48,17 +48,51 @@ fn permit_response(status: StatusCode, permit: &Permit) -> Response {
 }
 
 /// `POST /semaphores/{name}/permits`: 201 with the permit, 200 for an
-/// idempotent replay, 429 when no capacity.
+/// idempotent replay, 429 when no capacity. Every answer is counted in
+/// `permitd_acquires_total` by outcome, refusals of bad input included (which
+/// is why the path and body arrive as `Result`s).
 pub async fn acquire_permit(
     State(state): State<AppState>,
-    PathParams(name): PathParams<String>,
+    path: Result<PathParams<String>, ApiError>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<AcquireBody>,
+    body: Result<JsonBody<AcquireBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let name = parse_name(&name)?;
-    let key = idempotency_key(&headers)?;
-    let request = body.into_request(name, key, &state.bounds)?;
-    match waiting::acquire(&state.store, &request, &state.waiting).await? {
+    let parsed = path.and_then(|PathParams(name)| {
+        let name = parse_name(&name)?;
+        let key = idempotency_key(&headers)?;
+        let JsonBody(body) = body?;
+        body.into_request(name, key, &state.bounds)
+    });
+    let request = match parsed {
+        Ok(request) => request,
+        Err(e) => {
+            count_acquire("invalid");
+            return Err(e);
+        }
+    };
+    // The request timeout starts again on top of the wait the client asked
+    // for, so a long poll is bounded but never cut short (see `limits`).
+    let bound = request.wait.as_duration() + state.limits.request_timeout;
+    let outcome = match tokio::time::timeout(
+        bound,
+        waiting::acquire(&state.store, &request, &state.waiting),
+    )
+    .await
+    {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => {
+            count_acquire("error");
+            return Err(e.into());
+        }
+        Err(_) => {
+            count_acquire("error");
+            tracing::warn!(bound_ms = bound.as_millis() as u64, "acquire timed out");
+            return Err(ApiError::Timeout);
+        }
+    };
+    let waited = request.wait.as_millis() > 0;
+    count_acquire(outcome_label(&outcome, waited));
+    match outcome {
         AcquireOutcome::Granted(permit) => {
             tracing::info!(
                 semaphore = %permit.semaphore,
@@ -93,6 +127,26 @@ pub async fn acquire_permit(
     }
 }
 
+fn count_acquire(outcome: &'static str) {
+    metrics::counter!(telemetry::ACQUIRES, "outcome" => outcome).increment(1);
+}
+
+/// The `outcome` label of an acquire's answer. "No capacity" is split by
+/// whether the client waited: a try-once refusal is normal back-pressure, a
+/// wait that ran out says the semaphore is too small for its load.
+fn outcome_label(outcome: &AcquireOutcome, waited: bool) -> &'static str {
+    match outcome {
+        AcquireOutcome::Granted(_) => "granted",
+        AcquireOutcome::Replayed(_) => "replayed",
+        AcquireOutcome::Unavailable { .. } if waited => "timed_out",
+        AcquireOutcome::Unavailable { .. } => "unavailable",
+        AcquireOutcome::NotFound => "not_found",
+        AcquireOutcome::LimitConflict { .. } => "conflict",
+        AcquireOutcome::CountExceedsLimit { .. } => "too_large",
+        AcquireOutcome::IdempotencyMismatch => "idempotency_mismatch",
+    }
+}
+
 fn parse_path(name: &str, id: &str) -> Result<(SemaphoreName, PermitId), ApiError> {
     Ok((parse_name(name)?, parse_id(id)?))
 }
@@ -121,7 +175,14 @@ pub async fn refresh_permit(
             .map_err(|e| ApiError::BadRequest(e.to_string()))?,
         None => state.bounds.default_ttl,
     };
-    match state.store.refresh(&name, id, ttl).await? {
+    let refreshed = state.store.refresh(&name, id, ttl).await?;
+    let outcome = if refreshed.is_some() {
+        "refreshed"
+    } else {
+        "gone"
+    };
+    metrics::counter!(telemetry::REFRESHES, "outcome" => outcome).increment(1);
+    match refreshed {
         Some(permit) => Ok(Json(PermitView::from(&permit))),
         None => Err(permit_not_found()),
     }
@@ -133,7 +194,10 @@ pub async fn release_permit(
     PathParams((name, id)): PathParams<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let (name, id) = parse_path(&name, &id)?;
-    if state.store.release(&name, id).await? {
+    let released = state.store.release(&name, id).await?;
+    let outcome = if released { "released" } else { "gone" };
+    metrics::counter!(telemetry::RELEASES, "outcome" => outcome).increment(1);
+    if released {
         tracing::info!(semaphore = %name, "permit released");
         Ok(StatusCode::NO_CONTENT)
     } else if state.store.status(&name).await?.is_none() {

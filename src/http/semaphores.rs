@@ -11,8 +11,12 @@ use super::models::{SemaphoreView, SetLimitBody};
 use crate::error::ApiError;
 use crate::semaphore::{Limit, SemaphoreName, SetLimitOutcome};
 
+/// The semaphore of the path, also recorded in the request's span so every
+/// log line of the request names it.
 pub(super) fn parse_name(raw: &str) -> Result<SemaphoreName, ApiError> {
-    SemaphoreName::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+    let name = SemaphoreName::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    super::observe::record_semaphore(name.as_str());
+    Ok(name)
 }
 
 pub(super) fn semaphore_not_found(name: &SemaphoreName) -> ApiError {

@@ -77,19 +77,22 @@ impl SemaphoreState {
         }
     }
 
-    /// Drops every permit whose lease ended at or before `now`; returns
-    /// whether any did.
+    /// Drops every permit whose lease ended at or before `now`, counting them
+    /// as lease expiries (as the Redis scripts do); returns whether any did.
     fn expire(&mut self, now: Millis) -> bool {
-        let mut any = false;
+        let mut swept = 0;
         while let Some(&(at, id)) = self.expiries.first() {
             if at > now {
                 break;
             }
             self.expiries.pop_first();
             self.remove(id);
-            any = true;
+            swept += 1;
         }
-        any
+        if swept > 0 {
+            metrics::counter!(crate::telemetry::LEASE_EXPIRIES).increment(swept);
+        }
+        swept > 0
     }
 
     fn dequeue(&mut self, ticket: PermitId) -> bool {

@@ -13,7 +13,9 @@
 //!   by a permitd instance's or a client's clock.
 //! - **Leases.** A permit is live while `now < expires_at`. An expired permit is
 //!   gone: it frees its units, every method treats it as unknown, and refresh
-//!   never brings it back.
+//!   never brings it back. When a store removes expired permits it counts them
+//!   in `permitd_lease_expiries_total`, once each (the sign of a crashed
+//!   holder).
 //! - **Fencing tokens** strictly increase across all permits of a name, also when
 //!   the semaphore is deleted and created again: a new semaphore's counter starts
 //!   at the store clock in microseconds, which is ahead of any counter an earlier
@@ -89,6 +91,19 @@ pub enum Attempt {
     },
 }
 
+/// A snapshot of a connection pool, for the metrics page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Most connections the pool may open.
+    pub max_size: usize,
+    /// Connections open now, in use or idle.
+    pub size: usize,
+    /// Idle connections ready to be checked out.
+    pub available: usize,
+    /// Calls waiting for a connection.
+    pub waiting: usize,
+}
+
 /// Where semaphores and permits live. See the module docs for the semantics
 /// every method keeps.
 #[async_trait]
@@ -157,6 +172,11 @@ pub trait SemaphoreStore: Send + Sync + 'static {
 
     /// Where this store wakes the tickets waiting in this process.
     fn wakeups(&self) -> &Arc<Wakeups>;
+
+    /// Its connection pool's state, if it has one (Redis); for `/metrics`.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
 
     /// The permit if it is live. Read-only.
     ///

@@ -3,7 +3,10 @@
 //! Each operation is one Lua script from `scripts/` (a shared prelude plus a
 //! body), run with EVALSHA through a deadpool connection pool. The scripts own
 //! the semantics; this file only chooses keys, passes arguments and decodes
-//! replies. Data model, per semaphore `name` under the configured prefix `p`:
+//! replies. Every reply comes wrapped as `{swept, reply}`, where `swept` counts
+//! the expired leases the call removed, so lease expiries (the sign of a
+//! crashed holder) are counted in [`RedisStore::run`] like the round-trip
+//! latency and errors. Data model, per semaphore `name` under the configured prefix `p`:
 //!
 //! - `p{name}:meta`    hash: limit, held, fence
 //! - `p{name}:expiry`  sorted set: permit id scored by lease end (Redis ms)
@@ -29,40 +32,66 @@
 //! connections are noticed by the pool's recycle check (PING) and replaced, so
 //! the store recovers by itself when Redis comes back.
 
+use std::future::Future;
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_redis::redis::{self, RetryMethod, Script, Value};
 use deadpool_redis::{Pool, PoolError, Runtime, Timeouts};
 use futures::StreamExt;
 
-use super::{Attempt, SemaphoreStore, StoreError, Wakeups};
+use super::{Attempt, PoolStatus, SemaphoreStore, StoreError, Wakeups};
+use crate::config::Secret;
 use crate::semaphore::{
     AcquireOutcome, AcquireRequest, HolderInfo, Limit, MAX_LISTED_HOLDERS, Millis, Permit,
     PermitId, SemaphoreName, SemaphoreStatus, SetLimitOutcome, Ttl,
 };
+use crate::telemetry;
 
 const PRELUDE: &str = include_str!("scripts/prelude.lua");
 
-fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
+/// One script, with the name its metrics are labelled by.
+struct NamedScript {
+    name: &'static str,
+    script: Script,
 }
 
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/acquire.lua")));
-static PERMIT: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/permit.lua")));
-static REFRESH: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/refresh.lua")));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/release.lua")));
-static SET_LIMIT: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("scripts/set_limit.lua")));
-static STATUS: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/status.lua")));
-static DELETE: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/delete.lua")));
-static LEAVE: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/leave.lua")));
+/// The prelude, then the body wrapped in a function, so that every script
+/// replies `{swept, body's reply}`: `swept` is how many expired leases the
+/// prelude's `expire()` removed during the call (see prelude.lua). `run`
+/// counts them, in one place, whatever the body's own reply shape.
+fn script(name: &'static str, body: &str) -> NamedScript {
+    NamedScript {
+        name,
+        script: Script::new(&format!(
+            "{PRELUDE}\nlocal function body()\n{body}\nend\nreturn {{ swept, body() }}\n"
+        )),
+    }
+}
+
+static ACQUIRE: LazyLock<NamedScript> =
+    LazyLock::new(|| script("acquire", include_str!("scripts/acquire.lua")));
+static PERMIT: LazyLock<NamedScript> =
+    LazyLock::new(|| script("permit", include_str!("scripts/permit.lua")));
+static REFRESH: LazyLock<NamedScript> =
+    LazyLock::new(|| script("refresh", include_str!("scripts/refresh.lua")));
+static RELEASE: LazyLock<NamedScript> =
+    LazyLock::new(|| script("release", include_str!("scripts/release.lua")));
+static SET_LIMIT: LazyLock<NamedScript> =
+    LazyLock::new(|| script("set_limit", include_str!("scripts/set_limit.lua")));
+static STATUS: LazyLock<NamedScript> =
+    LazyLock::new(|| script("status", include_str!("scripts/status.lua")));
+static DELETE: LazyLock<NamedScript> =
+    LazyLock::new(|| script("delete", include_str!("scripts/delete.lua")));
+static LEAVE: LazyLock<NamedScript> =
+    LazyLock::new(|| script("leave", include_str!("scripts/leave.lua")));
 
 /// How to reach Redis and how long to wait for it.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    pub url: String,
+    /// May hold a password: `Debug` prints `***`.
+    pub url: Secret,
     pub key_prefix: String,
     pub pool_size: usize,
     /// Bound on establishing one new connection.
@@ -98,7 +127,7 @@ impl RedisStore {
     /// # Errors
     /// When the URL cannot be parsed.
     pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
-        let mut config = deadpool_redis::Config::from_url(settings.url.clone());
+        let mut config = deadpool_redis::Config::from_url(settings.url.expose());
         let mut pool = deadpool_redis::PoolConfig::new(settings.pool_size);
         pool.timeouts = Timeouts {
             wait: Some(settings.timeout),
@@ -109,7 +138,7 @@ impl RedisStore {
         let pool = config
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|e| StoreError::Internal(format!("bad Redis configuration: {e}")))?;
-        let client = redis::Client::open(settings.url.as_str())
+        let client = redis::Client::open(settings.url.expose())
             .map_err(|e| StoreError::Internal(format!("bad Redis URL: {e}")))?;
         let wake_channel = format!("{}wake:{}", settings.key_prefix, uuid::Uuid::new_v4());
         let wakeups = Wakeups::new();
@@ -138,15 +167,18 @@ impl RedisStore {
         .map(|suffix| format!("{base}:{suffix}"))
     }
 
+    /// Runs one script: the one place every script call goes through, so it
+    /// is where the round trip is timed, failures are counted, and the leases
+    /// the script swept are counted as expiries.
     async fn run<T: redis::FromRedisValue>(
         &self,
-        script: &Script,
+        named: &NamedScript,
         name: &SemaphoreName,
         args: &[&str],
     ) -> Result<T, StoreError> {
         let call = async {
             let mut conn = self.pool.get().await.map_err(classify_pool)?;
-            let mut invocation = script.prepare_invoke();
+            let mut invocation = named.script.prepare_invoke();
             for key in self.keys(name) {
                 invocation.key(key);
             }
@@ -154,13 +186,49 @@ impl RedisStore {
                 invocation.arg(*arg);
             }
             invocation
-                .invoke_async::<T>(&mut conn)
+                .invoke_async::<(u64, T)>(&mut conn)
                 .await
                 .map_err(classify)
         };
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| StoreError::Unavailable("Redis did not answer in time".into()))?
+        let (swept, reply) = self.timed(named.name, call).await?;
+        if swept > 0 {
+            metrics::counter!(telemetry::LEASE_EXPIRIES).increment(swept);
+        }
+        Ok(reply)
+    }
+
+    /// Bounds one call by `--redis-timeout-ms` and records its latency (pool
+    /// checkout included: it is what a request waits for) and any failure.
+    async fn timed<T>(
+        &self,
+        call_name: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let (result, failure) = match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => (Ok(value), None),
+            Ok(Err(e)) => {
+                let kind = if e.is_transient() {
+                    "unavailable"
+                } else {
+                    "internal"
+                };
+                (Err(e), Some(kind))
+            }
+            Err(_) => (
+                Err(StoreError::Unavailable(
+                    "Redis did not answer in time".into(),
+                )),
+                Some("timeout"),
+            ),
+        };
+        metrics::histogram!(telemetry::REDIS_DURATION, "call" => call_name)
+            .record(started.elapsed().as_secs_f64());
+        if let Some(kind) = failure {
+            metrics::counter!(telemetry::REDIS_ERRORS, "call" => call_name, "kind" => kind)
+                .increment(1);
+        }
+        result
     }
 }
 
@@ -298,10 +366,18 @@ impl SemaphoreStore for RedisStore {
                 .await
                 .map_err(classify)
         };
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| StoreError::Unavailable("Redis did not answer in time".into()))??;
+        self.timed("ping", call).await?;
         Ok(())
+    }
+
+    fn pool_status(&self) -> Option<PoolStatus> {
+        let status = self.pool.status();
+        Some(PoolStatus {
+            max_size: status.max_size,
+            size: status.size,
+            available: status.available,
+            waiting: status.waiting,
+        })
     }
 
     async fn set_limit(

@@ -16,6 +16,13 @@ KEYS (the same seven for every script, all under the semaphore's hash tag
 Time is Redis `TIME`, read once per script, so every instance of permitd and
 every client share one clock. A permit is live while now_ms < its lease end.
 
+Reply envelope: RedisStore wraps each script body in a function and replies
+{swept, <the body's reply>}, where `swept` is how many expired permits
+`expire()` removed during this call. Each body's header describes only its own
+reply; the Rust side unwraps the envelope and counts `swept` as lease expiries
+(the sign that a holder crashed or forgot to release). Read-only scripts never
+sweep, so their `swept` is 0.
+
 Waking: when a change may let waiters proceed, the script PUBLISHes
 "ticket \n now_us" on the channel of the permitd instance where that ticket
 waits; that instance then runs acquire for it again. Only waiters that fit are
@@ -66,6 +73,10 @@ local function remove_permit(id)
   return true
 end
 
+-- Expired permits removed during this call: the first element of the reply
+-- envelope (see the header).
+local swept = 0
+
 -- Drops every permit whose lease has ended. Only call it when meta exists:
 -- HINCRBY on a missing meta would create a semaphore without a limit.
 local function expire()
@@ -73,6 +84,7 @@ local function expire()
   for i = 1, #ended do
     remove_permit(ended[i])
   end
+  swept = swept + #ended
   return #ended
 end
 

@@ -1,0 +1,165 @@
+//! What each request leaves behind for operators: a request id, a `tracing`
+//! span, one access log line, and the HTTP metrics.
+//!
+//! - **Request id**: taken from the client's `x-request-id` when it is a
+//!   sensible one (1–128 visible ASCII characters), generated (a UUID)
+//!   otherwise, and echoed on the response (tower-http's request-id layers).
+//! - **Span** `request` per request, with `method`, `route` (the matched route
+//!   template, never the raw path), `request_id`, and `semaphore`, which
+//!   the handler fills in once it has parsed the name. Every log line of the
+//!   request carries them.
+//! - **Access log**: one `request finished` line at the end, with status and
+//!   latency; target `permitd::access`, so it can be filtered on its own.
+//!   Probes and scrapes log at debug, server errors at warn, the rest at info.
+//! - **Metrics**: requests by route, method and status, and their duration,
+//!   labelled like the span (never with a semaphore name or permit id).
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, Method, Response};
+use axum::middleware::Next;
+use tracing::Span;
+
+use crate::telemetry;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The route label of unmatched requests (404 fallback): a fixed word, so
+/// scanners probing random paths add no series.
+const UNMATCHED: &str = "unmatched";
+
+fn route_of<B>(request: &axum::http::Request<B>) -> &str {
+    request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED, MatchedPath::as_str)
+}
+
+/// A label for the method: the client chooses it, so anything unusual is
+/// folded into `other` to keep the number of series bounded.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn usable_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    (1..=128).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_graphic)
+}
+
+/// Middleware, before the request id is set: drops an incoming `x-request-id`
+/// that is empty, huge or not plain text, so a fresh one is generated rather
+/// than a client's junk being copied into every log line.
+pub async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response<Body> {
+    if request
+        .headers()
+        .get_all(&X_REQUEST_ID)
+        .iter()
+        .any(|value| !usable_request_id(value))
+    {
+        request.headers_mut().remove(&X_REQUEST_ID);
+    }
+    next.run(request).await
+}
+
+/// The span of one request (see the module docs for its fields).
+pub fn request_span<B>(request: &axum::http::Request<B>) -> Span {
+    let request_id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route = route_of(request),
+        request_id,
+        semaphore = tracing::field::Empty,
+    )
+}
+
+/// Records the semaphore name in the current request's span, so every later
+/// log line of the request names it (and none needs a label for it).
+pub fn record_semaphore(name: &str) {
+    Span::current().record("semaphore", name);
+}
+
+/// The access log line, written when the response is ready.
+/// It is emitted inside the request's span, so it carries the request id.
+pub fn log_response<B>(response: &Response<B>, latency: Duration, _span: &Span) {
+    let status = response.status().as_u16();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    let quiet = response.extensions().get::<QuietRoute>().is_some();
+    if response.status().is_server_error() {
+        tracing::warn!(target: "permitd::access", status, latency_ms, "request finished");
+    } else if quiet {
+        tracing::debug!(target: "permitd::access", status, latency_ms, "request finished");
+    } else {
+        tracing::info!(target: "permitd::access", status, latency_ms, "request finished");
+    }
+}
+
+/// Marks a response whose access line is debug only: probes and scrapes
+/// arrive every few seconds and would drown the lines that matter.
+#[derive(Clone, Copy)]
+struct QuietRoute;
+
+/// Middleware: counts the request and times it, labelled by matched route,
+/// method and status.
+pub async fn record_metrics(request: Request, next: Next) -> Response<Body> {
+    let route = route_of(&request).to_owned();
+    let method = method_label(request.method());
+    let started = Instant::now();
+    let mut response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(telemetry::HTTP_DURATION, "route" => route.clone(), "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics") {
+        response.extensions_mut().insert(QuietRoute);
+    }
+    metrics::counter!(
+        telemetry::HTTP_REQUESTS,
+        "route" => route,
+        "method" => method,
+        "status" => status
+    )
+    .increment(1);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_must_be_short_visible_text() {
+        assert!(usable_request_id(&HeaderValue::from_static("abc-123")));
+        assert!(usable_request_id(&HeaderValue::from_static(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        )));
+        assert!(!usable_request_id(&HeaderValue::from_static("")));
+        assert!(!usable_request_id(&HeaderValue::from_static("has space")));
+        assert!(!usable_request_id(
+            &HeaderValue::from_str(&"x".repeat(129)).unwrap()
+        ));
+    }
+
+    #[test]
+    fn unusual_methods_share_one_label() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(
+            method_label(&Method::from_bytes(b"PROPFIND").unwrap()),
+            "other"
+        );
+    }
+}
