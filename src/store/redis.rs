@@ -60,12 +60,13 @@ struct NamedScript {
 /// The prelude, then the body wrapped in a function, so that every script
 /// replies `{swept, body's reply}`: `swept` is how many expired leases the
 /// prelude's `expire()` removed during the call (see prelude.lua). `run`
-/// counts them, in one place, whatever the body's own reply shape.
+/// counts them, in one place, whatever the body's own reply shape. The body
+/// runs before `swept` is read (a table constructor would read it first).
 fn script(name: &'static str, body: &str) -> NamedScript {
     NamedScript {
         name,
         script: Script::new(&format!(
-            "{PRELUDE}\nlocal function body()\n{body}\nend\nreturn {{ swept, body() }}\n"
+            "{PRELUDE}\nlocal function body()\n{body}\nend\nlocal reply = body()\nreturn {{ swept, reply }}\n"
         )),
     }
 }

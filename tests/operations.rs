@@ -1,0 +1,660 @@
+//! Running permitd in production: metrics that move, request ids, bearer
+//! tokens, request bounds, the healthcheck subcommand, and logs that never
+//! show a secret.
+//!
+//! The metrics recorder is process-wide, shared by every app in this test
+//! binary, and tests run in parallel: metric assertions compare a scrape
+//! before with one after, on series only the test itself touches or with
+//! "at least" deltas.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{RedisServer, TestApp, expect_problem, spawn_app, spawn_app_with};
+use permitd::config::{Secret, Settings};
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------- metrics
+
+/// One scrape of `/metrics`, as `name{sorted labels}` -> value.
+struct Scrape(BTreeMap<String, f64>);
+
+impl Scrape {
+    async fn of(app: &TestApp) -> Self {
+        let response = app.get("/metrics").await;
+        assert_eq!(response.status(), 200);
+        Self::parse(&response.text().await.unwrap())
+    }
+
+    fn parse(text: &str) -> Self {
+        let mut samples = BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let (series, value) = line.rsplit_once(' ').expect("a sample line");
+            let key = match series.split_once('{') {
+                None => series.to_owned(),
+                Some((name, labels)) => {
+                    let mut pairs: Vec<&str> = labels.trim_end_matches('}').split("\",").collect();
+                    for pair in &mut pairs {
+                        *pair = pair.trim_end_matches('"');
+                    }
+                    pairs.sort_unstable();
+                    format!("{name}{{{}}}", pairs.join(","))
+                }
+            };
+            samples.insert(key, value.parse().expect("a number"));
+        }
+        Self(samples)
+    }
+
+    /// The value of `name` with exactly these labels; 0 when absent.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}")).collect();
+        pairs.sort_unstable();
+        let key = if pairs.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{name}{{{}}}", pairs.join(","))
+        };
+        self.0.get(&key).copied().unwrap_or(0.0)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0
+            .keys()
+            .any(|k| k == name || k.starts_with(&format!("{name}{{")))
+    }
+}
+
+/// How much a series grew between two scrapes.
+fn delta(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    after.get(name, labels) - before.get(name, labels)
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn metrics_move_as_requests_are_made(app: &TestApp) {
+    let name = unique("metered");
+    let before = Scrape::of(app).await;
+
+    let first = app.acquire(&name, json!({ "limit": 1 })).await;
+    assert_eq!(first.status(), 201);
+    let location = first.headers()["location"].to_str().unwrap().to_owned();
+    let permit: Value = first.json().await.unwrap();
+    assert_eq!(app.acquire(&name, json!({})).await.status(), 429);
+    assert_eq!(
+        app.acquire(&name, json!({ "wait_ms": 50 })).await.status(),
+        429
+    );
+    assert_eq!(
+        app.acquire(&name, json!({ "limit": 2 })).await.status(),
+        409
+    );
+    assert_eq!(
+        app.acquire(&unique("absent"), json!({})).await.status(),
+        404
+    );
+    assert_eq!(
+        app.acquire(&name, json!({ "count": 0 })).await.status(),
+        400
+    );
+    assert_eq!(
+        app.patch_json(&location, json!({ "ttl_ms": 150 }))
+            .await
+            .status(),
+        200
+    );
+    // The refreshed lease runs out; the next acquire sweeps it: one expiry.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = app.acquire(&name, json!({})).await;
+    assert_eq!(second.status(), 201);
+    assert_eq!(app.patch_json(&location, json!({})).await.status(), 404);
+    let second_location = second.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(app.delete(&second_location).await.status(), 204);
+    assert_eq!(app.delete(&second_location).await.status(), 404);
+
+    let after = Scrape::of(app).await;
+    let acquires = |outcome| {
+        delta(
+            &before,
+            &after,
+            "permitd_acquires_total",
+            &[("outcome", outcome)],
+        )
+    };
+    assert!(acquires("granted") >= 2.0);
+    assert!(acquires("unavailable") >= 1.0);
+    assert!(acquires("timed_out") >= 1.0);
+    assert!(acquires("conflict") >= 1.0);
+    assert!(acquires("not_found") >= 1.0);
+    assert!(acquires("invalid") >= 1.0);
+    let by = |metric, outcome| delta(&before, &after, metric, &[("outcome", outcome)]);
+    assert!(by("permitd_refreshes_total", "refreshed") >= 1.0);
+    assert!(by("permitd_refreshes_total", "gone") >= 1.0);
+    assert!(by("permitd_releases_total", "released") >= 1.0);
+    assert!(by("permitd_releases_total", "gone") >= 1.0);
+    assert!(delta(&before, &after, "permitd_lease_expiries_total", &[]) >= 1.0);
+    let route = "/semaphores/{name}/permits";
+    let requests = |method, status| {
+        delta(
+            &before,
+            &after,
+            "permitd_http_requests_total",
+            &[("route", route), ("method", method), ("status", status)],
+        )
+    };
+    assert!(requests("POST", "201") >= 1.0);
+    assert!(requests("POST", "429") >= 2.0);
+    assert!(
+        delta(
+            &before,
+            &after,
+            "permitd_http_request_duration_seconds_count",
+            &[("route", route), ("method", "POST")],
+        ) >= 7.0
+    );
+
+    // Low cardinality: neither the semaphore nor a permit id is a label.
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(!text.contains(&name), "semaphore name in metrics");
+    assert!(!text.contains(permit["id"].as_str().unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_as_requests_are_made_on_the_memory_store() {
+    let app = spawn_app(None).await;
+    metrics_move_as_requests_are_made(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_as_requests_are_made_on_redis() {
+    let redis = RedisServer::start();
+    let app = spawn_app(Some(&redis)).await;
+    let before = Scrape::of(&app).await;
+    metrics_move_as_requests_are_made(&app).await;
+    let after = Scrape::of(&app).await;
+    let calls = |call| {
+        delta(
+            &before,
+            &after,
+            "permitd_redis_call_duration_seconds_count",
+            &[("call", call)],
+        )
+    };
+    assert!(calls("acquire") >= 6.0);
+    assert!(calls("refresh") >= 2.0);
+    assert!(calls("release") >= 2.0);
+    for gauge in [
+        "permitd_redis_pool_max_connections",
+        "permitd_redis_pool_connections",
+        "permitd_redis_pool_in_use_connections",
+        "permitd_redis_pool_waiting_calls",
+    ] {
+        assert!(after.has(gauge), "{gauge} missing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_failures_are_counted() {
+    let mut redis = RedisServer::start();
+    let mut settings = Settings::for_tests(Some(redis.url()));
+    settings.redis_timeout_ms = 500;
+    let app = spawn_app_with(settings).await;
+    let before = Scrape::of(&app).await;
+    redis.stop();
+    expect_problem(app.get("/semaphores/anything").await, 503).await;
+    let after = Scrape::of(&app).await;
+    let failed: f64 = ["timeout", "unavailable"]
+        .iter()
+        .map(|kind| {
+            delta(
+                &before,
+                &after,
+                "permitd_redis_errors_total",
+                &[("call", "status"), ("kind", kind)],
+            )
+        })
+        .sum();
+    assert!(failed >= 1.0, "no Redis error counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waiters_gauge_counts_long_polls_in_progress() {
+    let app = spawn_app(None).await;
+    let name = unique("gauge");
+    let held = app.acquire(&name, json!({ "limit": 1 })).await;
+    assert_eq!(held.status(), 201);
+    let location = held.headers()["location"].to_str().unwrap().to_owned();
+    let waiter = {
+        let (client, url) = (
+            app.client.clone(),
+            app.url(&format!("/semaphores/{name}/permits")),
+        );
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({ "wait_ms": 10_000 }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.status(&name).await["waiting"] != 1 {
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Other tests of this binary may wait too, so at least this one.
+    assert!(Scrape::of(&app).await.get("permitd_waiters", &[]) >= 1.0);
+    assert_eq!(app.delete(&location).await.status(), 204);
+    assert_eq!(waiter.await.unwrap(), 201);
+}
+
+// ---------------------------------------------------------------- request ids
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_is_echoed_or_generated() {
+    let app = spawn_app(None).await;
+    let echoed = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "trace-me-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "trace-me-123");
+
+    let generated = app.get("/semaphores/unknown").await;
+    assert_eq!(generated.status(), 404);
+    let id = generated.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "generated id {id:?}");
+
+    // Junk (here: far too long) is replaced, not copied into every log line.
+    let junk = "x".repeat(500);
+    let replaced = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", &junk)
+        .send()
+        .await
+        .unwrap();
+    let id = replaced.headers()["x-request-id"].to_str().unwrap();
+    assert_ne!(id, junk);
+    assert!(uuid::Uuid::parse_str(id).is_ok());
+}
+
+// ---------------------------------------------------------------- access control
+
+const TOKEN: &str = "s3cr3t-token-for-tests-4b1d";
+const OTHER_TOKEN: &str = "second-token-from-the-file-77";
+const WRONG_TOKEN: &str = "a-guess-that-is-not-a-token";
+
+async fn app_with_tokens(metrics_public: bool) -> TestApp {
+    let mut settings = Settings::for_tests(None);
+    settings.api_tokens = vec![Secret::new(TOKEN)];
+    settings.metrics_public = metrics_public;
+    spawn_app_with(settings).await
+}
+
+async fn unauthorized(response: reqwest::Response) -> String {
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        challenge.starts_with("Bearer realm=\"permitd\""),
+        "{challenge}"
+    );
+    expect_problem(response, 401).await;
+    challenge
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_configured_a_request_without_one_is_a_401_problem() {
+    let app = app_with_tokens(true).await;
+    let challenge = unauthorized(app.acquire("locked", json!({ "limit": 1 })).await).await;
+    assert!(!challenge.contains("error="));
+    unauthorized(app.get("/semaphores/locked").await).await;
+    unauthorized(app.get("/demo").await).await;
+    // Unknown routes too: nothing is learnt about the API without a token.
+    unauthorized(app.get("/no-such-route").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_a_401_problem_that_says_so() {
+    let app = app_with_tokens(true).await;
+    for header in [
+        "Bearer wrong-token".to_owned(),
+        format!("Bearer {TOKEN}x"),
+        format!("Basic {TOKEN}"),
+        "Bearer".to_owned(),
+    ] {
+        let response = app
+            .client
+            .put(app.url("/semaphores/locked"))
+            .header("authorization", &header)
+            .json(&json!({ "limit": 1 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{header}");
+        let challenge = unauthorized(response).await;
+        if header.starts_with("Bearer ") {
+            assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_right_token_opens_the_api() {
+    let app = app_with_tokens(true).await;
+    let created = app
+        .client
+        .post(app.url("/semaphores/open-sesame/permits"))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "limit": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    // The scheme is case-insensitive.
+    let status = app
+        .client
+        .get(app.url("/semaphores/open-sesame"))
+        .header("authorization", format!("bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200);
+    // The demo calls its built-in upstream (this server) with a token too.
+    let demo = app
+        .client
+        .get(app.url("/demo?requests=2&limit=1&delay_ms=0"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(demo.status(), 200);
+    let report: Value = demo.json().await.unwrap();
+    for result in report["results"].as_array().unwrap() {
+        assert_eq!(result["status"], 200, "{report}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_metrics_stay_open_with_tokens_configured() {
+    let app = app_with_tokens(true).await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    assert_eq!(app.get("/metrics").await.status(), 200);
+
+    let closed = app_with_tokens(false).await;
+    assert_eq!(closed.get("/healthz").await.status(), 200);
+    assert_eq!(closed.get("/readyz").await.status(), 200);
+    unauthorized(closed.get("/metrics").await).await;
+    let scraped = closed
+        .client
+        .get(closed.url("/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tokens_everything_is_open() {
+    let app = spawn_app(None).await;
+    assert_eq!(
+        app.acquire("free-for-all", json!({ "limit": 1 }))
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(app.get("/semaphores/free-for-all").await.status(), 200);
+    assert_eq!(app.get("/metrics").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_can_come_from_a_file() {
+    let dir = std::env::temp_dir().join(unique("permitd-tokens"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tokens");
+    std::fs::write(
+        &file,
+        format!("# rotated 2026-11\n\n{OTHER_TOKEN}\n  {TOKEN}  \n"),
+    )
+    .unwrap();
+    let mut settings = Settings::for_tests(None);
+    settings.api_token_file = Some(file);
+    let app = spawn_app_with(settings).await;
+    for token in [TOKEN, OTHER_TOKEN] {
+        let response = app
+            .client
+            .put(app.url("/semaphores/from-file"))
+            .bearer_auth(token)
+            .json(&json!({ "limit": 1 }))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{token}");
+    }
+    unauthorized(app.get("/semaphores/from-file").await).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---------------------------------------------------------------- request bounds
+
+async fn app_with_timeout(timeout_ms: u64, redis: Option<&RedisServer>) -> TestApp {
+    let mut settings = Settings::for_tests(redis.map(RedisServer::url));
+    settings.request_timeout_ms = timeout_ms;
+    settings.redis_timeout_ms = 5_000;
+    spawn_app_with(settings).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_longer_than_the_request_timeout_still_succeeds() {
+    let app = app_with_timeout(300, None).await;
+    let held = app.acquire("patient", json!({ "limit": 1 })).await;
+    let location = held.headers()["location"].to_str().unwrap().to_owned();
+    let waiter = {
+        let (client, url) = (app.client.clone(), app.url("/semaphores/patient/permits"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({ "wait_ms": 3_000 }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    // Well past the 300 ms request timeout, the wait is still on.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(app.delete(&location).await.status(), 204);
+    assert_eq!(waiter.await.unwrap(), 201);
+
+    // And a wait that runs out is the usual 429, not a timeout.
+    let full = app.acquire("patient", json!({ "wait_ms": 700 })).await;
+    expect_problem(full, 429).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_slower_than_the_timeout_gets_a_503_problem() {
+    let app = app_with_timeout(200, None).await;
+    let started = Instant::now();
+    let slow = app.get("/demo/upstream?delay_ms=3000").await;
+    assert!(started.elapsed() < Duration::from_secs(2), "it hung");
+    assert!(slow.headers().contains_key("retry-after"));
+    let problem = expect_problem(slow, 503).await;
+    assert_eq!(problem["type"], "urn:permitd:problem:request-timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_is_cut_off_by_the_request_timeout() {
+    let redis = RedisServer::start();
+    let app = app_with_timeout(300, Some(&redis)).await;
+    assert_eq!(
+        app.put_json("/semaphores/stall", json!({ "limit": 1 }))
+            .await
+            .status(),
+        201
+    );
+    // Redis stops answering for 2 s; the Redis timeout (5 s) is longer than
+    // the request timeout, so the request timeout is what answers.
+    let paused = redis.command("CLIENT PAUSE 2000 ALL").unwrap();
+    assert!(paused.starts_with("+OK"), "{paused}");
+    let started = Instant::now();
+    let stalled = app.get("/semaphores/stall").await;
+    assert!(started.elapsed() < Duration::from_millis(1_500), "it hung");
+    let problem = expect_problem(stalled, 503).await;
+    assert_eq!(problem["type"], "urn:permitd:problem:request-timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_limit_is_a_setting() {
+    let mut settings = Settings::for_tests(None);
+    settings.max_body_bytes = 64;
+    let app = spawn_app_with(settings).await;
+    let big = json!({ "limit": 1, "holder": "h".repeat(100) });
+    let problem = expect_problem(app.acquire("bounded", big).await, 413).await;
+    assert!(problem["detail"].as_str().unwrap().contains("64 bytes"));
+    assert_eq!(
+        app.acquire("bounded", json!({ "limit": 1 })).await.status(),
+        201
+    );
+}
+
+// ---------------------------------------------------------------- the binary
+
+/// A permitd process, killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn healthcheck(url: &str) -> bool {
+    Command::new(env!("CARGO_BIN_EXE_permitd"))
+        .args(["healthcheck", "--url", url, "--timeout-ms", "1000"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_healthcheck_subcommand_exits_0_only_when_healthy() {
+    let app = spawn_app(None).await;
+    let url = app.url("/healthz");
+    let closed = format!("http://127.0.0.1:{}/healthz", free_port());
+    let (up, down) = tokio::task::spawn_blocking(move || (healthcheck(&url), healthcheck(&closed)))
+        .await
+        .unwrap();
+    assert!(up, "a running server is healthy");
+    assert!(!down, "nothing listening is unhealthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_logs() {
+    const PASSWORD: &str = "redis-pa55word-never-logged";
+    let mut redis = RedisServer::start();
+    let set = redis
+        .command(&format!("CONFIG SET requirepass {PASSWORD}"))
+        .unwrap();
+    assert!(set.starts_with("+OK"), "{set}");
+    let redis_url = format!("redis://:{PASSWORD}@127.0.0.1:{}", redis.port());
+
+    let port = free_port();
+    let log_path = std::env::temp_dir().join(unique("permitd-log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    // Everything permitd and its libraries log, in both formats' worst case.
+    let child = Command::new(env!("CARGO_BIN_EXE_permitd"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--log-format", "json"])
+        .env("REDIS_URL", &redis_url)
+        .env("PERMITD_API_TOKENS", format!("{TOKEN},{OTHER_TOKEN}"))
+        .env("RUST_LOG", "trace")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let process = Process(child);
+
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.get(format!("{base}/readyz")).send().await {
+            Ok(response) if response.status() == 200 => break,
+            _ => {
+                assert!(Instant::now() < deadline, "permitd did not get ready");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let granted = client
+        .post(format!("{base}/semaphores/span-named-semaphore/permits"))
+        .bearer_auth(TOKEN)
+        .header("x-request-id", "req-id-seen-in-logs")
+        .json(&json!({ "limit": 1, "holder": "log-test" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(granted.status(), 201);
+    assert_eq!(granted.headers()["x-request-id"], "req-id-seen-in-logs");
+    let wrong = client
+        .get(format!("{base}/semaphores/span-named-semaphore"))
+        .bearer_auth(WRONG_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    // A Redis failure is logged too, with the store's error text.
+    redis.stop();
+    let failed = client
+        .get(format!("{base}/semaphores/span-named-semaphore"))
+        .bearer_auth(OTHER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 503);
+    drop(process);
+
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    assert!(
+        logs.contains("req-id-seen-in-logs"),
+        "request id not logged"
+    );
+    assert!(
+        logs.contains(r#""semaphore":"span-named-semaphore""#),
+        "semaphore name not in the span"
+    );
+    assert!(
+        logs.contains("redis://:***@127.0.0.1"),
+        "the Redis URL is logged, redacted"
+    );
+    for secret in [PASSWORD, TOKEN, OTHER_TOKEN, WRONG_TOKEN] {
+        assert!(!logs.contains(secret), "{secret} appeared in the logs");
+    }
+}
