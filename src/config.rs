@@ -434,4 +434,50 @@ mod tests {
         let settings = cli.settings;
         assert!(settings.request_bounds().is_err());
     }
+
+    #[test]
+    fn debug_output_never_shows_tokens_or_the_redis_password() {
+        let cli = Cli::parse_from([
+            "permitd",
+            "--redis-url",
+            "redis://:hunter2-pw@redis:6379",
+            "--api-token",
+            "tok-one-secret",
+            "--api-token",
+            "tok-two-secret",
+        ]);
+        let shown = format!("{cli:?} {:?}", cli.settings.store());
+        for secret in ["hunter2-pw", "tok-one-secret", "tok-two-secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("***"));
+        let tokens = cli.settings.api_tokens().unwrap();
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(tokens[1].expose(), "tok-two-secret");
+    }
+
+    #[test]
+    fn metrics_are_public_unless_switched_off() {
+        assert!(Cli::parse_from(["permitd"]).settings.metrics_public);
+        let cli = Cli::parse_from(["permitd", "--metrics-public", "false"]);
+        assert!(!cli.settings.metrics_public);
+    }
+
+    #[test]
+    fn a_token_with_a_space_inside_stops_the_start() {
+        let cli = Cli::parse_from(["permitd", "--api-token", "half token"]);
+        let error = cli.settings.api_tokens().unwrap_err().to_string();
+        assert!(error.contains("#1"), "{error}");
+        assert!(!error.contains("half"), "the token itself is not shown");
+        // Blank entries (a trailing comma in the environment) are skipped.
+        let cli = Cli::parse_from(["permitd", "--api-token", " "]);
+        assert!(cli.settings.api_tokens().unwrap().is_empty());
+    }
+
+    #[test]
+    fn body_limit_and_request_timeout_have_their_defaults() {
+        let settings = Cli::parse_from(["permitd"]).settings;
+        assert_eq!(settings.max_body_bytes, 16 * 1024);
+        assert_eq!(settings.request_timeout(), Duration::from_secs(10));
+    }
 }
