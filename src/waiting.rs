@@ -16,7 +16,8 @@
 //!   queue and reports `Unavailable`;
 //! - shutdown, answered with 503 after leaving the queue.
 //!
-//! If the request is dropped mid-wait (the client disconnected), a guard hands
+//! If the request is dropped mid-wait (the client disconnected), or a store
+//! call fails or times out (it may have run all the same), a guard hands
 //! `leave` to a spawned task, since `Drop` cannot await: the ticket leaves the
 //! queue and, if it had just been granted, its permit is released.
 
@@ -73,9 +74,20 @@ pub async fn acquire(
     settings: &WaitSettings,
 ) -> Result<AcquireOutcome, StoreError> {
     let ticket = PermitId::random();
+    // Armed until a final answer is in hand: a store call that failed or timed
+    // out may still have run, so even a try-once acquire withdraws its ticket.
+    let mut guard = LeaveGuard {
+        store: store.clone(),
+        name: request.name.clone(),
+        ticket,
+        armed: true,
+    };
     if request.wait.as_millis() == 0 {
         return match store.attempt(request, ticket, false).await? {
-            Attempt::Done { outcome, .. } => Ok(outcome),
+            Attempt::Done { outcome, .. } => {
+                guard.armed = false;
+                Ok(outcome)
+            }
             Attempt::Queued { .. } => Err(queued_without_asking()),
         };
     }
@@ -83,12 +95,6 @@ pub async fn acquire(
     let started = Instant::now();
     let deadline = started + request.wait.as_duration();
     let wake = store.wakeups().register(ticket);
-    let mut guard = LeaveGuard {
-        store: store.clone(),
-        name: request.name.clone(),
-        ticket,
-        armed: true,
-    };
     let mut last_try = false;
     loop {
         match store.attempt(request, ticket, !last_try).await? {
