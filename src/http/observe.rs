@@ -98,7 +98,8 @@ pub fn record_semaphore(name: &str) {
 /// It is emitted inside the request's span, so it carries the request id.
 pub fn log_response<B>(response: &Response<B>, latency: Duration, _span: &Span) {
     let status = response.status().as_u16();
-    let latency_ms = latency.as_secs_f64() * 1000.0;
+    // Whole microseconds, so the number reads as 1.178, not 1.1784729999.
+    let latency_ms = latency.as_micros() as f64 / 1000.0;
     let quiet = response.extensions().get::<QuietRoute>().is_some();
     if response.status().is_server_error() {
         tracing::warn!(target: "permitd::access", status, latency_ms, "request finished");
