@@ -186,7 +186,8 @@ pub struct Settings {
 
     /// Bound on handling one request; past it the answer is a 503 problem. A
     /// waiting acquire gets its wait_ms on top, and GET /demo the length of
-    /// its run, so a legitimate long poll is never cut short.
+    /// its run, so a legitimate long poll is never cut short. Keep it above
+    /// --redis-timeout-ms, so a slow Redis is answered by its own timeout.
     #[arg(
         long,
         global = true,

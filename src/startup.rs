@@ -55,6 +55,16 @@ impl Application {
             waiting.clone(),
         )?
         .with_upstream_token(tokens.first().cloned());
+        if settings.redis_url.is_some() && settings.request_timeout_ms <= settings.redis_timeout_ms
+        {
+            // The request timeout would cut store calls short mid-script, where
+            // the store's own timeout would have answered a clear 503.
+            tracing::warn!(
+                request_timeout_ms = settings.request_timeout_ms,
+                redis_timeout_ms = settings.redis_timeout_ms,
+                "--request-timeout-ms is not above --redis-timeout-ms"
+            );
+        }
         let access = AccessControl::new(&tokens, settings.metrics_public);
         if access.is_enabled() {
             tracing::info!(
