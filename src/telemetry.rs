@@ -163,6 +163,7 @@ fn describe() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Present from the start, so rate() over it works before the first expiry.
     metrics::counter!(LEASE_EXPIRIES).increment(0);
+    metrics::gauge!(WAITERS).increment(0.0);
     describe_histogram!(
         "permitd_acquire_wait_seconds",
         Unit::Seconds,

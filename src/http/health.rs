@@ -21,14 +21,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     ))
 }
 
-/// `GET /metrics`: Prometheus text format. Gauges of this instance's state
-/// (waiters, the Redis pool) are read now, at scrape time, rather than kept
-/// up to date on every change.
+/// `GET /metrics`: Prometheus text format. The Redis pool's gauges are read
+/// now, at scrape time, rather than kept up to date on every checkout.
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     use crate::telemetry::{
-        REDIS_POOL_IN_USE, REDIS_POOL_MAX, REDIS_POOL_OPEN, REDIS_POOL_WAITING, WAITERS,
+        REDIS_POOL_IN_USE, REDIS_POOL_MAX, REDIS_POOL_OPEN, REDIS_POOL_WAITING,
     };
-    metrics::gauge!(WAITERS).set(state.store.wakeups().len() as f64);
     if let Some(pool) = state.store.pool_status() {
         metrics::gauge!(REDIS_POOL_MAX).set(pool.max_size as f64);
         metrics::gauge!(REDIS_POOL_OPEN).set(pool.size as f64);

@@ -41,10 +41,13 @@ impl Wakeups {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers a waiting ticket; it is removed when the handle drops.
+    /// Registers a waiting ticket; it is removed when the handle drops. The
+    /// `permitd_waiters` gauge follows registrations, so it is exact at any
+    /// moment without being recomputed at each scrape.
     pub fn register(self: &Arc<Self>, ticket: PermitId) -> WakeHandle {
         let slot = Arc::new(Slot::default());
         self.slots().insert(ticket, slot.clone());
+        metrics::gauge!(crate::telemetry::WAITERS).increment(1.0);
         WakeHandle {
             registry: self.clone(),
             ticket,
@@ -107,6 +110,7 @@ impl WakeHandle {
 impl Drop for WakeHandle {
     fn drop(&mut self) {
         self.registry.slots().remove(&self.ticket);
+        metrics::gauge!(crate::telemetry::WAITERS).decrement(1.0);
     }
 }
 
