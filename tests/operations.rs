@@ -196,6 +196,7 @@ async fn metrics_move_as_requests_are_made_on_redis() {
         "permitd_redis_pool_connections",
         "permitd_redis_pool_in_use_connections",
         "permitd_redis_pool_waiting_calls",
+        "permitd_redis_wake_subscribed",
     ] {
         assert!(after.has(gauge), "{gauge} missing");
     }

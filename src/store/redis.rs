@@ -368,6 +368,7 @@ async fn subscribe(
             }
         };
         backoff = Duration::from_millis(50);
+        metrics::gauge!(telemetry::REDIS_WAKE_SUBSCRIBED).set(1.0);
         // Whatever was published while we were not subscribed is lost.
         wakeups.wake_all();
         let mut messages = pubsub.on_message();
@@ -381,6 +382,7 @@ async fn subscribe(
                 wakeups.wake(ticket, cause_us);
             }
         }
+        metrics::gauge!(telemetry::REDIS_WAKE_SUBSCRIBED).set(0.0);
         tracing::warn!("wake subscription lost; waiting acquires re-check");
         wakeups.wake_all();
     }
