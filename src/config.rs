@@ -33,6 +33,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve HTTP (the default when no subcommand is given).
     Serve,
+    /// Print the OpenAPI document as YAML, for these settings' bounds. The
+    /// checked-in file is made with `cargo run -q -- openapi > openapi.yaml`.
+    Openapi,
 }
 
 /// Server settings. Flags may be given before or after a subcommand.

@@ -3,6 +3,7 @@
 //! domain types.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::config::RequestBounds;
 use crate::error::ApiError;
@@ -12,9 +13,13 @@ use crate::semaphore::{
 };
 
 /// Body of `PUT /semaphores/{name}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "limit": 5 }))]
 pub struct SetLimitBody {
+    /// The most units held at once. Lowering it never revokes permits
+    /// already held; new acquires wait until what is held fits.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub limit: u64,
 }
 
@@ -22,21 +27,43 @@ pub struct SetLimitBody {
 ///
 /// Unknown fields are refused so that a typo (`ttl` for `ttl_ms`) is a 400
 /// rather than a silently ignored setting.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "limit": 5, "count": 1, "ttl_ms": 30000, "wait_ms": 0, "holder": "worker-7" }))]
 pub struct AcquireBody {
+    /// Creates an unknown semaphore with this limit. If the semaphore exists
+    /// with another limit the acquire is refused (409) rather than silently
+    /// sharing it. Without it, an unknown semaphore is a 404.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub limit: Option<u64>,
+    /// Units to take at once, all or nothing (default 1). More than the
+    /// semaphore's limit could never be granted: 409.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub count: Option<u64>,
+    /// Lease length in milliseconds (default 30000, configurable). The
+    /// maximum is the server's configured maximum lease.
+    #[schema(minimum = 100, maximum = 3_600_000)]
     pub ttl_ms: Option<u64>,
+    /// How long the request may wait for capacity, in milliseconds: a long
+    /// poll, served first come first served. 0 (the default) tries once. The
+    /// maximum is the server's configured maximum wait.
+    #[schema(minimum = 0, maximum = 60_000)]
     pub wait_ms: Option<u64>,
+    /// A free-text label shown in status and logs; no control characters.
+    /// An empty label is the same as none.
+    #[schema(max_length = 128, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub holder: Option<String>,
 }
 
 /// Body of `PATCH /semaphores/{name}/permits/{id}`; `ttl_ms` defaults to the
 /// configured default lease.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "ttl_ms": 30000 }))]
 pub struct RefreshBody {
+    /// The new lease, in milliseconds from now (default 30000,
+    /// configurable; the maximum is the server's configured maximum lease).
+    #[schema(minimum = 100, maximum = 3_600_000)]
     pub ttl_ms: Option<u64>,
 }
 
@@ -93,14 +120,32 @@ impl AcquireBody {
 }
 
 /// A permit as the acquire, lookup and refresh responses show it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "3b0c5a4e-8f1d-4c3a-9a57-2f6c1e0d9b21", "semaphore": "payments", "count": 1,
+    "fencing_token": 1_795_851_413_712_265_u64, "acquired_at": "2026-11-28T07:36:53.712Z",
+    "expires_at": "2026-11-28T07:37:23.712Z", "holder": "worker-7"
+}))]
 pub struct PermitView {
+    /// The permit's id: the capability to refresh or release it. Only the
+    /// acquire that made the permit returns it.
+    #[schema(format = Uuid)]
     pub id: String,
+    /// The semaphore's name.
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     pub semaphore: String,
+    /// Units this permit holds.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub count: u32,
+    /// Strictly increases with every permit of the semaphore; below 2^53.
     pub fencing_token: u64,
+    /// When the permit was granted, on the store's clock.
+    #[schema(format = DateTime)]
     pub acquired_at: String,
+    /// When the lease runs out unless refreshed, on the store's clock.
+    #[schema(format = DateTime)]
     pub expires_at: String,
+    /// The label given at acquire, if any.
     pub holder: Option<String>,
 }
 
@@ -119,12 +164,17 @@ impl From<&Permit> for PermitView {
 }
 
 /// One holder in a semaphore's status: never the permit id.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct HolderView {
+    /// The label given at acquire, if any.
     pub holder: Option<String>,
+    /// Units this permit holds.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub count: u32,
     pub fencing_token: u64,
+    #[schema(format = DateTime)]
     pub acquired_at: String,
+    #[schema(format = DateTime)]
     pub expires_at: String,
 }
 
@@ -141,13 +191,25 @@ impl From<&HolderInfo> for HolderView {
 }
 
 /// A semaphore's status.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "name": "payments", "limit": 5, "held": 1, "available": 4, "waiting": 0,
+    "holders": [{ "holder": "worker-7", "count": 1, "fencing_token": 1_795_851_413_712_265_u64,
+                  "acquired_at": "2026-11-28T07:36:53.712Z", "expires_at": "2026-11-28T07:37:23.712Z" }]
+}))]
 pub struct SemaphoreView {
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     pub name: String,
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub limit: u32,
+    /// Units held by live permits; may exceed `limit` after the limit was lowered.
     pub held: u32,
+    /// Units free right now.
     pub available: u32,
+    /// Acquires waiting for capacity.
     pub waiting: u32,
+    /// Live permits, soonest expiry first, at most 1,000 (`held` counts all).
+    #[schema(max_items = 1000)]
     pub holders: Vec<HolderView>,
 }
 
