@@ -2,7 +2,7 @@
 //! domain values. Raw request bodies stop here: handlers only see validated
 //! domain types.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use crate::config::RequestBounds;
@@ -12,6 +12,32 @@ use crate::semaphore::{
     SemaphoreStatus, Ttl, WaitTime,
 };
 
+/// Reads a JSON number that is a whole number, written either way: `5` or
+/// `5.0`. JSON Schema (and so the OpenAPI document) counts `5.0` as an
+/// integer, and clients in languages with one number type send it.
+fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(n) = number.as_u64() {
+        return Ok(n);
+    }
+    match number.as_f64() {
+        // The upper bound is exclusive: `u64::MAX as f64` rounds up to 2^64.
+        Some(f) if f.fract() == 0.0 && (0.0..u64::MAX as f64).contains(&f) => Ok(f as u64),
+        _ => Err(serde::de::Error::custom(format!(
+            "invalid value: {number}, expected a whole number of at least 0"
+        ))),
+    }
+}
+
+/// [`whole_number`] for an optional field; `null` is the same as leaving it out.
+fn optional_whole_number<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "whole_number")] u64);
+    Ok(Option::<Whole>::deserialize(deserializer)?.map(|Whole(n)| n))
+}
+
 /// Body of `PUT /semaphores/{name}`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +45,7 @@ use crate::semaphore::{
 pub struct SetLimitBody {
     /// The most units held at once. Lowering it never revokes permits
     /// already held; new acquires wait until what is held fits.
+    #[serde(deserialize_with = "whole_number")]
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub limit: u64,
 }
@@ -35,19 +62,23 @@ pub struct AcquireBody {
     /// with another limit the acquire is refused (409) rather than silently
     /// sharing it. Without it, an unknown semaphore is a 404.
     #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(default, deserialize_with = "optional_whole_number")]
     pub limit: Option<u64>,
     /// Units to take at once, all or nothing (default 1). More than the
     /// semaphore's limit could never be granted: 409.
     #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(default, deserialize_with = "optional_whole_number")]
     pub count: Option<u64>,
     /// Lease length in milliseconds (default 30000, configurable). The
     /// maximum is the server's configured maximum lease.
     #[schema(minimum = 100, maximum = 3_600_000)]
+    #[serde(default, deserialize_with = "optional_whole_number")]
     pub ttl_ms: Option<u64>,
     /// How long the request may wait for capacity, in milliseconds: a long
     /// poll, served first come first served. 0 (the default) tries once. The
     /// maximum is the server's configured maximum wait.
     #[schema(minimum = 0, maximum = 60_000)]
+    #[serde(default, deserialize_with = "optional_whole_number")]
     pub wait_ms: Option<u64>,
     /// A free-text label shown in status and logs; no control characters.
     /// An empty label is the same as none.
@@ -64,6 +95,7 @@ pub struct RefreshBody {
     /// The new lease, in milliseconds from now (default 30000,
     /// configurable; the maximum is the server's configured maximum lease).
     #[schema(minimum = 100, maximum = 3_600_000)]
+    #[serde(default, deserialize_with = "optional_whole_number")]
     pub ttl_ms: Option<u64>,
 }
 
@@ -73,7 +105,7 @@ fn bad(e: impl std::fmt::Display) -> ApiError {
 
 impl AcquireBody {
     /// # Errors
-    /// 400 for any value outside its bound, including `count` above the limit
+    /// 400 for any value outside its bound; 409 for `count` above the limit
     /// given in the same body.
     pub fn into_request(
         self,
@@ -91,11 +123,10 @@ impl AcquireBody {
         if let Some(limit) = limit
             && count.get() > limit.get()
         {
-            return Err(bad(format!(
-                "count {} is more than the limit {}: it could never be granted",
-                count.get(),
-                limit.get()
-            )));
+            return Err(ApiError::CountExceedsLimit {
+                count: count.get(),
+                limit: limit.get(),
+            });
         }
         let ttl = match self.ttl_ms {
             Some(ms) => Ttl::new(ms, bounds.max_ttl_ms).map_err(bad)?,

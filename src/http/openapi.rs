@@ -68,15 +68,15 @@ pub struct Problem {
     pub detail: String,
 }
 
-/// 409: the semaphore exists with another limit, or `count` is more than the
-/// limit. `limit` is the limit the request conflicts with.
+/// 409: the request conflicts with the semaphore's state. `limit`, when
+/// present, is the limit it conflicts with.
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({
     "type": "urn:permitd:problem:limit-conflict", "title": "Semaphore exists with another limit",
     "status": 409, "detail": "the semaphore exists with limit 2; acquire without a limit, or with limit 2, or change it with PUT",
     "limit": 2
 }))]
-pub struct LimitConflictProblem {
+pub struct ConflictProblem {
     #[serde(rename = "type")]
     #[schema(pattern = "^urn:permitd:problem:[a-z-]+$")]
     pub kind: String,
@@ -84,9 +84,11 @@ pub struct LimitConflictProblem {
     #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
     pub detail: String,
-    /// The semaphore's current limit.
-    #[schema(minimum = 1, maximum = 1_000_000)]
-    pub limit: u32,
+    /// The limit the request conflicts with (`limit-conflict` and
+    /// `count-exceeds-limit` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000, nullable = false)]
+    pub limit: Option<u32>,
 }
 
 /// 429: not enough units free within `wait_ms`; `Retry-After` says when a
@@ -147,7 +149,7 @@ pub struct NoCapacityProblem {
         HolderView,
         SemaphoreView,
         Problem,
-        LimitConflictProblem,
+        ConflictProblem,
         NoCapacityProblem,
         health::Health,
         health::Readiness,
@@ -226,7 +228,7 @@ async fn openapi_json(json: String) -> impl IntoResponse {
     operation_id = "openapi_yaml",
     summary = "This OpenAPI document, as YAML",
     responses((status = 200, description = "This OpenAPI document as YAML.",
-               content_type = "application/yaml", body = String)),
+               content_type = "application/yaml", body = serde_json::Value)),
 )]
 async fn openapi_yaml(yaml: String) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/yaml")], yaml)

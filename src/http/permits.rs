@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::extract::{JsonBody, PathParams};
 use super::models::{AcquireBody, PermitView, RefreshBody};
-use super::openapi::{LimitConflictProblem, NoCapacityProblem, PermitPath, Problem, SemaphorePath};
+use super::openapi::{ConflictProblem, NoCapacityProblem, PermitPath, Problem, SemaphorePath};
 use super::semaphores::{parse_name, semaphore_not_found};
 use crate::error::ApiError;
 use crate::semaphore::{AcquireOutcome, IdempotencyKey, Permit, PermitId, SemaphoreName, Ttl};
@@ -65,7 +65,7 @@ fn permit_response(status: StatusCode, permit: &Permit) -> Response {
         ("Idempotency-Key" = Option<String>, Header,
          description = "Makes a retried acquire safe: while the permit it made is held, the \
             same key with the same body returns that permit (200) instead of taking another. \
-            The same key with a different body is a 422. 1–255 visible ASCII characters.",
+            The same key with a different body is a 409. 1–255 visible ASCII characters.",
          nullable = false, pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255, example = "order-42"),
     ),
     request_body(content = Option<AcquireBody>, content_type = "application/json"),
@@ -79,11 +79,12 @@ fn permit_response(status: StatusCode, permit: &Permit) -> Response {
          body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such semaphore, and no `limit` to create it with.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The semaphore exists with another limit, or `count` is more than the limit (it could never be granted); `limit` says which.",
-         body = LimitConflictProblem, content_type = "application/problem+json"),
+        (status = 409, description = "A conflict with the semaphore's state: it exists with another \
+            limit (`limit-conflict`), `count` is more than the limit so it could never be granted \
+            (`count-exceeds-limit`), or the `Idempotency-Key` names a live permit acquired with a \
+            different body (`idempotency-key-reused`). `limit` is present for the first two.",
+         body = ConflictProblem, content_type = "application/problem+json"),
         (status = 413, description = "Request body over 16 KiB.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The `Idempotency-Key` names a live permit acquired with a different body.",
-         body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Not enough units free within `wait_ms`.",
          body = NoCapacityProblem, content_type = "application/problem+json",
          headers(("Retry-After" = u64, description = "Seconds until the next lease runs out (at least 1)."))),
@@ -128,10 +129,10 @@ pub async fn acquire_permit(
             request.name.as_str()
         ))),
         AcquireOutcome::LimitConflict { current } => Err(ApiError::LimitConflict { current }),
-        AcquireOutcome::CountExceedsLimit { limit } => Err(ApiError::BadRequest(format!(
-            "count {} is more than the semaphore's limit {limit}: it could never be granted",
-            request.count.get()
-        ))),
+        AcquireOutcome::CountExceedsLimit { limit } => Err(ApiError::CountExceedsLimit {
+            count: request.count.get(),
+            limit,
+        }),
         AcquireOutcome::IdempotencyMismatch => Err(ApiError::IdempotencyMismatch),
     }
 }
