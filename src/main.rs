@@ -16,7 +16,10 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("permitd stopped");
         }
         Command::Openapi => {
-            print!("{}", permitd::http::openapi::yaml(&cli.settings.request_bounds()?)?);
+            print!(
+                "{}",
+                permitd::http::openapi::yaml(&cli.settings.request_bounds()?)?
+            );
         }
     }
     Ok(())

@@ -257,7 +257,10 @@ async fn idempotent_acquire_returns_the_same_permit(app: &TestApp) {
         .await
         .unwrap();
     let problem = expect_problem(other, 409).await;
-    assert_eq!(problem["type"], "urn:permitd:problem:idempotency-key-reused");
+    assert_eq!(
+        problem["type"],
+        "urn:permitd:problem:idempotency-key-reused"
+    );
 
     assert_eq!(app.delete(&permit_path(&first)).await.status(), 204);
     let again = send("order-42", body).await.unwrap();

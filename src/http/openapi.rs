@@ -31,7 +31,12 @@ use crate::config::RequestBounds;
 #[into_params(parameter_in = Path)]
 pub struct SemaphorePath {
     /// The semaphore's name: 1–128 characters of `A–Z a–z 0–9 . _ - :`.
-    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128, example = "payments")]
+    #[param(
+        pattern = "^[A-Za-z0-9._:-]{1,128}$",
+        min_length = 1,
+        max_length = 128,
+        example = "payments"
+    )]
     pub name: String,
 }
 
@@ -40,7 +45,12 @@ pub struct SemaphorePath {
 #[into_params(parameter_in = Path)]
 pub struct PermitPath {
     /// The semaphore's name: 1–128 characters of `A–Z a–z 0–9 . _ - :`.
-    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128, example = "payments")]
+    #[param(
+        pattern = "^[A-Za-z0-9._:-]{1,128}$",
+        min_length = 1,
+        max_length = 128,
+        example = "payments"
+    )]
     pub name: String,
     /// The permit's id, as returned by the acquire (and in its `Location`).
     #[param(example = "3b0c5a4e-8f1d-4c3a-9a57-2f6c1e0d9b21")]
@@ -243,14 +253,20 @@ where
     S: Clone + Send + Sync + 'static,
 {
     let doc = document(bounds);
-    let json = doc.to_json().expect("the OpenAPI document serialises to JSON");
-    let yaml = doc.to_yaml().expect("the OpenAPI document serialises to YAML");
+    let json = doc
+        .to_json()
+        .expect("the OpenAPI document serialises to JSON");
+    let yaml = doc
+        .to_yaml()
+        .expect("the OpenAPI document serialises to YAML");
     Router::new()
         .route("/openapi.json", get(move || openapi_json(json.clone())))
         .route("/openapi.yaml", get(move || openapi_yaml(yaml.clone())))
-        .merge(SwaggerUi::new("/docs").config(
-            utoipa_swagger_ui::Config::from("/openapi.json")
-                .try_it_out_enabled(true)
-                .display_operation_id(true),
-        ))
+        .merge(
+            SwaggerUi::new("/docs").config(
+                utoipa_swagger_ui::Config::from("/openapi.json")
+                    .try_it_out_enabled(true)
+                    .display_operation_id(true),
+            ),
+        )
 }
