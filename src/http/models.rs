@@ -66,18 +66,18 @@ pub struct AcquireBody {
     pub limit: Option<u64>,
     /// Units to take at once, all or nothing (default 1). More than the
     /// semaphore's limit could never be granted: 409.
-    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[schema(minimum = 1, maximum = 1_000_000, default = 1)]
     #[serde(default, deserialize_with = "optional_whole_number")]
     pub count: Option<u64>,
     /// Lease length in milliseconds (default 30000, configurable). The
     /// maximum is the server's configured maximum lease.
-    #[schema(minimum = 100, maximum = 3_600_000)]
+    #[schema(minimum = 100, maximum = 3_600_000, default = 30_000)]
     #[serde(default, deserialize_with = "optional_whole_number")]
     pub ttl_ms: Option<u64>,
     /// How long the request may wait for capacity, in milliseconds: a long
     /// poll, served first come first served. 0 (the default) tries once. The
     /// maximum is the server's configured maximum wait.
-    #[schema(minimum = 0, maximum = 60_000)]
+    #[schema(minimum = 0, maximum = 60_000, default = 0)]
     #[serde(default, deserialize_with = "optional_whole_number")]
     pub wait_ms: Option<u64>,
     /// A free-text label shown in status and logs; no control characters.
@@ -94,7 +94,7 @@ pub struct AcquireBody {
 pub struct RefreshBody {
     /// The new lease, in milliseconds from now (default 30000,
     /// configurable; the maximum is the server's configured maximum lease).
-    #[schema(minimum = 100, maximum = 3_600_000)]
+    #[schema(minimum = 100, maximum = 3_600_000, default = 30_000)]
     #[serde(default, deserialize_with = "optional_whole_number")]
     pub ttl_ms: Option<u64>,
 }

@@ -176,15 +176,13 @@ struct ApiDoc;
 pub fn document(bounds: &RequestBounds) -> Document {
     let mut doc = ApiDoc::openapi();
     if let Some(components) = doc.components.as_mut() {
+        let default_ttl = bounds.default_ttl.as_millis();
         for body in ["AcquireBody", "RefreshBody"] {
-            set_maximum(&mut components.schemas, body, "ttl_ms", bounds.max_ttl_ms);
+            let ttl = property(&mut components.schemas, body, "ttl_ms");
+            set_bounds(ttl, bounds.max_ttl_ms, Some(default_ttl));
         }
-        set_maximum(
-            &mut components.schemas,
-            "AcquireBody",
-            "wait_ms",
-            bounds.max_wait_ms,
-        );
+        let wait = property(&mut components.schemas, "AcquireBody", "wait_ms");
+        set_bounds(wait, bounds.max_wait_ms, None);
     }
     doc
 }
@@ -197,22 +195,29 @@ pub fn yaml(bounds: &RequestBounds) -> anyhow::Result<String> {
     Ok(document(bounds).to_yaml()?)
 }
 
-/// Rewrites `maximum` of one integer property of a component schema.
-fn set_maximum(
-    schemas: &mut std::collections::BTreeMap<String, RefOr<Schema>>,
+/// One property of a component schema, when both are plain objects.
+fn property<'a>(
+    schemas: &'a mut std::collections::BTreeMap<String, RefOr<Schema>>,
     schema: &str,
-    property: &str,
-    maximum: u64,
-) {
-    let Some(RefOr::T(Schema::Object(object))) = schemas.get_mut(schema) else {
-        return;
-    };
-    if let Some(RefOr::T(Schema::Object(Object {
-        maximum: max @ Some(_),
-        ..
-    }))) = object.properties.get_mut(property)
-    {
-        *max = Some(maximum.into());
+    name: &str,
+) -> Option<&'a mut Object> {
+    match schemas.get_mut(schema)? {
+        RefOr::T(Schema::Object(object)) => match object.properties.get_mut(name)? {
+            RefOr::T(Schema::Object(property)) => Some(property),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Writes a configured maximum (and default) into an integer property. The
+/// property is found by name, so a renamed field fails loudly here (and in
+/// the tests) instead of silently keeping the compiled-in bound.
+fn set_bounds(property: Option<&mut Object>, maximum: u64, default: Option<u64>) {
+    let property = property.expect("a configured bound names a property of its schema");
+    property.maximum = Some(maximum.into());
+    if let Some(default) = default {
+        property.default = Some(default.into());
     }
 }
 
