@@ -147,3 +147,33 @@ fn every_endpoint_is_documented_with_its_problems_and_headers() {
     assert_eq!(body["properties"]["wait_ms"]["minimum"], 0);
     assert_eq!(body["properties"]["holder"]["maxLength"], 128);
 }
+
+/// JSON Schema counts `2.0` as an integer and the document allows `null` for
+/// an optional body, so the server must accept both (schemathesis found the
+/// first one refused).
+#[tokio::test]
+async fn what_the_document_allows_is_accepted_whole_numbers_and_a_null_body() {
+    let app = spawn_app_with(Settings::for_tests(None)).await;
+    let created = app
+        .put_json("/semaphores/lenient", serde_json::json!({ "limit": 2.0 }))
+        .await;
+    assert_eq!(created.status(), 201);
+    let permit = app
+        .acquire(
+            "lenient",
+            serde_json::json!({ "count": 1.0, "ttl_ms": 3e4 }),
+        )
+        .await;
+    assert_eq!(permit.status(), 201);
+    let permit = app.acquire("lenient", Value::Null).await;
+    assert_eq!(permit.status(), 201, "a null body means every default");
+    assert_eq!(app.status("lenient").await["held"], 2);
+    for bad in [
+        serde_json::json!({ "limit": 2.5 }),
+        serde_json::json!({ "limit": -2.0 }),
+        serde_json::json!({ "limit": 1e30 }),
+    ] {
+        common::expect_problem(app.put_json("/semaphores/lenient", bad).await, 400).await;
+    }
+    common::expect_problem(app.put_json("/semaphores/lenient", Value::Null).await, 400).await;
+}
