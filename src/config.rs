@@ -74,6 +74,12 @@ pub struct Settings {
     )]
     pub default_ttl_ms: u64,
 
+    /// Shortest lease a client may ask for (ttl_ms on acquire and refresh); at
+    /// least 100. Raising it spares the store the refresh traffic of very
+    /// short leases.
+    #[arg(long, global = true, env = "PERMITD_MIN_TTL_MS", default_value_t = 100)]
+    pub min_ttl_ms: u64,
+
     /// Longest lease a client may ask for (ttl_ms on acquire and refresh).
     #[arg(
         long,
@@ -143,8 +149,19 @@ pub enum StoreChoice {
 #[derive(Debug, Clone, Copy)]
 pub struct RequestBounds {
     pub default_ttl: Ttl,
+    pub min_ttl_ms: u64,
     pub max_ttl_ms: u64,
     pub max_wait_ms: u64,
+}
+
+impl RequestBounds {
+    /// A requested lease (`ttl_ms`), checked against these bounds.
+    ///
+    /// # Errors
+    /// When `ms` is outside the minimum … maximum lease.
+    pub fn ttl(&self, ms: u64) -> Result<Ttl, crate::semaphore::ValueError> {
+        Ttl::within(ms, self.min_ttl_ms, self.max_ttl_ms)
+    }
 }
 
 impl Settings {
@@ -171,14 +188,19 @@ impl Settings {
     }
 
     /// # Errors
-    /// When the default lease is outside 100 ms … the maximum lease.
+    /// When the default lease is outside the minimum … maximum lease.
     pub fn request_bounds(&self) -> anyhow::Result<RequestBounds> {
-        let default_ttl = Ttl::new(self.default_ttl_ms, self.max_ttl_ms).map_err(|e| {
-            anyhow::anyhow!("--default-ttl-ms must fit --max-ttl-ms and be at least 100: {e}")
-        })?;
+        let default_ttl = Ttl::within(self.default_ttl_ms, self.min_ttl_ms, self.max_ttl_ms)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "--default-ttl-ms must lie within --min-ttl-ms (at least 100) and \
+                     --max-ttl-ms: {e}"
+                )
+            })?;
         WaitTime::new(0, self.max_wait_ms)?;
         Ok(RequestBounds {
             default_ttl,
+            min_ttl_ms: self.min_ttl_ms.max(Ttl::MIN_MS),
             max_ttl_ms: self.max_ttl_ms,
             max_wait_ms: self.max_wait_ms,
         })

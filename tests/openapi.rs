@@ -58,24 +58,33 @@ async fn the_server_serves_its_document_as_json_and_yaml() {
 #[tokio::test]
 async fn the_served_document_states_this_servers_configured_bounds() {
     let mut settings = Settings::for_tests(None);
+    settings.min_ttl_ms = 500;
     settings.max_ttl_ms = 5_000;
     settings.default_ttl_ms = 1_000;
     settings.max_wait_ms = 2_500;
     let app = spawn_app_with(settings).await;
     let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
     let schemas = &doc["components"]["schemas"];
+    for body in ["AcquireBody", "RefreshBody"] {
+        let ttl = &schemas[body]["properties"]["ttl_ms"];
+        assert_eq!(
+            (&ttl["minimum"], &ttl["maximum"], &ttl["default"]),
+            (&500.into(), &5_000.into(), &1_000.into()),
+            "{body}.ttl_ms"
+        );
+    }
+    let wait = &schemas["AcquireBody"]["properties"]["wait_ms"];
     assert_eq!(
-        schemas["AcquireBody"]["properties"]["ttl_ms"]["maximum"],
-        5_000
+        (&wait["minimum"], &wait["maximum"]),
+        (&0.into(), &2_500.into())
     );
-    assert_eq!(
-        schemas["AcquireBody"]["properties"]["wait_ms"]["maximum"],
-        2_500
-    );
-    assert_eq!(
-        schemas["RefreshBody"]["properties"]["ttl_ms"]["maximum"],
-        5_000
-    );
+
+    // And the server enforces what its document states.
+    let short = serde_json::json!({ "limit": 1, "ttl_ms": 499 });
+    let problem = common::expect_problem(app.acquire("bounded", short).await, 400).await;
+    assert_eq!(problem["detail"], "ttl_ms must be between 500 and 5000");
+    let enough = serde_json::json!({ "limit": 1, "ttl_ms": 500 });
+    assert_eq!(app.acquire("bounded", enough).await.status(), 201);
 }
 
 #[test]

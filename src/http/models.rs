@@ -9,7 +9,7 @@ use crate::config::RequestBounds;
 use crate::error::ApiError;
 use crate::semaphore::{
     AcquireRequest, Count, Holder, HolderInfo, IdempotencyKey, Limit, Permit, SemaphoreName,
-    SemaphoreStatus, Ttl, WaitTime,
+    SemaphoreStatus, WaitTime,
 };
 
 /// Reads a JSON number that is a whole number, written either way: `5` or
@@ -69,8 +69,8 @@ pub struct AcquireBody {
     #[schema(minimum = 1, maximum = 1_000_000, default = 1)]
     #[serde(default, deserialize_with = "optional_whole_number")]
     pub count: Option<u64>,
-    /// Lease length in milliseconds (default 30000, configurable). The
-    /// maximum is the server's configured maximum lease.
+    /// Lease length in milliseconds (default 30000). The default, minimum
+    /// and maximum are the server's configuration.
     #[schema(minimum = 100, maximum = 3_600_000, default = 30_000)]
     #[serde(default, deserialize_with = "optional_whole_number")]
     pub ttl_ms: Option<u64>,
@@ -92,8 +92,8 @@ pub struct AcquireBody {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({ "ttl_ms": 30000 }))]
 pub struct RefreshBody {
-    /// The new lease, in milliseconds from now (default 30000,
-    /// configurable; the maximum is the server's configured maximum lease).
+    /// The new lease, in milliseconds from now (default 30000). The default,
+    /// minimum and maximum are the server's configuration.
     #[schema(minimum = 100, maximum = 3_600_000, default = 30_000)]
     #[serde(default, deserialize_with = "optional_whole_number")]
     pub ttl_ms: Option<u64>,
@@ -129,7 +129,7 @@ impl AcquireBody {
             });
         }
         let ttl = match self.ttl_ms {
-            Some(ms) => Ttl::new(ms, bounds.max_ttl_ms).map_err(bad)?,
+            Some(ms) => bounds.ttl(ms).map_err(bad)?,
             None => bounds.default_ttl,
         };
         let wait = WaitTime::new(self.wait_ms.unwrap_or(0), bounds.max_wait_ms).map_err(bad)?;

@@ -179,10 +179,10 @@ pub fn document(bounds: &RequestBounds) -> Document {
         let default_ttl = bounds.default_ttl.as_millis();
         for body in ["AcquireBody", "RefreshBody"] {
             let ttl = property(&mut components.schemas, body, "ttl_ms");
-            set_bounds(ttl, bounds.max_ttl_ms, Some(default_ttl));
+            set_bounds(ttl, bounds.min_ttl_ms, bounds.max_ttl_ms, Some(default_ttl));
         }
         let wait = property(&mut components.schemas, "AcquireBody", "wait_ms");
-        set_bounds(wait, bounds.max_wait_ms, None);
+        set_bounds(wait, 0, bounds.max_wait_ms, None);
     }
     doc
 }
@@ -210,11 +210,12 @@ fn property<'a>(
     }
 }
 
-/// Writes a configured maximum (and default) into an integer property. The
+/// Writes configured bounds (and default) into an integer property. The
 /// property is found by name, so a renamed field fails loudly here (and in
 /// the tests) instead of silently keeping the compiled-in bound.
-fn set_bounds(property: Option<&mut Object>, maximum: u64, default: Option<u64>) {
+fn set_bounds(property: Option<&mut Object>, minimum: u64, maximum: u64, default: Option<u64>) {
     let property = property.expect("a configured bound names a property of its schema");
+    property.minimum = Some(minimum.into());
     property.maximum = Some(maximum.into());
     if let Some(default) = default {
         property.default = Some(default.into());

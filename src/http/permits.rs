@@ -11,7 +11,7 @@ use super::models::{AcquireBody, PermitView, RefreshBody};
 use super::openapi::{ConflictProblem, NoCapacityProblem, PermitPath, Problem, SemaphorePath};
 use super::semaphores::{parse_name, semaphore_not_found};
 use crate::error::ApiError;
-use crate::semaphore::{AcquireOutcome, IdempotencyKey, Permit, PermitId, SemaphoreName, Ttl};
+use crate::semaphore::{AcquireOutcome, IdempotencyKey, Permit, PermitId, SemaphoreName};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -200,7 +200,9 @@ pub async fn refresh_permit(
 ) -> Result<Json<PermitView>, ApiError> {
     let (name, id) = parse_path(&name, &id)?;
     let ttl = match body.ttl_ms {
-        Some(ms) => Ttl::new(ms, state.bounds.max_ttl_ms)
+        Some(ms) => state
+            .bounds
+            .ttl(ms)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?,
         None => state.bounds.default_ttl,
     };
