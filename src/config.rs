@@ -249,6 +249,14 @@ mod tests {
     }
 
     #[test]
+    fn a_default_ttl_below_the_minimum_is_refused() {
+        let cli = Cli::parse_from(["permitd", "--min-ttl-ms", "5000"]);
+        assert!(cli.settings.request_bounds().is_ok(), "30 s default fits");
+        let cli = Cli::parse_from(["permitd", "--min-ttl-ms", "40000"]);
+        assert!(cli.settings.request_bounds().is_err());
+    }
+
+    #[test]
     fn a_default_ttl_above_the_maximum_is_refused() {
         let cli = Cli::parse_from([
             "permitd",
