@@ -8,7 +8,9 @@
 //! A tour, top-down:
 //! - [`config`]: flags and environment, and the choice of store;
 //! - [`startup`]: `Application::build` and `run_until_stopped`;
-//! - [`http`]: routes and handlers, turning JSON into domain values;
+//! - [`http`]: routes and handlers, turning JSON into domain values, and the
+//!   OpenAPI document generated from them (`http::openapi`, Swagger UI at
+//!   `/docs/`);
 //! - [`error`]: the one error type, rendered as problem+json;
 //! - [`semaphore`]: validated domain values and acquire outcomes;
 //! - [`store`]: the `SemaphoreStore` trait, with the embedded memory store and

@@ -2,12 +2,15 @@
 //!
 //! `router(state)` is a plain function so tests can drive it without a socket.
 //! Handlers live one file per resource; `models` holds the JSON shapes and
-//! `extract` the extractors whose rejections are problem+json.
+//! `extract` the extractors whose rejections are problem+json; `openapi` builds
+//! the OpenAPI document from the handlers' annotations and serves it with
+//! Swagger UI.
 
 mod demo;
 mod extract;
 mod health;
 mod models;
+pub mod openapi;
 mod permits;
 mod semaphores;
 
@@ -59,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .merge(demo::routes())
+        .merge(openapi::routes(&state.bounds))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
