@@ -35,6 +35,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve HTTP (the default when no subcommand is given).
     Serve,
+    /// Print the OpenAPI document as YAML, for these settings' bounds. The
+    /// checked-in file is made with `cargo run -q -- openapi > openapi.yaml`.
+    Openapi,
     /// Run the fan-out demo once from the terminal: print one line per handled
     /// request and the headline, like the script permitd grew out of.
     Demo(DemoArgs),
@@ -113,6 +116,12 @@ pub struct Settings {
         default_value_t = 30_000
     )]
     pub default_ttl_ms: u64,
+
+    /// Shortest lease a client may ask for (ttl_ms on acquire and refresh); at
+    /// least 100. Raising it spares the store the refresh traffic of very
+    /// short leases.
+    #[arg(long, global = true, env = "PERMITD_MIN_TTL_MS", default_value_t = 100)]
+    pub min_ttl_ms: u64,
 
     /// Longest lease a client may ask for (ttl_ms on acquire and refresh).
     #[arg(
@@ -293,8 +302,19 @@ pub enum StoreChoice {
 #[derive(Debug, Clone, Copy)]
 pub struct RequestBounds {
     pub default_ttl: Ttl,
+    pub min_ttl_ms: u64,
     pub max_ttl_ms: u64,
     pub max_wait_ms: u64,
+}
+
+impl RequestBounds {
+    /// A requested lease (`ttl_ms`), checked against these bounds.
+    ///
+    /// # Errors
+    /// When `ms` is outside the minimum … maximum lease.
+    pub fn ttl(&self, ms: u64) -> Result<Ttl, crate::semaphore::ValueError> {
+        Ttl::within(ms, self.min_ttl_ms, self.max_ttl_ms)
+    }
 }
 
 impl Settings {
@@ -327,14 +347,19 @@ impl Settings {
     }
 
     /// # Errors
-    /// When the default lease is outside 100 ms … the maximum lease.
+    /// When the default lease is outside the minimum … maximum lease.
     pub fn request_bounds(&self) -> anyhow::Result<RequestBounds> {
-        let default_ttl = Ttl::new(self.default_ttl_ms, self.max_ttl_ms).map_err(|e| {
-            anyhow::anyhow!("--default-ttl-ms must fit --max-ttl-ms and be at least 100: {e}")
-        })?;
+        let default_ttl = Ttl::within(self.default_ttl_ms, self.min_ttl_ms, self.max_ttl_ms)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "--default-ttl-ms must lie within --min-ttl-ms (at least 100) and \
+                     --max-ttl-ms: {e}"
+                )
+            })?;
         WaitTime::new(0, self.max_wait_ms)?;
         Ok(RequestBounds {
             default_ttl,
+            min_ttl_ms: self.min_ttl_ms.max(Ttl::MIN_MS),
             max_ttl_ms: self.max_ttl_ms,
             max_wait_ms: self.max_wait_ms,
         })
@@ -421,6 +446,14 @@ mod tests {
         assert!(matches!(settings.store(), StoreChoice::Memory));
         assert_eq!(settings.listen.port(), 8080);
         assert!(settings.request_bounds().is_ok());
+    }
+
+    #[test]
+    fn a_default_ttl_below_the_minimum_is_refused() {
+        let cli = Cli::parse_from(["permitd", "--min-ttl-ms", "5000"]);
+        assert!(cli.settings.request_bounds().is_ok(), "30 s default fits");
+        let cli = Cli::parse_from(["permitd", "--min-ttl-ms", "40000"]);
+        assert!(cli.settings.request_bounds().is_err());
     }
 
     #[test]

@@ -33,10 +33,18 @@ pub enum ApiError {
     /// 409: the semaphore exists with another limit.
     #[error("semaphore exists with limit {current}")]
     LimitConflict { current: u32 },
+    /// 409: `count` is more than the limit, so it could never be granted
+    /// while the limit stays. A conflict with the semaphore's state (raising
+    /// the limit makes it grantable), not a malformed request: every value is
+    /// within its own bound.
+    #[error("count {count} is more than the limit {limit}")]
+    CountExceedsLimit { count: u32, limit: u32 },
     /// 413: the body is over the size limit.
     #[error("request body is too large")]
     PayloadTooLarge(String),
-    /// 422: an `Idempotency-Key` was reused with a different request body.
+    /// 409: an `Idempotency-Key` was reused with a different request body.
+    /// The request is well formed; it conflicts with the live permit that
+    /// holds the key, so the refusal is about state, as 409 says.
     #[error("idempotency key reused with a different request")]
     IdempotencyMismatch,
     /// 429: no capacity; `Retry-After` says when a lease next runs out.
@@ -62,9 +70,10 @@ impl ApiError {
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::LimitConflict { .. } => StatusCode::CONFLICT,
+            ApiError::LimitConflict { .. }
+            | ApiError::CountExceedsLimit { .. }
+            | ApiError::IdempotencyMismatch => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NoCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
@@ -80,6 +89,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not-found",
             ApiError::MethodNotAllowed => "method-not-allowed",
             ApiError::LimitConflict { .. } => "limit-conflict",
+            ApiError::CountExceedsLimit { .. } => "count-exceeds-limit",
             ApiError::PayloadTooLarge(_) => "payload-too-large",
             ApiError::IdempotencyMismatch => "idempotency-key-reused",
             ApiError::NoCapacity { .. } => "no-capacity",
@@ -96,6 +106,7 @@ impl ApiError {
             ApiError::NotFound(_) => "Not found",
             ApiError::MethodNotAllowed => "Method not allowed",
             ApiError::LimitConflict { .. } => "Semaphore exists with another limit",
+            ApiError::CountExceedsLimit { .. } => "Count is more than the limit",
             ApiError::PayloadTooLarge(_) => "Request body too large",
             ApiError::IdempotencyMismatch => "Idempotency key reused",
             ApiError::NoCapacity { .. } => "No permit available",
@@ -126,6 +137,10 @@ impl ApiError {
                 "the semaphore exists with limit {current}; acquire without a limit, or with \
                  limit {current}, or change it with PUT"
             ),
+            ApiError::CountExceedsLimit { count, limit } => format!(
+                "count {count} is more than the limit {limit}: it could never be granted; \
+                 ask for fewer units or raise the limit with PUT"
+            ),
             ApiError::IdempotencyMismatch => "this Idempotency-Key names a live permit that was \
                  acquired with a different request body"
                 .into(),
@@ -142,8 +157,9 @@ impl ApiError {
     fn extensions(&self) -> Map<String, Value> {
         let mut extra = Map::new();
         match self {
-            ApiError::LimitConflict { current } => {
-                extra.insert("limit".into(), json!(current));
+            ApiError::LimitConflict { current: limit }
+            | ApiError::CountExceedsLimit { limit, .. } => {
+                extra.insert("limit".into(), json!(limit));
             }
             ApiError::NoCapacity { limit, held, .. } => {
                 extra.insert("limit".into(), json!(limit));

@@ -10,7 +10,8 @@
 //! - [`startup`]: `Application::build` and `run_until_stopped`;
 //! - [`http`]: routes and handlers, turning JSON into domain values, and the
 //!   layers around them: request ids and spans, bearer tokens, time and size
-//!   bounds;
+//!   bounds; and the OpenAPI document generated from them (`http::openapi`,
+//!   Swagger UI at `/docs/`);
 //! - [`telemetry`]: log output and the Prometheus metrics (names, meanings);
 //! - [`error`]: the one error type, rendered as problem+json;
 //! - [`semaphore`]: validated domain values and acquire outcomes;

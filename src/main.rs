@@ -25,6 +25,12 @@ async fn main() -> anyhow::Result<()> {
             app.run_until_stopped(shutdown_signal()).await?;
             tracing::info!("permitd stopped");
         }
+        Command::Openapi => {
+            print!(
+                "{}",
+                permitd::http::openapi::yaml(&cli.settings.request_bounds()?)?
+            );
+        }
     }
     Ok(())
 }

@@ -59,7 +59,7 @@ macro_rules! contract_suite {
 contract_suite!(
     acquire_grants_until_the_limit_then_returns_429,
     multi_unit_count_is_all_or_nothing,
-    count_above_the_limit_is_400,
+    count_above_the_limit_is_409,
     expired_lease_frees_its_units,
     refresh_extends_a_live_lease,
     refresh_never_resurrects_an_expired_permit,
@@ -149,15 +149,17 @@ async fn multi_unit_count_is_all_or_nothing(app: &TestApp) {
     assert_eq!(status["available"], 0);
 }
 
-async fn count_above_the_limit_is_400(app: &TestApp) {
+async fn count_above_the_limit_is_409(app: &TestApp) {
     create(app, "small", 2).await;
-    expect_problem(app.acquire("small", json!({ "count": 3 })).await, 400).await;
-    expect_problem(
+    let problem = expect_problem(app.acquire("small", json!({ "count": 3 })).await, 409).await;
+    assert_eq!(problem["limit"], 2);
+    let problem = expect_problem(
         app.acquire("fresh", json!({ "limit": 2, "count": 3 }))
             .await,
-        400,
+        409,
     )
     .await;
+    assert_eq!(problem["limit"], 2);
     // Nothing was created or taken by the refused requests.
     assert_eq!(app.status("small").await["held"], 0);
     expect_problem(app.get("/semaphores/fresh").await, 404).await;
@@ -254,7 +256,11 @@ async fn idempotent_acquire_returns_the_same_permit(app: &TestApp) {
     let other = send("order-42", json!({ "limit": 3, "holder": "job-2" }))
         .await
         .unwrap();
-    expect_problem(other, 422).await;
+    let problem = expect_problem(other, 409).await;
+    assert_eq!(
+        problem["type"],
+        "urn:permitd:problem:idempotency-key-reused"
+    );
 
     assert_eq!(app.delete(&permit_path(&first)).await.status(), 204);
     let again = send("order-42", body).await.unwrap();

@@ -15,8 +15,9 @@ use crate::error::ApiError;
 ///
 /// Deliberately lenient about `Content-Type`: `curl -d '{"limit":5}'` sends a
 /// form content type, and refusing it would make the one-line curl fail. An
-/// empty body is read as `{}`, so every body whose fields are all optional may
-/// be left out.
+/// empty body, or `null`, is read as `{}`, so every body whose fields are all
+/// optional may be left out (the OpenAPI document states such a body as
+/// "the object, or null").
 pub struct JsonBody<T>(pub T);
 
 impl<T> FromRequest<AppState> for JsonBody<T>
@@ -29,11 +30,12 @@ where
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|rejection| bytes_rejection(rejection, state.limits.max_body_bytes))?;
-        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
-        };
+        let text: &[u8] =
+            if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
+                b"{}"
+            } else {
+                &bytes
+            };
         serde_json::from_slice(text)
             .map(JsonBody)
             .map_err(|e| ApiError::BadRequest(format!("request body: {e}")))

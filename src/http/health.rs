@@ -2,23 +2,65 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 use crate::error::ApiError;
 
+/// The body of `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({ "status": "ok" }))]
+pub struct Health {
+    #[schema(pattern = "^ok$")]
+    pub status: &'static str,
+}
+
+/// The body of `GET /readyz`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({ "status": "ready", "store": "redis" }))]
+pub struct Readiness {
+    #[schema(pattern = "^ready$")]
+    pub status: &'static str,
+    /// Which store this instance uses: `redis` or `memory`.
+    #[schema(pattern = "^(redis|memory)$")]
+    pub store: &'static str,
+}
+
 /// `GET /healthz`: the process answers HTTP. Never touches the store, so a
 /// Redis outage does not get healthy instances restarted.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    summary = "Liveness: the process answers",
+    responses((status = 200, description = "The process answers HTTP (the store is not checked).", body = Health)),
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// `GET /readyz`: the store answers (Redis `PING`); 503 problem when not.
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    summary = "Readiness: the store answers",
+    responses(
+        (status = 200, description = "The store answers (Redis `PING`).", body = Readiness),
+        (status = 503, description = "The store does not answer; retry after `Retry-After` seconds.",
+         body = crate::http::openapi::Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
     state.store.ping().await?;
-    Ok(Json(
-        json!({ "status": "ready", "store": state.store.kind() }),
-    ))
+    Ok(Json(Readiness {
+        status: "ready",
+        store: state.store.kind(),
+    }))
 }
 
 /// `GET /metrics`: Prometheus text format. The Redis pool's gauges are read

@@ -2,9 +2,11 @@
 //!
 //! `router(state)` is a plain function so tests can drive it without a socket.
 //! Handlers live one file per resource; `models` holds the JSON shapes and
-//! `extract` the extractors whose rejections are problem+json. The layers
-//! around them: `observe` (request ids, spans, access log, HTTP metrics),
-//! `auth` (bearer tokens) and `limits` (body size, request timeout).
+//! `extract` the extractors whose rejections are problem+json; `openapi` builds
+//! the OpenAPI document from the handlers' annotations and serves it with
+//! Swagger UI. The layers around them: `observe` (request ids, spans, access
+//! log, HTTP metrics), `auth` (bearer tokens) and `limits` (body size, request
+//! timeout).
 
 pub mod auth;
 mod demo;
@@ -13,6 +15,7 @@ mod health;
 pub mod limits;
 mod models;
 pub mod observe;
+pub mod openapi;
 mod permits;
 mod semaphores;
 
@@ -70,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .merge(demo::routes())
+        .merge(openapi::routes(&state.bounds))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Each layer wraps the ones above it, so a request meets them bottom

@@ -2,19 +2,51 @@
 //! domain values. Raw request bodies stop here: handlers only see validated
 //! domain types.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
 
 use crate::config::RequestBounds;
 use crate::error::ApiError;
 use crate::semaphore::{
     AcquireRequest, Count, Holder, HolderInfo, IdempotencyKey, Limit, Permit, SemaphoreName,
-    SemaphoreStatus, Ttl, WaitTime,
+    SemaphoreStatus, WaitTime,
 };
 
+/// Reads a JSON number that is a whole number, written either way: `5` or
+/// `5.0`. JSON Schema (and so the OpenAPI document) counts `5.0` as an
+/// integer, and clients in languages with one number type send it.
+fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(n) = number.as_u64() {
+        return Ok(n);
+    }
+    match number.as_f64() {
+        // The upper bound is exclusive: `u64::MAX as f64` rounds up to 2^64.
+        Some(f) if f.fract() == 0.0 && (0.0..u64::MAX as f64).contains(&f) => Ok(f as u64),
+        _ => Err(serde::de::Error::custom(format!(
+            "invalid value: {number}, expected a whole number of at least 0"
+        ))),
+    }
+}
+
+/// [`whole_number`] for an optional field; `null` is the same as leaving it out.
+fn optional_whole_number<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "whole_number")] u64);
+    Ok(Option::<Whole>::deserialize(deserializer)?.map(|Whole(n)| n))
+}
+
 /// Body of `PUT /semaphores/{name}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "limit": 5 }))]
 pub struct SetLimitBody {
+    /// The most units held at once. Lowering it never revokes permits
+    /// already held; new acquires wait until what is held fits.
+    #[serde(deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub limit: u64,
 }
 
@@ -22,21 +54,48 @@ pub struct SetLimitBody {
 ///
 /// Unknown fields are refused so that a typo (`ttl` for `ttl_ms`) is a 400
 /// rather than a silently ignored setting.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "limit": 5, "count": 1, "ttl_ms": 30000, "wait_ms": 0, "holder": "worker-7" }))]
 pub struct AcquireBody {
+    /// Creates an unknown semaphore with this limit. If the semaphore exists
+    /// with another limit the acquire is refused (409) rather than silently
+    /// sharing it. Without it, an unknown semaphore is a 404.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(default, deserialize_with = "optional_whole_number")]
     pub limit: Option<u64>,
+    /// Units to take at once, all or nothing (default 1). More than the
+    /// semaphore's limit could never be granted: 409.
+    #[schema(minimum = 1, maximum = 1_000_000, default = 1)]
+    #[serde(default, deserialize_with = "optional_whole_number")]
     pub count: Option<u64>,
+    /// Lease length in milliseconds (default 30000). The default, minimum
+    /// and maximum are the server's configuration.
+    #[schema(minimum = 100, maximum = 3_600_000, default = 30_000)]
+    #[serde(default, deserialize_with = "optional_whole_number")]
     pub ttl_ms: Option<u64>,
+    /// How long the request may wait for capacity, in milliseconds: a long
+    /// poll, served first come first served. 0 (the default) tries once. The
+    /// maximum is the server's configured maximum wait.
+    #[schema(minimum = 0, maximum = 60_000, default = 0)]
+    #[serde(default, deserialize_with = "optional_whole_number")]
     pub wait_ms: Option<u64>,
+    /// A free-text label shown in status and logs; no control characters.
+    /// An empty label is the same as none.
+    #[schema(max_length = 128, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub holder: Option<String>,
 }
 
 /// Body of `PATCH /semaphores/{name}/permits/{id}`; `ttl_ms` defaults to the
 /// configured default lease.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "ttl_ms": 30000 }))]
 pub struct RefreshBody {
+    /// The new lease, in milliseconds from now (default 30000). The default,
+    /// minimum and maximum are the server's configuration.
+    #[schema(minimum = 100, maximum = 3_600_000, default = 30_000)]
+    #[serde(default, deserialize_with = "optional_whole_number")]
     pub ttl_ms: Option<u64>,
 }
 
@@ -46,7 +105,7 @@ fn bad(e: impl std::fmt::Display) -> ApiError {
 
 impl AcquireBody {
     /// # Errors
-    /// 400 for any value outside its bound, including `count` above the limit
+    /// 400 for any value outside its bound; 409 for `count` above the limit
     /// given in the same body.
     pub fn into_request(
         self,
@@ -64,14 +123,13 @@ impl AcquireBody {
         if let Some(limit) = limit
             && count.get() > limit.get()
         {
-            return Err(bad(format!(
-                "count {} is more than the limit {}: it could never be granted",
-                count.get(),
-                limit.get()
-            )));
+            return Err(ApiError::CountExceedsLimit {
+                count: count.get(),
+                limit: limit.get(),
+            });
         }
         let ttl = match self.ttl_ms {
-            Some(ms) => Ttl::new(ms, bounds.max_ttl_ms).map_err(bad)?,
+            Some(ms) => bounds.ttl(ms).map_err(bad)?,
             None => bounds.default_ttl,
         };
         let wait = WaitTime::new(self.wait_ms.unwrap_or(0), bounds.max_wait_ms).map_err(bad)?;
@@ -93,14 +151,32 @@ impl AcquireBody {
 }
 
 /// A permit as the acquire, lookup and refresh responses show it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "3b0c5a4e-8f1d-4c3a-9a57-2f6c1e0d9b21", "semaphore": "payments", "count": 1,
+    "fencing_token": 1_795_851_413_712_265_u64, "acquired_at": "2026-11-28T07:36:53.712Z",
+    "expires_at": "2026-11-28T07:37:23.712Z", "holder": "worker-7"
+}))]
 pub struct PermitView {
+    /// The permit's id: the capability to refresh or release it. Only the
+    /// acquire that made the permit returns it.
+    #[schema(format = Uuid)]
     pub id: String,
+    /// The semaphore's name.
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     pub semaphore: String,
+    /// Units this permit holds.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub count: u32,
+    /// Strictly increases with every permit of the semaphore; below 2^53.
     pub fencing_token: u64,
+    /// When the permit was granted, on the store's clock.
+    #[schema(format = DateTime)]
     pub acquired_at: String,
+    /// When the lease runs out unless refreshed, on the store's clock.
+    #[schema(format = DateTime)]
     pub expires_at: String,
+    /// The label given at acquire, if any.
     pub holder: Option<String>,
 }
 
@@ -119,12 +195,17 @@ impl From<&Permit> for PermitView {
 }
 
 /// One holder in a semaphore's status: never the permit id.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct HolderView {
+    /// The label given at acquire, if any.
     pub holder: Option<String>,
+    /// Units this permit holds.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub count: u32,
     pub fencing_token: u64,
+    #[schema(format = DateTime)]
     pub acquired_at: String,
+    #[schema(format = DateTime)]
     pub expires_at: String,
 }
 
@@ -141,13 +222,25 @@ impl From<&HolderInfo> for HolderView {
 }
 
 /// A semaphore's status.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "name": "payments", "limit": 5, "held": 1, "available": 4, "waiting": 0,
+    "holders": [{ "holder": "worker-7", "count": 1, "fencing_token": 1_795_851_413_712_265_u64,
+                  "acquired_at": "2026-11-28T07:36:53.712Z", "expires_at": "2026-11-28T07:37:23.712Z" }]
+}))]
 pub struct SemaphoreView {
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     pub name: String,
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub limit: u32,
+    /// Units held by live permits; may exceed `limit` after the limit was lowered.
     pub held: u32,
+    /// Units free right now.
     pub available: u32,
+    /// Acquires waiting for capacity.
     pub waiting: u32,
+    /// Live permits, soonest expiry first, at most 1,000 (`held` counts all).
+    #[schema(max_items = 1000)]
     pub holders: Vec<HolderView>,
 }
 

@@ -8,9 +8,10 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::extract::{JsonBody, PathParams};
 use super::models::{AcquireBody, PermitView, RefreshBody};
+use super::openapi::{ConflictProblem, NoCapacityProblem, PermitPath, Problem, SemaphorePath};
 use super::semaphores::{parse_name, semaphore_not_found};
 use crate::error::ApiError;
-use crate::semaphore::{AcquireOutcome, IdempotencyKey, Permit, PermitId, SemaphoreName, Ttl};
+use crate::semaphore::{AcquireOutcome, IdempotencyKey, Permit, PermitId, SemaphoreName};
 use crate::{telemetry, waiting};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -51,6 +52,50 @@ fn permit_response(status: StatusCode, permit: &Permit) -> Response {
 /// idempotent replay, 429 when no capacity. Every answer is counted in
 /// `permitd_acquires_total` by outcome, refusals of bad input included (which
 /// is why the path and body arrive as `Result`s).
+#[utoipa::path(
+    post,
+    path = "/semaphores/{name}/permits",
+    tag = "permits",
+    operation_id = "acquire_permit",
+    summary = "Acquire a permit",
+    description = "Takes `count` units (default 1), all or nothing, for a lease of `ttl_ms`. \
+        With `limit`, an unknown semaphore is created, so a one-line curl works. `wait_ms` is a \
+        long poll: the request waits up to that long for capacity, first come first served \
+        (0, the default, tries once). Every field of the body may be left out, and so may \
+        the body. Release the permit by sending `DELETE` to its `Location`.",
+    params(
+        SemaphorePath,
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "Makes a retried acquire safe: while the permit it made is held, the \
+            same key with the same body returns that permit (200) instead of taking another. \
+            The same key with a different body is a 409. 1–255 visible ASCII characters.",
+         nullable = false, pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255, example = "order-42"),
+    ),
+    request_body(content = Option<AcquireBody>, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Granted.", body = PermitView,
+         headers(("Location" = String, description = "The permit's URL: refresh it with PATCH, release it with DELETE."))),
+        (status = 200, description = "An idempotent replay: the permit this `Idempotency-Key` already holds.",
+         body = PermitView,
+         headers(("Location" = String, description = "The permit's URL."))),
+        (status = 400, description = "Bad name, bad JSON, unknown field, a value outside its bound, or a bad `Idempotency-Key`.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such semaphore, and no `limit` to create it with.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A conflict with the semaphore's state: it exists with another \
+            limit (`limit-conflict`), `count` is more than the limit so it could never be granted \
+            (`count-exceeds-limit`), or the `Idempotency-Key` names a live permit acquired with a \
+            different body (`idempotency-key-reused`). `limit` is present for the first two.",
+         body = ConflictProblem, content_type = "application/problem+json"),
+        (status = 413, description = "Request body over 16 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Not enough units free within `wait_ms`.",
+         body = NoCapacityProblem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds until the next lease runs out (at least 1)."))),
+        (status = 503, description = "The store cannot be reached; retry after `Retry-After` seconds.",
+         body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn acquire_permit(
     State(state): State<AppState>,
     path: Result<PathParams<String>, ApiError>,
@@ -119,10 +164,10 @@ pub async fn acquire_permit(
             request.name.as_str()
         ))),
         AcquireOutcome::LimitConflict { current } => Err(ApiError::LimitConflict { current }),
-        AcquireOutcome::CountExceedsLimit { limit } => Err(ApiError::BadRequest(format!(
-            "count {} is more than the semaphore's limit {limit}: it could never be granted",
-            request.count.get()
-        ))),
+        AcquireOutcome::CountExceedsLimit { limit } => Err(ApiError::CountExceedsLimit {
+            count: request.count.get(),
+            limit,
+        }),
         AcquireOutcome::IdempotencyMismatch => Err(ApiError::IdempotencyMismatch),
     }
 }
@@ -152,6 +197,24 @@ fn parse_path(name: &str, id: &str) -> Result<(SemaphoreName, PermitId), ApiErro
 }
 
 /// `GET /semaphores/{name}/permits/{id}`: 200 while the permit is live.
+#[utoipa::path(
+    get,
+    path = "/semaphores/{name}/permits/{id}",
+    tag = "permits",
+    operation_id = "get_permit",
+    summary = "Is this permit still held?",
+    params(PermitPath),
+    responses(
+        (status = 200, description = "The permit is live.", body = PermitView),
+        (status = 400, description = "Bad name, or an id that is not a UUID.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Released, expired, or never existed.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store cannot be reached; retry after `Retry-After` seconds.",
+         body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn get_permit(
     State(state): State<AppState>,
     PathParams((name, id)): PathParams<(String, String)>,
@@ -164,6 +227,27 @@ pub async fn get_permit(
 }
 
 /// `PATCH /semaphores/{name}/permits/{id}`: a new lease of `ttl_ms` from now.
+#[utoipa::path(
+    patch,
+    path = "/semaphores/{name}/permits/{id}",
+    tag = "permits",
+    operation_id = "refresh_permit",
+    summary = "Refresh a permit's lease",
+    description = "A new lease of `ttl_ms` from now. An expired permit is never brought back: 404.",
+    params(PermitPath),
+    request_body(content = Option<RefreshBody>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Refreshed; `expires_at` is the new lease end.", body = PermitView),
+        (status = 400, description = "Bad name, an id that is not a UUID, bad JSON, or `ttl_ms` outside its bound.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Released, expired, or never existed.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Request body over 16 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store cannot be reached; retry after `Retry-After` seconds.",
+         body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn refresh_permit(
     State(state): State<AppState>,
     PathParams((name, id)): PathParams<(String, String)>,
@@ -171,7 +255,9 @@ pub async fn refresh_permit(
 ) -> Result<Json<PermitView>, ApiError> {
     let (name, id) = parse_path(&name, &id)?;
     let ttl = match body.ttl_ms {
-        Some(ms) => Ttl::new(ms, state.bounds.max_ttl_ms)
+        Some(ms) => state
+            .bounds
+            .ttl(ms)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?,
         None => state.bounds.default_ttl,
     };
@@ -189,6 +275,24 @@ pub async fn refresh_permit(
 }
 
 /// `DELETE /semaphores/{name}/permits/{id}`: 204, or 404 once gone.
+#[utoipa::path(
+    delete,
+    path = "/semaphores/{name}/permits/{id}",
+    tag = "permits",
+    operation_id = "release_permit",
+    summary = "Release a permit",
+    params(PermitPath),
+    responses(
+        (status = 204, description = "Released; its units are free."),
+        (status = 400, description = "Bad name, or an id that is not a UUID.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such semaphore, or the permit was released, expired, or never existed.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store cannot be reached; retry after `Retry-After` seconds.",
+         body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn release_permit(
     State(state): State<AppState>,
     PathParams((name, id)): PathParams<(String, String)>,

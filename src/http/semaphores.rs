@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::extract::{JsonBody, PathParams};
 use super::models::{SemaphoreView, SetLimitBody};
+use super::openapi::{Problem, SemaphorePath};
 use crate::error::ApiError;
 use crate::semaphore::{Limit, SemaphoreName, SetLimitOutcome};
 
@@ -24,6 +25,29 @@ pub(super) fn semaphore_not_found(name: &SemaphoreName) -> ApiError {
 }
 
 /// `PUT /semaphores/{name}`: 201 when created, 200 when changed or unchanged.
+#[utoipa::path(
+    put,
+    path = "/semaphores/{name}",
+    tag = "semaphores",
+    operation_id = "put_semaphore",
+    summary = "Create a semaphore or change its limit",
+    description = "Creates the semaphore (201) or changes its limit (200). Raising the limit \
+        frees capacity at once; lowering it never revokes permits already held, new acquires \
+        simply wait until what is held fits. The current limit again is a 200 that changes nothing.",
+    params(SemaphorePath),
+    request_body(content = SetLimitBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created.", body = SemaphoreView,
+         headers(("Location" = String, description = "The semaphore's URL."))),
+        (status = 200, description = "Limit changed, or unchanged.", body = SemaphoreView),
+        (status = 400, description = "Bad name, bad JSON, unknown field, or a limit outside 1 … 1,000,000.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Request body over 16 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store cannot be reached; retry after `Retry-After` seconds.",
+         body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn put_semaphore(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
@@ -52,6 +76,24 @@ pub async fn put_semaphore(
 }
 
 /// `GET /semaphores/{name}`: limit, held, available, waiting and holders.
+#[utoipa::path(
+    get,
+    path = "/semaphores/{name}",
+    tag = "semaphores",
+    operation_id = "get_semaphore",
+    summary = "A semaphore's status",
+    description = "Limit, units held and available, waiting acquires, and the live holders \
+        (label, count, fencing token, lease times; never permit ids).",
+    params(SemaphorePath),
+    responses(
+        (status = 200, description = "The semaphore's status.", body = SemaphoreView),
+        (status = 400, description = "Bad name.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such semaphore.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store cannot be reached; retry after `Retry-After` seconds.",
+         body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn get_semaphore(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
@@ -66,6 +108,22 @@ pub async fn get_semaphore(
 }
 
 /// `DELETE /semaphores/{name}`: the semaphore and every permit, 204.
+#[utoipa::path(
+    delete,
+    path = "/semaphores/{name}",
+    tag = "semaphores",
+    operation_id = "delete_semaphore",
+    summary = "Delete a semaphore and every permit of it",
+    params(SemaphorePath),
+    responses(
+        (status = 204, description = "Deleted, with every permit."),
+        (status = 400, description = "Bad name.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such semaphore.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store cannot be reached; retry after `Retry-After` seconds.",
+         body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn delete_semaphore(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,

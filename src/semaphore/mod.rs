@@ -108,7 +108,7 @@ pub enum AcquireOutcome {
     LimitConflict { current: u32 },
     /// `count` is more than the semaphore's limit: it could never succeed (400).
     CountExceedsLimit { limit: u32 },
-    /// The `Idempotency-Key` names a live permit acquired with another body (422).
+    /// The `Idempotency-Key` names a live permit acquired with another body (409).
     IdempotencyMismatch,
 }
 

@@ -103,7 +103,8 @@ impl Count {
     }
 }
 
-/// A lease length: at least 100 ms, at most the configured maximum.
+/// A lease length: at least 100 ms (or a configured higher minimum), at most
+/// the configured maximum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ttl(u64);
 
@@ -113,13 +114,19 @@ impl Ttl {
     /// # Errors
     /// When the value is below 100 ms or above `max_ms`.
     pub fn new(ms: u64, max_ms: u64) -> Result<Self, ValueError> {
-        if (Self::MIN_MS..=max_ms).contains(&ms) {
+        Self::within(ms, Self::MIN_MS, max_ms)
+    }
+
+    /// A lease within a configured range; the floor of 100 ms always holds.
+    ///
+    /// # Errors
+    /// When the value is below `min_ms` (or 100 ms) or above `max_ms`.
+    pub fn within(ms: u64, min_ms: u64, max_ms: u64) -> Result<Self, ValueError> {
+        let min_ms = min_ms.max(Self::MIN_MS);
+        if (min_ms..=max_ms).contains(&ms) {
             Ok(Self(ms))
         } else {
-            Err(err(format!(
-                "ttl_ms must be between {} and {max_ms}",
-                Self::MIN_MS
-            )))
+            Err(err(format!("ttl_ms must be between {min_ms} and {max_ms}")))
         }
     }
 
@@ -283,6 +290,9 @@ mod tests {
         assert!(Ttl::new(100, 1000).is_ok());
         assert!(Ttl::new(1000, 1000).is_ok());
         assert!(Ttl::new(1001, 1000).is_err());
+        assert!(Ttl::within(499, 500, 1000).is_err());
+        assert!(Ttl::within(500, 500, 1000).is_ok());
+        assert!(Ttl::within(99, 10, 1000).is_err(), "100 ms is the floor");
         assert!(WaitTime::new(0, 10).is_ok());
         assert!(WaitTime::new(11, 10).is_err());
     }

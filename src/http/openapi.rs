@@ -1,0 +1,278 @@
+//! The OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]`
+//! annotations and the models' `ToSchema` derives, and the routes that serve
+//! it: `/openapi.json`, `/openapi.yaml` and Swagger UI at `/docs/`.
+//!
+//! The document is built from code so it cannot drift from the handlers; the
+//! checked-in `openapi.yaml` is this module's output with default settings
+//! (`permitd openapi > openapi.yaml`), and a test keeps the two equal. The
+//! bounds that are configuration (`ttl_ms`, `wait_ms`) are written into the
+//! served document from the running server's settings, so a fuzzer or a
+//! generated client sees the limits this server actually enforces.
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::Serialize;
+use utoipa::openapi::schema::{Object, Schema};
+use utoipa::openapi::{OpenApi as Document, RefOr};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_swagger_ui::SwaggerUi;
+
+use super::models::{
+    AcquireBody, HolderView, PermitView, RefreshBody, SemaphoreView, SetLimitBody,
+};
+use super::{health, permits, semaphores};
+use crate::config::RequestBounds;
+
+/// The path of a semaphore (documentation only: handlers parse the segment
+/// into a `SemaphoreName` themselves, so a bad name is a problem+json 400).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SemaphorePath {
+    /// The semaphore's name: 1–128 characters of `A–Z a–z 0–9 . _ - :`.
+    #[param(
+        pattern = "^[A-Za-z0-9._:-]{1,128}$",
+        min_length = 1,
+        max_length = 128,
+        example = "payments"
+    )]
+    pub name: String,
+}
+
+/// The path of a permit (documentation only, like [`SemaphorePath`]).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct PermitPath {
+    /// The semaphore's name: 1–128 characters of `A–Z a–z 0–9 . _ - :`.
+    #[param(
+        pattern = "^[A-Za-z0-9._:-]{1,128}$",
+        min_length = 1,
+        max_length = 128,
+        example = "payments"
+    )]
+    pub name: String,
+    /// The permit's id, as returned by the acquire (and in its `Location`).
+    #[param(example = "3b0c5a4e-8f1d-4c3a-9a57-2f6c1e0d9b21")]
+    pub id: uuid::Uuid,
+}
+
+/// An error, as `application/problem+json` (RFC 9457).
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "urn:permitd:problem:not-found", "title": "Not found", "status": 404,
+    "detail": "semaphore \"payments\" does not exist"
+}))]
+pub struct Problem {
+    /// A stable identifier of the kind of problem, `urn:permitd:problem:<kind>`:
+    /// clients switch on it.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^urn:permitd:problem:[a-z-]+$")]
+    pub kind: String,
+    /// A short, human-readable summary of the kind.
+    pub title: String,
+    /// The HTTP status, repeated.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What went wrong with this request, in words a client can act on.
+    pub detail: String,
+}
+
+/// 409: the request conflicts with the semaphore's state. `limit`, when
+/// present, is the limit it conflicts with.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "urn:permitd:problem:limit-conflict", "title": "Semaphore exists with another limit",
+    "status": 409, "detail": "the semaphore exists with limit 2; acquire without a limit, or with limit 2, or change it with PUT",
+    "limit": 2
+}))]
+pub struct ConflictProblem {
+    #[serde(rename = "type")]
+    #[schema(pattern = "^urn:permitd:problem:[a-z-]+$")]
+    pub kind: String,
+    pub title: String,
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    pub detail: String,
+    /// The limit the request conflicts with (`limit-conflict` and
+    /// `count-exceeds-limit` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000, nullable = false)]
+    pub limit: Option<u32>,
+}
+
+/// 429: not enough units free within `wait_ms`; `Retry-After` says when a
+/// lease next runs out.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "urn:permitd:problem:no-capacity", "title": "No permit available", "status": 429,
+    "detail": "2 of 2 units are held; not enough are free", "limit": 2, "held": 2, "available": 0
+}))]
+pub struct NoCapacityProblem {
+    #[serde(rename = "type")]
+    #[schema(pattern = "^urn:permitd:problem:[a-z-]+$")]
+    pub kind: String,
+    pub title: String,
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    pub detail: String,
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub limit: u32,
+    pub held: u32,
+    pub available: u32,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "permitd",
+        description = "A distributed counting semaphore served over HTTP.\n\n\
+            Ask for a permit (`POST /semaphores/{name}/permits`) before the work and release it \
+            (`DELETE` its `Location`) after: at most `limit` units of a semaphore are held at \
+            once, across every client and every permitd instance sharing one Redis. Permits are \
+            leases that run out unless refreshed, and carry a strictly increasing fencing token.\n\n\
+            Every error is `application/problem+json` (RFC 9457) with `type`, `title`, `status` \
+            and `detail`; 429 and 503 carry `Retry-After`.",
+        license(name = "MIT", identifier = "MIT"),
+    ),
+    // Relative, so Swagger UI's "Try it out" and any client that loaded the
+    // spec from a server call that same server.
+    servers((url = "/", description = "the permitd that served this document")),
+    paths(
+        semaphores::put_semaphore,
+        semaphores::get_semaphore,
+        semaphores::delete_semaphore,
+        permits::acquire_permit,
+        permits::get_permit,
+        permits::refresh_permit,
+        permits::release_permit,
+        health::healthz,
+        health::readyz,
+        openapi_json,
+        openapi_yaml,
+    ),
+    components(schemas(
+        SetLimitBody,
+        AcquireBody,
+        RefreshBody,
+        PermitView,
+        HolderView,
+        SemaphoreView,
+        Problem,
+        ConflictProblem,
+        NoCapacityProblem,
+        health::Health,
+        health::Readiness,
+    )),
+    tags(
+        (name = "semaphores", description = "Create, inspect, change and delete semaphores."),
+        (name = "permits", description = "Acquire, look up, refresh and release permits."),
+        (name = "operations", description = "Probes and this document."),
+    ),
+)]
+struct ApiDoc;
+
+/// The OpenAPI document for a server enforcing `bounds`.
+pub fn document(bounds: &RequestBounds) -> Document {
+    let mut doc = ApiDoc::openapi();
+    if let Some(components) = doc.components.as_mut() {
+        let default_ttl = bounds.default_ttl.as_millis();
+        for body in ["AcquireBody", "RefreshBody"] {
+            let ttl = property(&mut components.schemas, body, "ttl_ms");
+            set_bounds(ttl, bounds.min_ttl_ms, bounds.max_ttl_ms, Some(default_ttl));
+        }
+        let wait = property(&mut components.schemas, "AcquireBody", "wait_ms");
+        set_bounds(wait, 0, bounds.max_wait_ms, None);
+    }
+    doc
+}
+
+/// The document as YAML, as checked in at the repository root.
+///
+/// # Errors
+/// Never in practice: the document is plain data.
+pub fn yaml(bounds: &RequestBounds) -> anyhow::Result<String> {
+    Ok(document(bounds).to_yaml()?)
+}
+
+/// One property of a component schema, when both are plain objects.
+fn property<'a>(
+    schemas: &'a mut std::collections::BTreeMap<String, RefOr<Schema>>,
+    schema: &str,
+    name: &str,
+) -> Option<&'a mut Object> {
+    match schemas.get_mut(schema)? {
+        RefOr::T(Schema::Object(object)) => match object.properties.get_mut(name)? {
+            RefOr::T(Schema::Object(property)) => Some(property),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Writes configured bounds (and default) into an integer property. The
+/// property is found by name, so a renamed field fails loudly here (and in
+/// the tests) instead of silently keeping the compiled-in bound.
+fn set_bounds(property: Option<&mut Object>, minimum: u64, maximum: u64, default: Option<u64>) {
+    let property = property.expect("a configured bound names a property of its schema");
+    property.minimum = Some(minimum.into());
+    property.maximum = Some(maximum.into());
+    if let Some(default) = default {
+        property.default = Some(default.into());
+    }
+}
+
+/// `GET /openapi.json`: this document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    operation_id = "openapi_json",
+    summary = "This OpenAPI document, as JSON",
+    responses((status = 200, description = "This OpenAPI document as JSON.",
+               content_type = "application/json", body = serde_json::Value)),
+)]
+async fn openapi_json(json: String) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], json)
+}
+
+/// `GET /openapi.yaml`: this document.
+#[utoipa::path(
+    get,
+    path = "/openapi.yaml",
+    tag = "operations",
+    operation_id = "openapi_yaml",
+    summary = "This OpenAPI document, as YAML",
+    responses((status = 200, description = "This OpenAPI document as YAML.",
+               content_type = "application/yaml", body = serde_json::Value)),
+)]
+async fn openapi_yaml(yaml: String) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/yaml")], yaml)
+}
+
+/// The routes serving the document and Swagger UI; merged into the API router.
+///
+/// Both renderings are made once, here, and the UI's assets are embedded in
+/// the binary, so `/docs/` works offline.
+pub fn routes<S>(bounds: &RequestBounds) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let doc = document(bounds);
+    let json = doc
+        .to_json()
+        .expect("the OpenAPI document serialises to JSON");
+    let yaml = doc
+        .to_yaml()
+        .expect("the OpenAPI document serialises to YAML");
+    Router::new()
+        .route("/openapi.json", get(move || openapi_json(json.clone())))
+        .route("/openapi.yaml", get(move || openapi_yaml(yaml.clone())))
+        .merge(
+            SwaggerUi::new("/docs").config(
+                utoipa_swagger_ui::Config::from("/openapi.json")
+                    .try_it_out_enabled(true)
+                    .display_operation_id(true),
+            ),
+        )
+}

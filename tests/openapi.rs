@@ -1,0 +1,188 @@
+//! The OpenAPI document: the checked-in `openapi.yaml` is what the code
+//! generates, the server serves it as JSON and YAML, and it states the
+//! contract's bounds and headers.
+
+mod common;
+
+use common::spawn_app_with;
+use permitd::config::Settings;
+use permitd::http::openapi;
+use serde_json::Value;
+
+const REGENERATE: &str = "cargo run -q -- openapi > openapi.yaml";
+
+fn default_bounds() -> permitd::config::RequestBounds {
+    Settings::for_tests(None).request_bounds().unwrap()
+}
+
+#[test]
+fn checked_in_openapi_yaml_is_the_generated_one() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml");
+    let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+    let generated = openapi::yaml(&default_bounds()).unwrap();
+    if checked_in != generated {
+        let line = checked_in
+            .lines()
+            .zip(generated.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| checked_in.lines().count().min(generated.lines().count()));
+        panic!(
+            "openapi.yaml differs from the document the code generates (first at line {}).\n\
+             Regenerate it from the repository root with:\n\n    {REGENERATE}\n",
+            line + 1
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_server_serves_its_document_as_json_and_yaml() {
+    let app = spawn_app_with(Settings::for_tests(None)).await;
+
+    let json = app.get("/openapi.json").await;
+    assert_eq!(json.status(), 200);
+    assert_eq!(json.headers()["content-type"], "application/json");
+    let served: Value = json.json().await.unwrap();
+    let generated = serde_json::to_value(openapi::document(&default_bounds())).unwrap();
+    assert_eq!(served, generated);
+    assert_eq!(served["openapi"], "3.1.0");
+
+    let yaml = app.get("/openapi.yaml").await;
+    assert_eq!(yaml.status(), 200);
+    assert_eq!(yaml.headers()["content-type"], "application/yaml");
+    assert_eq!(
+        yaml.text().await.unwrap(),
+        openapi::yaml(&default_bounds()).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn the_served_document_states_this_servers_configured_bounds() {
+    let mut settings = Settings::for_tests(None);
+    settings.min_ttl_ms = 500;
+    settings.max_ttl_ms = 5_000;
+    settings.default_ttl_ms = 1_000;
+    settings.max_wait_ms = 2_500;
+    let app = spawn_app_with(settings).await;
+    let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let schemas = &doc["components"]["schemas"];
+    for body in ["AcquireBody", "RefreshBody"] {
+        let ttl = &schemas[body]["properties"]["ttl_ms"];
+        assert_eq!(
+            (&ttl["minimum"], &ttl["maximum"], &ttl["default"]),
+            (&500.into(), &5_000.into(), &1_000.into()),
+            "{body}.ttl_ms"
+        );
+    }
+    let wait = &schemas["AcquireBody"]["properties"]["wait_ms"];
+    assert_eq!(
+        (&wait["minimum"], &wait["maximum"]),
+        (&0.into(), &2_500.into())
+    );
+
+    // And the server enforces what its document states.
+    let short = serde_json::json!({ "limit": 1, "ttl_ms": 499 });
+    let problem = common::expect_problem(app.acquire("bounded", short).await, 400).await;
+    assert_eq!(problem["detail"], "ttl_ms must be between 500 and 5000");
+    let enough = serde_json::json!({ "limit": 1, "ttl_ms": 500 });
+    assert_eq!(app.acquire("bounded", enough).await.status(), 201);
+}
+
+#[test]
+fn every_endpoint_is_documented_with_its_problems_and_headers() {
+    let doc = serde_json::to_value(openapi::document(&default_bounds())).unwrap();
+    let paths = &doc["paths"];
+    let operation = |path: &str, method: &str| -> &Value {
+        let op = &paths[path][method];
+        assert!(op.is_object(), "{method} {path} is not documented");
+        op
+    };
+    for (path, method) in [
+        ("/semaphores/{name}", "put"),
+        ("/semaphores/{name}", "get"),
+        ("/semaphores/{name}", "delete"),
+        ("/semaphores/{name}/permits", "post"),
+        ("/semaphores/{name}/permits/{id}", "get"),
+        ("/semaphores/{name}/permits/{id}", "patch"),
+        ("/semaphores/{name}/permits/{id}", "delete"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/openapi.json", "get"),
+        ("/openapi.yaml", "get"),
+    ] {
+        let op = operation(path, method);
+        // Every error response is problem+json.
+        for (status, response) in op["responses"].as_object().unwrap() {
+            if status.starts_with('4') || status.starts_with('5') {
+                assert!(
+                    response["content"]["application/problem+json"].is_object(),
+                    "{method} {path} {status} is not problem+json"
+                );
+            }
+        }
+        if path.starts_with("/semaphores/") {
+            let name = &op["parameters"][0];
+            assert_eq!(name["name"], "name");
+            assert_eq!(name["schema"]["pattern"], "^[A-Za-z0-9._:-]{1,128}$");
+            let responses = op["responses"].as_object().unwrap();
+            assert!(responses.contains_key("400") && responses.contains_key("503"));
+            assert!(responses["503"]["headers"]["Retry-After"].is_object());
+        }
+    }
+
+    let acquire = operation("/semaphores/{name}/permits", "post");
+    let responses = &acquire["responses"];
+    for status in ["201", "200"] {
+        assert!(responses[status]["headers"]["Location"].is_object());
+    }
+    assert!(responses["429"]["headers"]["Retry-After"].is_object());
+    for status in ["400", "404", "409", "413", "429", "503"] {
+        assert!(responses[status].is_object(), "acquire documents {status}");
+    }
+    let key = &acquire["parameters"][1];
+    assert_eq!(
+        (&key["name"], &key["in"]),
+        (&"Idempotency-Key".into(), &"header".into())
+    );
+
+    let body = &doc["components"]["schemas"]["AcquireBody"];
+    assert_eq!(body["additionalProperties"], false);
+    assert!(body["example"].is_object());
+    let limit = &body["properties"]["limit"];
+    assert_eq!(
+        (&limit["minimum"], &limit["maximum"]),
+        (&1.into(), &1_000_000.into())
+    );
+    assert_eq!(body["properties"]["ttl_ms"]["minimum"], 100);
+    assert_eq!(body["properties"]["wait_ms"]["minimum"], 0);
+    assert_eq!(body["properties"]["holder"]["maxLength"], 128);
+}
+
+/// JSON Schema counts `2.0` as an integer and the document allows `null` for
+/// an optional body, so the server must accept both (schemathesis found the
+/// first one refused).
+#[tokio::test]
+async fn what_the_document_allows_is_accepted_whole_numbers_and_a_null_body() {
+    let app = spawn_app_with(Settings::for_tests(None)).await;
+    let created = app
+        .put_json("/semaphores/lenient", serde_json::json!({ "limit": 2.0 }))
+        .await;
+    assert_eq!(created.status(), 201);
+    let permit = app
+        .acquire(
+            "lenient",
+            serde_json::json!({ "count": 1.0, "ttl_ms": 3e4 }),
+        )
+        .await;
+    assert_eq!(permit.status(), 201);
+    let permit = app.acquire("lenient", Value::Null).await;
+    assert_eq!(permit.status(), 201, "a null body means every default");
+    assert_eq!(app.status("lenient").await["held"], 2);
+    for bad in [
+        serde_json::json!({ "limit": 2.5 }),
+        serde_json::json!({ "limit": -2.0 }),
+        serde_json::json!({ "limit": 1e30 }),
+    ] {
+        common::expect_problem(app.put_json("/semaphores/lenient", bad).await, 400).await;
+    }
+    common::expect_problem(app.put_json("/semaphores/lenient", Value::Null).await, 400).await;
+}
