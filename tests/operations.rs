@@ -452,6 +452,44 @@ async fn tokens_can_come_from_a_file() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_says_where_a_token_is_needed() {
+    let open = spawn_app(None).await;
+    let doc: Value = open.get("/openapi.json").await.json().await.unwrap();
+    let scheme = &doc["components"]["securitySchemes"]["bearer"];
+    assert_eq!(
+        (&scheme["type"], &scheme["scheme"]),
+        (&"http".into(), &"bearer".into())
+    );
+    // A server without tokens requires none.
+    assert!(doc["paths"]["/semaphores/{name}"]["put"]["security"].is_null());
+
+    // With tokens, the document and Swagger UI stay readable without one...
+    let locked = app_with_tokens(true).await;
+    assert_eq!(locked.get("/docs/").await.status(), 200);
+    let response = locked.get("/openapi.json").await;
+    assert_eq!(response.status(), 200);
+    let doc: Value = response.json().await.unwrap();
+    // ...and say which operations need it, with their 401.
+    let acquire = &doc["paths"]["/semaphores/{name}/permits"]["post"];
+    assert_eq!(acquire["security"], json!([{ "bearer": [] }]));
+    assert!(acquire["responses"]["401"]["headers"]["WWW-Authenticate"].is_object());
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let open = matches!(
+            path.as_str(),
+            "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/openapi.yaml"
+        );
+        for (method, operation) in item.as_object().unwrap() {
+            assert_eq!(
+                operation["security"].is_null(),
+                open,
+                "{method} {path}: security {}",
+                operation["security"]
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------- request bounds
 
 async fn app_with_timeout(timeout_ms: u64, redis: Option<&RedisServer>) -> TestApp {

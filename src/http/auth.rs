@@ -77,8 +77,9 @@ impl AccessControl {
         any.into()
     }
 
-    /// Routes anyone may call, tokens or not.
-    fn is_open(&self, path: &str) -> bool {
+    /// Routes anyone may call, tokens or not (also used to mark the OpenAPI
+    /// document's operations that need a token).
+    pub fn is_open(&self, path: &str) -> bool {
         matches!(
             path,
             "/healthz" | "/readyz" | "/openapi.json" | "/openapi.yaml"

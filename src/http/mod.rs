@@ -73,7 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .merge(demo::routes())
-        .merge(openapi::routes(&state.bounds))
+        .merge(openapi::routes(&state.bounds, &state.access))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Each layer wraps the ones above it, so a request meets them bottom

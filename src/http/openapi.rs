@@ -7,18 +7,26 @@
 //! (`permitd openapi > openapi.yaml`), and a test keeps the two equal. The
 //! bounds that are configuration (`ttl_ms`, `wait_ms`) are written into the
 //! served document from the running server's settings, so a fuzzer or a
-//! generated client sees the limits this server actually enforces.
+//! generated client sees the limits this server actually enforces. Access
+//! control is stated the same way: the bearer scheme is always described (so
+//! Swagger UI offers "Authorize"), and when this server has API tokens, every
+//! operation that needs one says so and lists its 401.
 
 use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde::Serialize;
-use utoipa::openapi::schema::{Object, Schema};
-use utoipa::openapi::{OpenApi as Document, RefOr};
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{Object, ObjectBuilder, Schema, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
+use super::auth::AccessControl;
 use super::models::{
     AcquireBody, HolderView, PermitView, RefreshBody, SemaphoreView, SetLimitBody,
 };
@@ -184,7 +192,78 @@ pub fn document(bounds: &RequestBounds) -> Document {
         let wait = property(&mut components.schemas, "AcquireBody", "wait_ms");
         set_bounds(wait, 0, bounds.max_wait_ms, None);
     }
+    describe_bearer(&mut doc);
     doc
+}
+
+/// The name of the bearer scheme in the document.
+const BEARER: &str = "bearer";
+
+/// Describes the bearer scheme, whether or not this server requires it: it is
+/// what Swagger UI's "Authorize" asks for.
+fn describe_bearer(doc: &mut Document) {
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        BEARER,
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "An API token of this server (`--api-token`, `PERMITD_API_TOKENS` or \
+                     `--api-token-file`), sent as `Authorization: Bearer <token>`. Needed only \
+                     when the server has tokens configured; the probes, this document and \
+                     Swagger UI (and `/metrics`, by default) never need one.",
+                ))
+                .build(),
+        ),
+    );
+}
+
+/// Marks every operation `access` guards as needing the bearer token, with
+/// its 401 answer: the document a server with API tokens serves.
+pub fn require_bearer(doc: &mut Document, access: &AccessControl) {
+    let unauthorized = ResponseBuilder::new()
+        .description(
+            "No bearer token, or not one this server accepts (`WWW-Authenticate` says which).",
+        )
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .header(
+            "WWW-Authenticate",
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::String))
+                .description(Some(
+                    r#"`Bearer realm="permitd"`, with `error="invalid_token"` for a wrong token."#,
+                ))
+                .build(),
+        )
+        .build();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if access.is_open(path) {
+            continue;
+        }
+        let operations: [&mut Option<Operation>; 8] = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.head,
+            &mut item.options,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+            operation
+                .responses
+                .responses
+                .insert("401".into(), RefOr::T(unauthorized.clone()));
+        }
+    }
 }
 
 /// The document as YAML, as checked in at the repository root.
@@ -254,11 +333,14 @@ async fn openapi_yaml(yaml: String) -> impl IntoResponse {
 ///
 /// Both renderings are made once, here, and the UI's assets are embedded in
 /// the binary, so `/docs/` works offline.
-pub fn routes<S>(bounds: &RequestBounds) -> Router<S>
+pub fn routes<S>(bounds: &RequestBounds, access: &AccessControl) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let doc = document(bounds);
+    let mut doc = document(bounds);
+    if access.is_enabled() {
+        require_bearer(&mut doc, access);
+    }
     let json = doc
         .to_json()
         .expect("the OpenAPI document serialises to JSON");
