@@ -4,7 +4,9 @@
 //
 // A manual check (not part of scripts/test, which only needs the Rust suite
 // and the fuzzer): needs node 20+ and chromium, and a running permitd.
-//   node --experimental-websocket scripts/try-it-out.mjs http://127.0.0.1:8080
+//   node --experimental-websocket scripts/try-it-out.mjs http://127.0.0.1:8080 [TOKEN]
+// With a TOKEN (for a permitd run with API tokens), it first authorizes
+// through Swagger UI's "Authorize" dialog, as a person would.
 // Talks to Chromium over the DevTools protocol on a free local port.
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -38,6 +40,8 @@ const HELPERS = `
 `;
 
 const base = process.argv[2] ?? "http://127.0.0.1:8080";
+const token = process.argv[3];
+const auth = token ? { Authorization: `Bearer ${token}` } : {};
 const port = 9200 + Math.floor(Math.random() * 700);
 const profile = mkdtempSync(join(tmpdir(), "permitd-try-"));
 const chromium = spawn("chromium", [
@@ -82,6 +86,18 @@ try {
   await send("Page.navigate", { url: `${base}/docs/` });
   const name = `try-it-out-${Date.now()}`;
 
+  if (token) {
+    await run(`
+      (await until(() => document.querySelector("button.authorize"))).click();
+      const dialog = await until(() => document.querySelector(".dialog-ux .modal-ux"));
+      set(await until(() => dialog.querySelector(".auth-container input")), ${JSON.stringify(token)});
+      await settle();
+      dialog.querySelector(".auth-btn-wrapper button.authorize").click();
+      (await until(() => dialog.querySelector(".auth-btn-wrapper button.btn-done"))).click();
+      return null;`);
+    console.log("authorized through Swagger UI's Authorize dialog");
+  }
+
   const acquired = await run(`
     const block = await until(() => [...document.querySelectorAll(".opblock-post")]
       .find((b) => b.querySelector('[data-path="/semaphores/{name}/permits"]')));
@@ -110,9 +126,9 @@ try {
   console.log("release through Swagger UI:", released.status, released.url);
   if (released.status !== "204") throw new Error(`release: ${JSON.stringify(released)}`);
 
-  const status = await (await fetch(`${base}/semaphores/${name}`)).json();
+  const status = await (await fetch(`${base}/semaphores/${name}`, { headers: auth })).json();
   if (status.held !== 0) throw new Error(`still held: ${JSON.stringify(status)}`);
-  await fetch(`${base}/semaphores/${name}`, { method: "DELETE" });
+  await fetch(`${base}/semaphores/${name}`, { method: "DELETE", headers: auth });
   console.log("Try it out works for acquire and release against", base);
   exitCode = 0;
   ws.close();
