@@ -64,6 +64,18 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    description = "This instance's counters and histograms in the Prometheus text exposition \
+        format (`text/plain; version=0.0.4`). Never touches the store.",
+    responses((status = 200, description = "The metrics, as Prometheus text.",
+               content_type = "text/plain", body = String,
+               example = "# TYPE permitd_http_requests_total counter\n")),
+)]
 pub async fn metrics() -> impl axum::response::IntoResponse {
     (
         [(
