@@ -45,9 +45,10 @@ pub enum Command {
 /// Arguments of `permitd demo`; the same bounds as `GET /demo` apply.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// How many requests to send at once (1 to --demo-max-requests, at most 100).
-    #[arg(long, default_value_t = 5)]
-    pub requests: u64,
+    /// How many requests to send at once (1 to --demo-max-requests; default 5,
+    /// or --demo-max-requests if lower).
+    #[arg(long)]
+    pub requests: Option<u64>,
 
     /// The demo semaphore's limit: how many requests may be in flight at once (1-100).
     #[arg(long, default_value_t = 1)]
@@ -60,9 +61,9 @@ pub struct DemoArgs {
     pub url: Option<String>,
 
     /// How long the built-in upstream takes to answer, in milliseconds (0 to
-    /// --demo-max-delay-ms, at most 5000).
-    #[arg(long, default_value_t = 100)]
-    pub delay_ms: u64,
+    /// --demo-max-delay-ms; default 100, or --demo-max-delay-ms if lower).
+    #[arg(long)]
+    pub delay_ms: Option<u64>,
 }
 
 /// Server settings. Flags may be given before or after a subcommand.
@@ -278,7 +279,10 @@ impl Settings {
                 )
             })?;
         WaitTime::new(0, self.max_wait_ms)?;
-        let demo = DemoBounds::new(self.demo_max_requests, self.demo_max_delay_ms)?;
+        let demo = DemoBounds {
+            urls_allowed: self.demo_allowed_hosts.iter().any(|h| !h.trim().is_empty()),
+            ..DemoBounds::new(self.demo_max_requests, self.demo_max_delay_ms)?
+        };
         Ok(RequestBounds {
             default_ttl,
             min_ttl_ms: self.min_ttl_ms.max(Ttl::MIN_MS),

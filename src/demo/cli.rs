@@ -27,9 +27,9 @@ pub async fn run(settings: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
     let bounds = settings.request_bounds()?;
     // The terminal is the operator's own: any http(s) host may be called.
     let request = DemoRequest::new(
-        args.requests,
+        args.requests.unwrap_or(bounds.demo.default_requests()),
         args.limit,
-        args.delay_ms,
+        args.delay_ms.unwrap_or(bounds.demo.default_delay_ms()),
         args.url.as_deref(),
         &AllowedHosts::Any,
         &bounds.demo,

@@ -54,6 +54,9 @@ pub struct DemoBounds {
     pub max_requests: u64,
     /// Slowest the built-in upstream may be asked to be, 0 … [`MAX_DELAY_MS`].
     pub max_delay_ms: u64,
+    /// Whether `url` may name any host at all (`--demo-allowed-hosts` lists
+    /// one); when not, only the built-in upstream can be called.
+    pub urls_allowed: bool,
 }
 
 impl Default for DemoBounds {
@@ -61,6 +64,7 @@ impl Default for DemoBounds {
         Self {
             max_requests: MAX_REQUESTS,
             max_delay_ms: MAX_DELAY_MS,
+            urls_allowed: false,
         }
     }
 }
@@ -82,7 +86,20 @@ impl DemoBounds {
         Ok(Self {
             max_requests,
             max_delay_ms,
+            urls_allowed: false,
         })
+    }
+
+    /// `requests` when a request leaves it out: [`DEFAULT_REQUESTS`], or the
+    /// configured maximum when that is lower.
+    pub fn default_requests(&self) -> u64 {
+        DEFAULT_REQUESTS.min(self.max_requests)
+    }
+
+    /// `delay_ms` when a request leaves it out: [`DEFAULT_DELAY_MS`], or the
+    /// configured maximum when that is lower.
+    pub fn default_delay_ms(&self) -> u64 {
+        DEFAULT_DELAY_MS.min(self.max_delay_ms)
     }
 
     /// A `delay_ms` for the built-in upstream, checked against these bounds.
@@ -217,7 +234,10 @@ impl DemoRequest {
             )));
         }
         bounds.delay_ms(delay_ms)?;
-        let target = match url.map(str::trim).filter(|u| !u.is_empty()) {
+        // Only an empty URL means the built-in upstream: one of blanks is a
+        // bad URL, as the served document says (it allows only "" when no
+        // host is listed).
+        let target = match url.filter(|u| !u.is_empty()) {
             None => {
                 let ideal = requests.div_ceil(limit) * delay_ms;
                 if ideal > MAX_IDEAL_MS {
@@ -734,6 +754,10 @@ mod tests {
         assert!(DemoBounds::new(MAX_REQUESTS + 1, 5).is_err());
         assert!(DemoBounds::new(4, MAX_DELAY_MS + 1).is_err());
         assert!(DemoBounds::new(MAX_REQUESTS, 0).is_ok());
+        // Defaults stay within configured bounds.
+        assert_eq!((small.default_requests(), small.default_delay_ms()), (4, 5));
+        let bounds = DemoBounds::default();
+        assert_eq!((bounds.default_requests(), bounds.default_delay_ms()), (5, 100));
     }
 
     #[test]
@@ -759,8 +783,10 @@ mod tests {
 
     #[test]
     fn an_empty_url_means_the_built_in_upstream() {
-        let request = DemoRequest::new(3, 2, 50, Some("  "), &hosts(&[]), &DemoBounds::default()).unwrap();
+        let bounds = DemoBounds::default();
+        let request = DemoRequest::new(3, 2, 50, Some(""), &hosts(&[]), &bounds).unwrap();
         assert_eq!(request.target(), &Target::BuiltIn { delay_ms: 50 });
+        assert!(DemoRequest::new(3, 2, 50, Some("  "), &hosts(&[]), &bounds).is_err());
     }
 
     #[test]

@@ -23,8 +23,7 @@ use super::extract::QueryParams;
 use super::openapi::{NoCapacityProblem, Problem};
 use crate::demo::page::{self, FormValues, Origin};
 use crate::demo::{
-    self as scenario, DEFAULT_DELAY_MS, DEFAULT_LIMIT, DEFAULT_REQUESTS, DemoError, DemoReport,
-    DemoRequest, MAX_CONCURRENT_RUNS,
+    self as scenario, DEFAULT_LIMIT, DemoError, DemoReport, DemoRequest, MAX_CONCURRENT_RUNS,
 };
 use crate::error::ApiError;
 
@@ -56,8 +55,9 @@ impl IntoParams for DemoParams {
         vec![
             number_param(
                 "requests",
-                "How many requests to fan out at once (1 … `--demo-max-requests`, default 5). \
-                 Empty means the default, as the page's form sends an empty field.",
+                "How many requests to fan out at once (1 … `--demo-max-requests`, default 5 \
+                 or that maximum if lower). Empty means the default, as the page's form sends \
+                 an empty field.",
             ),
             number_param(
                 "limit",
@@ -67,7 +67,8 @@ impl IntoParams for DemoParams {
             number_param(
                 "delay_ms",
                 "How long the built-in upstream takes to answer, in milliseconds \
-                 (0 … `--demo-max-delay-ms`, default 100). With the built-in upstream, \
+                 (0 … `--demo-max-delay-ms`, default 100 or that maximum if lower). With the \
+                 built-in upstream, \
                  `ceil(requests / limit) × delay_ms` may be at most 30000. Empty means the \
                  default.",
             ),
@@ -77,8 +78,9 @@ impl IntoParams for DemoParams {
                 .required(Required::False)
                 .description(Some(
                     "An absolute http(s) URL to call instead of the built-in upstream; its \
-                     host must be listed in `--demo-allowed-hosts` (none is by default). \
-                     Empty means the built-in upstream.",
+                     host must be listed in `--demo-allowed-hosts`. Empty means the built-in \
+                     upstream. When the server lists no host (the default), only empty is \
+                     accepted, and this document says so with `maxLength: 0`.",
                 ))
                 .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
                 .build(),
@@ -94,7 +96,8 @@ impl IntoParams for UpstreamParams {
         vec![number_param(
             "delay_ms",
             "How long to take before answering, in milliseconds \
-             (0 … `--demo-max-delay-ms`, default 100). Empty means the default.",
+             (0 … `--demo-max-delay-ms`, default 100 or that maximum if lower). Empty means \
+             the default.",
         )]
     }
 }
@@ -245,11 +248,12 @@ pub async fn run_demo(
     headers: HeaderMap,
     QueryParams(query): QueryParams<DemoQuery>,
 ) -> Result<Response, ApiError> {
+    let bounds = state.bounds.demo;
     let form = FormValues {
-        requests: number("requests", query.requests.as_deref(), DEFAULT_REQUESTS)?,
+        requests: number("requests", query.requests.as_deref(), bounds.default_requests())?,
         limit: number("limit", query.limit.as_deref(), DEFAULT_LIMIT)?,
-        delay_ms: number("delay_ms", query.delay_ms.as_deref(), DEFAULT_DELAY_MS)?,
-        url: query.url.unwrap_or_default().trim().to_owned(),
+        delay_ms: number("delay_ms", query.delay_ms.as_deref(), bounds.default_delay_ms())?,
+        url: query.url.unwrap_or_default(),
         bounds: state.bounds.demo,
     };
     let request = DemoRequest::new(
@@ -329,10 +333,9 @@ pub async fn demo_upstream(
     State(state): State<AppState>,
     QueryParams(query): QueryParams<UpstreamQuery>,
 ) -> Result<Response, ApiError> {
-    let delay_ms = number("delay_ms", query.delay_ms.as_deref(), DEFAULT_DELAY_MS)?;
-    let delay_ms = state
-        .bounds
-        .demo
+    let bounds = state.bounds.demo;
+    let delay_ms = number("delay_ms", query.delay_ms.as_deref(), bounds.default_delay_ms())?;
+    let delay_ms = bounds
         .delay_ms(delay_ms)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     tokio::time::sleep(Duration::from_millis(delay_ms)).await;

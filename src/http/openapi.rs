@@ -25,7 +25,7 @@ use super::models::{
 };
 use super::{demo, health, permits, semaphores};
 use crate::config::RequestBounds;
-use crate::demo::{DEFAULT_DELAY_MS, DEFAULT_LIMIT, DEFAULT_REQUESTS, MAX_LIMIT};
+use crate::demo::{DEFAULT_LIMIT, MAX_LIMIT};
 
 /// The path of a semaphore (documentation only: handlers parse the segment
 /// into a `SemaphoreName` themselves, so a bad name is a problem+json 400).
@@ -197,26 +197,45 @@ pub fn document(bounds: &RequestBounds) -> Document {
     }
     let demo = bounds.demo;
     for (path, name, minimum, maximum, default) in [
-        ("/demo", "requests", 1, demo.max_requests, DEFAULT_REQUESTS),
+        ("/demo", "requests", 1, demo.max_requests, demo.default_requests()),
         ("/demo", "limit", 1, MAX_LIMIT, DEFAULT_LIMIT),
-        ("/demo", "delay_ms", 0, demo.max_delay_ms, DEFAULT_DELAY_MS),
-        ("/demo/upstream", "delay_ms", 0, demo.max_delay_ms, DEFAULT_DELAY_MS),
+        ("/demo", "delay_ms", 0, demo.max_delay_ms, demo.default_delay_ms()),
+        ("/demo/upstream", "delay_ms", 0, demo.max_delay_ms, demo.default_delay_ms()),
     ] {
         let number = query_number(&mut doc, path, name);
         set_bounds(number, minimum, maximum, Some(default));
     }
+    if !demo.urls_allowed {
+        // No host is listed: only an empty url (the built-in upstream) passes.
+        let url = query_parameter(&mut doc, "/demo", "url")
+            .and_then(|p| match p.schema.as_mut()? {
+                RefOr::T(Schema::Object(url)) => Some(url),
+                _ => None,
+            })
+            .expect("GET /demo documents its url parameter");
+        url.max_length = Some(0);
+    }
     doc
+}
+
+/// A query parameter of a GET operation.
+fn query_parameter<'a>(
+    doc: &'a mut Document,
+    path: &str,
+    name: &str,
+) -> Option<&'a mut utoipa::openapi::path::Parameter> {
+    let operation = doc.paths.paths.get_mut(path)?.get.as_mut()?;
+    operation
+        .parameters
+        .as_mut()?
+        .iter_mut()
+        .find(|p| p.name == name)
 }
 
 /// The integer alternative of a numeric query parameter of a GET operation
 /// (see `demo::number_param`).
 fn query_number<'a>(doc: &'a mut Document, path: &str, name: &str) -> Option<&'a mut Object> {
-    let operation = doc.paths.paths.get_mut(path)?.get.as_mut()?;
-    let parameter = operation
-        .parameters
-        .as_mut()?
-        .iter_mut()
-        .find(|p| p.name == name)?;
+    let parameter = query_parameter(doc, path, name)?;
     match parameter.schema.as_mut()? {
         RefOr::T(Schema::OneOf(one_of)) => match one_of.items.first_mut()? {
             RefOr::T(Schema::Object(integer)) => Some(integer),
