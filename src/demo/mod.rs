@@ -757,13 +757,18 @@ mod tests {
         // Defaults stay within configured bounds.
         assert_eq!((small.default_requests(), small.default_delay_ms()), (4, 5));
         let bounds = DemoBounds::default();
-        assert_eq!((bounds.default_requests(), bounds.default_delay_ms()), (5, 100));
+        assert_eq!(
+            (bounds.default_requests(), bounds.default_delay_ms()),
+            (5, 100)
+        );
     }
 
     #[test]
     fn only_listed_hosts_and_ports_may_be_called() {
         let allowed = hosts(&["api.example.com", "127.0.0.1:9000", "[::1]", "plain:80"]);
-        let ok = |url: &str| DemoRequest::new(2, 1, 0, Some(url), &allowed, &DemoBounds::default()).is_ok();
+        let ok = |url: &str| {
+            DemoRequest::new(2, 1, 0, Some(url), &allowed, &DemoBounds::default()).is_ok()
+        };
         assert!(ok("https://api.example.com/v1/things?x=1"));
         assert!(ok("http://API.example.com:8443/"));
         assert!(ok("http://127.0.0.1:9000/"));

@@ -250,9 +250,17 @@ pub async fn run_demo(
 ) -> Result<Response, ApiError> {
     let bounds = state.bounds.demo;
     let form = FormValues {
-        requests: number("requests", query.requests.as_deref(), bounds.default_requests())?,
+        requests: number(
+            "requests",
+            query.requests.as_deref(),
+            bounds.default_requests(),
+        )?,
         limit: number("limit", query.limit.as_deref(), DEFAULT_LIMIT)?,
-        delay_ms: number("delay_ms", query.delay_ms.as_deref(), bounds.default_delay_ms())?,
+        delay_ms: number(
+            "delay_ms",
+            query.delay_ms.as_deref(),
+            bounds.default_delay_ms(),
+        )?,
         url: query.url.unwrap_or_default(),
         bounds: state.bounds.demo,
     };
@@ -334,7 +342,11 @@ pub async fn demo_upstream(
     QueryParams(query): QueryParams<UpstreamQuery>,
 ) -> Result<Response, ApiError> {
     let bounds = state.bounds.demo;
-    let delay_ms = number("delay_ms", query.delay_ms.as_deref(), bounds.default_delay_ms())?;
+    let delay_ms = number(
+        "delay_ms",
+        query.delay_ms.as_deref(),
+        bounds.default_delay_ms(),
+    )?;
     let delay_ms = bounds
         .delay_ms(delay_ms)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -375,7 +387,15 @@ mod tests {
         assert_eq!(number("n", None, 7).unwrap(), 7);
         assert_eq!(number("n", Some(""), 7).unwrap(), 7);
         assert_eq!(number("n", Some("42"), 7).unwrap(), 42);
-        for bad in ["+1", "-1", " 1", "1 ", "1.0", "x", "99999999999999999999999"] {
+        for bad in [
+            "+1",
+            "-1",
+            " 1",
+            "1 ",
+            "1.0",
+            "x",
+            "99999999999999999999999",
+        ] {
             assert!(number("n", Some(bad), 7).is_err(), "{bad:?}");
         }
     }

@@ -197,10 +197,28 @@ pub fn document(bounds: &RequestBounds) -> Document {
     }
     let demo = bounds.demo;
     for (path, name, minimum, maximum, default) in [
-        ("/demo", "requests", 1, demo.max_requests, demo.default_requests()),
+        (
+            "/demo",
+            "requests",
+            1,
+            demo.max_requests,
+            demo.default_requests(),
+        ),
         ("/demo", "limit", 1, MAX_LIMIT, DEFAULT_LIMIT),
-        ("/demo", "delay_ms", 0, demo.max_delay_ms, demo.default_delay_ms()),
-        ("/demo/upstream", "delay_ms", 0, demo.max_delay_ms, demo.default_delay_ms()),
+        (
+            "/demo",
+            "delay_ms",
+            0,
+            demo.max_delay_ms,
+            demo.default_delay_ms(),
+        ),
+        (
+            "/demo/upstream",
+            "delay_ms",
+            0,
+            demo.max_delay_ms,
+            demo.default_delay_ms(),
+        ),
     ] {
         let number = query_number(&mut doc, path, name);
         set_bounds(number, minimum, maximum, Some(default));
