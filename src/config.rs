@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgAction, Parser, ValueEnum};
 
+use crate::demo::DemoBounds;
 use crate::semaphore::{Ttl, WaitTime};
 use crate::store::redis::RedisSettings;
 
@@ -62,9 +63,10 @@ pub struct HealthcheckArgs {
 /// Arguments of `permitd demo`; the same bounds as `GET /demo` apply.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// How many requests to send at once (1-100).
-    #[arg(long, default_value_t = 5)]
-    pub requests: u64,
+    /// How many requests to send at once (1 to --demo-max-requests; default 5,
+    /// or --demo-max-requests if lower).
+    #[arg(long)]
+    pub requests: Option<u64>,
 
     /// The demo semaphore's limit: how many requests may be in flight at once (1-100).
     #[arg(long, default_value_t = 1)]
@@ -76,9 +78,10 @@ pub struct DemoArgs {
     #[arg(long)]
     pub url: Option<String>,
 
-    /// How long the built-in upstream takes to answer, in milliseconds (0-5000).
-    #[arg(long, default_value_t = 100)]
-    pub delay_ms: u64,
+    /// How long the built-in upstream takes to answer, in milliseconds (0 to
+    /// --demo-max-delay-ms; default 100, or --demo-max-delay-ms if lower).
+    #[arg(long)]
+    pub delay_ms: Option<u64>,
 }
 
 /// Server settings. Flags may be given before or after a subcommand.
@@ -244,6 +247,27 @@ pub struct Settings {
     )]
     pub demo_allowed_hosts: Vec<String>,
 
+    /// Most requests one demo run may fan out (`requests` of `GET /demo` and
+    /// `permitd demo`), 1-100. Stated in the served OpenAPI document.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_DEMO_MAX_REQUESTS",
+        default_value_t = crate::demo::MAX_REQUESTS
+    )]
+    pub demo_max_requests: u64,
+
+    /// Slowest the demo's built-in upstream may be asked to be (`delay_ms` of
+    /// `GET /demo` and `GET /demo/upstream`), 0-5000. Stated in the served
+    /// OpenAPI document.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_DEMO_MAX_DELAY_MS",
+        default_value_t = crate::demo::MAX_DELAY_MS
+    )]
+    pub demo_max_delay_ms: u64,
+
     /// Log lines as human-readable text or as JSON objects.
     #[arg(long, global = true, env = "PERMITD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
@@ -305,6 +329,8 @@ pub struct RequestBounds {
     pub min_ttl_ms: u64,
     pub max_ttl_ms: u64,
     pub max_wait_ms: u64,
+    /// The demo's `requests` and `delay_ms` bounds.
+    pub demo: DemoBounds,
 }
 
 impl RequestBounds {
@@ -347,7 +373,8 @@ impl Settings {
     }
 
     /// # Errors
-    /// When the default lease is outside the minimum … maximum lease.
+    /// When the default lease is outside the minimum … maximum lease, or a
+    /// demo bound is outside its range.
     pub fn request_bounds(&self) -> anyhow::Result<RequestBounds> {
         let default_ttl = Ttl::within(self.default_ttl_ms, self.min_ttl_ms, self.max_ttl_ms)
             .map_err(|e| {
@@ -357,11 +384,16 @@ impl Settings {
                 )
             })?;
         WaitTime::new(0, self.max_wait_ms)?;
+        let demo = DemoBounds {
+            urls_allowed: self.demo_allowed_hosts.iter().any(|h| !h.trim().is_empty()),
+            ..DemoBounds::new(self.demo_max_requests, self.demo_max_delay_ms)?
+        };
         Ok(RequestBounds {
             default_ttl,
             min_ttl_ms: self.min_ttl_ms.max(Ttl::MIN_MS),
             max_ttl_ms: self.max_ttl_ms,
             max_wait_ms: self.max_wait_ms,
+            demo,
         })
     }
 
@@ -454,6 +486,31 @@ mod tests {
         assert!(cli.settings.request_bounds().is_ok(), "30 s default fits");
         let cli = Cli::parse_from(["permitd", "--min-ttl-ms", "40000"]);
         assert!(cli.settings.request_bounds().is_err());
+    }
+
+    #[test]
+    fn demo_bounds_default_to_the_ceilings_and_cannot_exceed_them() {
+        let bounds = Cli::parse_from(["permitd"])
+            .settings
+            .request_bounds()
+            .unwrap();
+        assert_eq!(bounds.demo, DemoBounds::default());
+        let cli = Cli::parse_from([
+            "permitd",
+            "--demo-max-requests",
+            "4",
+            "--demo-max-delay-ms",
+            "5",
+        ]);
+        let bounds = cli.settings.request_bounds().unwrap();
+        assert_eq!(bounds.demo, DemoBounds::new(4, 5).unwrap());
+        for args in [
+            ["permitd", "--demo-max-requests", "0"],
+            ["permitd", "--demo-max-requests", "101"],
+            ["permitd", "--demo-max-delay-ms", "5001"],
+        ] {
+            assert!(Cli::parse_from(args).settings.request_bounds().is_err());
+        }
     }
 
     #[test]

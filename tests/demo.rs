@@ -277,6 +277,10 @@ async fn bad_parameters_and_disallowed_urls_are_400_problems() {
         "url=ftp://example.com/",
         "url=not%20a%20url",
         "url=/demo/upstream",
+        "url=%20",
+        "requests=%205",
+        "requests=%2B5",
+        "limit=1.0",
     ] {
         let response = app.get(&format!("/demo?{query}")).await;
         let problem = expect_problem(response, 400).await;
@@ -413,6 +417,33 @@ async fn the_terminal_refuses_bad_bounds() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("limit must be between 1 and 100"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_terminal_applies_the_configured_demo_bounds() {
+    let run = |args: &'static [&'static str]| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_permitd"))
+            .args(args)
+            .env_remove("REDIS_URL")
+            .output()
+            .await
+            .unwrap()
+    };
+    // The default of 5 requests is lowered to the configured maximum.
+    let output = run(&["demo", "--demo-max-requests", "2", "--delay-ms", "1"]).await;
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("to handle 2 with 1 bounded limit"),
+        "{stdout}"
+    );
+    let output = run(&["demo", "--demo-max-delay-ms", "5", "--delay-ms", "6"]).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("delay_ms must be between 0 and 5"),
         "{stderr}"
     );
 }

@@ -62,6 +62,8 @@ async fn the_served_document_states_this_servers_configured_bounds() {
     settings.max_ttl_ms = 5_000;
     settings.default_ttl_ms = 1_000;
     settings.max_wait_ms = 2_500;
+    settings.demo_max_requests = 3;
+    settings.demo_max_delay_ms = 7;
     let app = spawn_app_with(settings).await;
     let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
     let schemas = &doc["components"]["schemas"];
@@ -79,7 +81,51 @@ async fn the_served_document_states_this_servers_configured_bounds() {
         (&0.into(), &2_500.into())
     );
 
+    // The demo's bounds, and defaults that stay within them.
+    let query = |path: &str, name: &str| -> Value {
+        let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+        let param = params.iter().find(|p| p["name"] == name).unwrap();
+        param["schema"]["oneOf"][0].clone()
+    };
+    let requests = query("/demo", "requests");
+    assert_eq!(
+        (
+            &requests["minimum"],
+            &requests["maximum"],
+            &requests["default"]
+        ),
+        (&1.into(), &3.into(), &3.into())
+    );
+    for path in ["/demo", "/demo/upstream"] {
+        let delay = query(path, "delay_ms");
+        assert_eq!(
+            (&delay["minimum"], &delay["maximum"], &delay["default"]),
+            (&0.into(), &7.into(), &7.into()),
+            "{path}"
+        );
+    }
+
     // And the server enforces what its document states.
+    for path in [
+        "/demo?requests=4",
+        "/demo?delay_ms=8",
+        "/demo/upstream?delay_ms=8",
+    ] {
+        common::expect_problem(app.get(path).await, 400).await;
+    }
+    let report: Value = app
+        .get("/demo?requests=3&delay_ms=7")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["requests"], 3);
+    let report: Value = app.get("/demo").await.json().await.unwrap();
+    assert_eq!(
+        (&report["requests"], &report["ideal_seconds"]),
+        (&3.into(), &0.021.into())
+    );
+
     let short = serde_json::json!({ "limit": 1, "ttl_ms": 499 });
     let problem = common::expect_problem(app.acquire("bounded", short).await, 400).await;
     assert_eq!(problem["detail"], "ttl_ms must be between 500 and 5000");
@@ -106,6 +152,9 @@ fn every_endpoint_is_documented_with_its_problems_and_headers() {
         ("/semaphores/{name}/permits/{id}", "delete"),
         ("/healthz", "get"),
         ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/demo", "get"),
+        ("/demo/upstream", "get"),
         ("/openapi.json", "get"),
         ("/openapi.yaml", "get"),
     ] {
@@ -142,6 +191,26 @@ fn every_endpoint_is_documented_with_its_problems_and_headers() {
     assert_eq!(
         (&key["name"], &key["in"]),
         (&"Idempotency-Key".into(), &"header".into())
+    );
+
+    let demo = operation("/demo", "get");
+    let ok = &demo["responses"]["200"]["content"];
+    assert_eq!(
+        ok["application/json"]["schema"]["$ref"],
+        "#/components/schemas/DemoReport"
+    );
+    assert!(
+        ok["text/html"].is_object(),
+        "the page is a documented alternative"
+    );
+    assert!(demo["responses"]["429"]["headers"]["Retry-After"].is_object());
+    let metrics = operation("/metrics", "get");
+    assert!(metrics["responses"]["200"]["content"]["text/plain"].is_object());
+    let report = &doc["components"]["schemas"]["DemoReport"];
+    assert!(report["example"].is_object());
+    assert_eq!(
+        report["properties"]["results"]["items"]["$ref"],
+        "#/components/schemas/RequestResult"
     );
 
     let body = &doc["components"]["schemas"]["AcquireBody"];
@@ -185,4 +254,47 @@ async fn what_the_document_allows_is_accepted_whole_numbers_and_a_null_body() {
         common::expect_problem(app.put_json("/semaphores/lenient", bad).await, 400).await;
     }
     common::expect_problem(app.put_json("/semaphores/lenient", Value::Null).await, 400).await;
+    // A body is an object: serde alone would read `[]` as "all defaults"
+    // (schemathesis found a PATCH with `[]` accepted).
+    let permit: Value = app
+        .acquire("lenient-2", serde_json::json!({ "limit": 1 }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let at = format!(
+        "/semaphores/lenient-2/permits/{}",
+        permit["id"].as_str().unwrap()
+    );
+    for body in [
+        serde_json::json!([]),
+        serde_json::json!([30000]),
+        serde_json::json!(5),
+    ] {
+        common::expect_problem(app.patch_json(&at, body.clone()).await, 400).await;
+        common::expect_problem(
+            app.post_json("/semaphores/lenient-2/permits", body).await,
+            400,
+        )
+        .await;
+    }
+}
+
+/// A server that lists no demo host says `url` may only be empty, and one
+/// that lists some does not.
+#[test]
+fn the_demo_url_is_empty_only_unless_a_host_is_allowed() {
+    let url_schema = |settings: Settings| -> Value {
+        let doc =
+            serde_json::to_value(openapi::document(&settings.request_bounds().unwrap())).unwrap();
+        let params = doc["paths"]["/demo"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .clone();
+        params.into_iter().find(|p| p["name"] == "url").unwrap()["schema"].clone()
+    };
+    assert_eq!(url_schema(Settings::for_tests(None))["maxLength"], 0);
+    let mut settings = Settings::for_tests(None);
+    settings.demo_allowed_hosts = vec!["api.example.com".into()];
+    assert!(url_schema(settings).get("maxLength").is_none());
 }

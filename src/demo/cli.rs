@@ -24,15 +24,16 @@ use crate::waiting::WaitSettings;
 /// When the arguments are out of bounds, the store cannot be built or fails
 /// during the run, or no loopback port can be bound.
 pub async fn run(settings: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
+    let bounds = settings.request_bounds()?;
     // The terminal is the operator's own: any http(s) host may be called.
     let request = DemoRequest::new(
-        args.requests,
+        args.requests.unwrap_or(bounds.demo.default_requests()),
         args.limit,
-        args.delay_ms,
+        args.delay_ms.unwrap_or(bounds.demo.default_delay_ms()),
         args.url.as_deref(),
         &AllowedHosts::Any,
+        &bounds.demo,
     )?;
-    let bounds = settings.request_bounds()?;
     let store = build_store(settings).await?;
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await

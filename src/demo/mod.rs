@@ -33,12 +33,90 @@ use crate::store::{SemaphoreStore, StoreError};
 use crate::waiting::{self, WaitSettings};
 
 /// Most requests one demo may fan out: enough to see the effect of a limit,
-/// few enough that `/demo` cannot be used to flood an upstream.
+/// few enough that `/demo` cannot be used to flood an upstream. The default of
+/// `--demo-max-requests`, which may lower it but not raise it.
 pub const MAX_REQUESTS: u64 = 100;
 /// Highest demo limit (a limit above `requests` is allowed: nobody waits).
 pub const MAX_LIMIT: u64 = 100;
-/// Slowest the built-in upstream may be asked to be.
+/// Slowest the built-in upstream may be asked to be: the default of
+/// `--demo-max-delay-ms`, which may lower it but not raise it.
 pub const MAX_DELAY_MS: u64 = 5_000;
+/// `requests`, `limit` and `delay_ms` when a demo request leaves them out.
+pub const DEFAULT_REQUESTS: u64 = 5;
+pub const DEFAULT_LIMIT: u64 = 1;
+pub const DEFAULT_DELAY_MS: u64 = 100;
+
+/// The demo's configured bounds (`--demo-max-requests`,
+/// `--demo-max-delay-ms`): enforced by [`DemoRequest::new`] and the built-in
+/// upstream, and stated in the served OpenAPI document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DemoBounds {
+    /// Most requests one demo may fan out, 1 … [`MAX_REQUESTS`].
+    pub max_requests: u64,
+    /// Slowest the built-in upstream may be asked to be, 0 … [`MAX_DELAY_MS`].
+    pub max_delay_ms: u64,
+    /// Whether `url` may name any host at all (`--demo-allowed-hosts` lists
+    /// one); when not, only the built-in upstream can be called.
+    pub urls_allowed: bool,
+}
+
+impl Default for DemoBounds {
+    fn default() -> Self {
+        Self {
+            max_requests: MAX_REQUESTS,
+            max_delay_ms: MAX_DELAY_MS,
+            urls_allowed: false,
+        }
+    }
+}
+
+impl DemoBounds {
+    /// # Errors
+    /// When a bound is above its hard ceiling, or `max_requests` is 0.
+    pub fn new(max_requests: u64, max_delay_ms: u64) -> Result<Self, ValueError> {
+        if !(1..=MAX_REQUESTS).contains(&max_requests) {
+            return Err(ValueError(format!(
+                "--demo-max-requests must be between 1 and {MAX_REQUESTS}"
+            )));
+        }
+        if max_delay_ms > MAX_DELAY_MS {
+            return Err(ValueError(format!(
+                "--demo-max-delay-ms must be between 0 and {MAX_DELAY_MS}"
+            )));
+        }
+        Ok(Self {
+            max_requests,
+            max_delay_ms,
+            urls_allowed: false,
+        })
+    }
+
+    /// `requests` when a request leaves it out: [`DEFAULT_REQUESTS`], or the
+    /// configured maximum when that is lower.
+    pub fn default_requests(&self) -> u64 {
+        DEFAULT_REQUESTS.min(self.max_requests)
+    }
+
+    /// `delay_ms` when a request leaves it out: [`DEFAULT_DELAY_MS`], or the
+    /// configured maximum when that is lower.
+    pub fn default_delay_ms(&self) -> u64 {
+        DEFAULT_DELAY_MS.min(self.max_delay_ms)
+    }
+
+    /// A `delay_ms` for the built-in upstream, checked against these bounds.
+    ///
+    /// # Errors
+    /// When it is above `max_delay_ms`.
+    pub fn delay_ms(&self, delay_ms: u64) -> Result<u64, ValueError> {
+        if delay_ms > self.max_delay_ms {
+            return Err(ValueError(format!(
+                "delay_ms must be between 0 and {}",
+                self.max_delay_ms
+            )));
+        }
+        Ok(delay_ms)
+    }
+}
 /// Longest a demo with the built-in upstream may be planned to take
 /// (`ceil(requests / limit) × delay_ms`); beyond it the request is refused
 /// rather than holding a connection open for minutes.
@@ -134,19 +212,21 @@ pub struct DemoRequest {
 
 impl DemoRequest {
     /// # Errors
-    /// When a number is outside its bound, the built-in upstream would take
-    /// longer than [`MAX_IDEAL_MS`], or the URL is not http(s) to an allowed
-    /// host.
+    /// When a number is outside its bound (`bounds` for `requests` and
+    /// `delay_ms`), the built-in upstream would take longer than
+    /// [`MAX_IDEAL_MS`], or the URL is not http(s) to an allowed host.
     pub fn new(
         requests: u64,
         limit: u64,
         delay_ms: u64,
         url: Option<&str>,
         allowed: &AllowedHosts,
+        bounds: &DemoBounds,
     ) -> Result<Self, ValueError> {
-        if !(1..=MAX_REQUESTS).contains(&requests) {
+        if !(1..=bounds.max_requests).contains(&requests) {
             return Err(ValueError(format!(
-                "requests must be between 1 and {MAX_REQUESTS}"
+                "requests must be between 1 and {}",
+                bounds.max_requests
             )));
         }
         if !(1..=MAX_LIMIT).contains(&limit) {
@@ -154,12 +234,11 @@ impl DemoRequest {
                 "limit must be between 1 and {MAX_LIMIT}"
             )));
         }
-        if delay_ms > MAX_DELAY_MS {
-            return Err(ValueError(format!(
-                "delay_ms must be between 0 and {MAX_DELAY_MS}"
-            )));
-        }
-        let target = match url.map(str::trim).filter(|u| !u.is_empty()) {
+        bounds.delay_ms(delay_ms)?;
+        // Only an empty URL means the built-in upstream: one of blanks is a
+        // bad URL, as the served document says (it allows only "" when no
+        // host is listed).
+        let target = match url.filter(|u| !u.is_empty()) {
             None => {
                 let ideal = requests.div_ceil(limit) * delay_ms;
                 if ideal > MAX_IDEAL_MS {
@@ -316,21 +395,30 @@ impl DemoConfig {
 }
 
 /// One request of the fan-out. Times are milliseconds since the demo started.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "index": 2, "status": 200, "wait_ms": 103.9, "start_ms": 104.0, "end_ms": 206.3
+}))]
 pub struct RequestResult {
     /// 1-based, in the order the tasks were started.
+    #[schema(minimum = 1)]
     pub index: u32,
     /// The upstream's HTTP status, or `null` when there was no answer.
+    #[schema(minimum = 100, maximum = 999)]
     pub status: Option<u16>,
     /// From the start of the demo until the permit was granted.
+    #[schema(minimum = 0)]
     pub wait_ms: f64,
     /// When the call started (just after the permit was granted).
+    #[schema(minimum = 0)]
     pub start_ms: f64,
     /// When the call ended (the permit is released right after).
+    #[schema(minimum = 0)]
     pub end_ms: f64,
     /// Why there is no status: "timeout", "connect", "request", or "no permit
     /// before the deadline". Never the upstream's body.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub error: Option<String>,
 }
 
@@ -354,10 +442,27 @@ impl RequestResult {
 }
 
 /// The report of one run: `GET /demo` serves it as JSON or draws it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "requests": 2, "limit": 1, "total_seconds": 0.2071, "ideal_seconds": 0.2,
+    "max_concurrency": 1,
+    "summary": "takes ~0.2071 seconds to handle 2 with 1 bounded limit",
+    "url": "http://127.0.0.1:8080/demo/upstream?delay_ms=100", "store": "redis",
+    "semaphore": "demo-c6f9067d-8418-4df8-b91d-f8988b274c2f",
+    "results": [
+        { "index": 1, "status": 200, "wait_ms": 0.8, "start_ms": 0.9, "end_ms": 103.7 },
+        { "index": 2, "status": 200, "wait_ms": 103.9, "start_ms": 104.0, "end_ms": 206.3 }
+    ]
+}))]
 pub struct DemoReport {
+    /// How many requests were fanned out.
+    #[schema(minimum = 1, maximum = 100)]
     pub requests: u32,
+    /// The demo semaphore's limit.
+    #[schema(minimum = 1, maximum = 100)]
     pub limit: u32,
+    /// How long the whole run took.
+    #[schema(minimum = 0)]
     pub total_seconds: f64,
     /// `ceil(requests / limit) × delay`: with the built-in upstream the delay
     /// asked for, with another URL the mean measured call time.
@@ -369,9 +474,12 @@ pub struct DemoReport {
     /// The URL that was called.
     pub url: String,
     /// `"memory"` or `"redis"`: where the demo semaphore lived.
+    #[schema(pattern = "^(redis|memory)$")]
     pub store: &'static str,
     /// The demo semaphore's name; it no longer exists when the report is read.
+    #[schema(pattern = "^demo-[0-9a-f-]{36}$")]
     pub semaphore: String,
+    /// One entry per request, by `index`.
     pub results: Vec<RequestResult>,
 }
 
@@ -652,21 +760,45 @@ mod tests {
     #[test]
     fn bounds_are_enforced() {
         let none = hosts(&[]);
-        assert!(DemoRequest::new(5, 1, 100, None, &none).is_ok());
-        assert!(DemoRequest::new(0, 1, 100, None, &none).is_err());
-        assert!(DemoRequest::new(101, 1, 100, None, &none).is_err());
-        assert!(DemoRequest::new(5, 0, 100, None, &none).is_err());
-        assert!(DemoRequest::new(5, 101, 100, None, &none).is_err());
-        assert!(DemoRequest::new(5, 1, 5_001, None, &none).is_err());
+        let bounds = DemoBounds::default();
+        assert!(DemoRequest::new(5, 1, 100, None, &none, &bounds).is_ok());
+        assert!(DemoRequest::new(0, 1, 100, None, &none, &bounds).is_err());
+        assert!(DemoRequest::new(101, 1, 100, None, &none, &bounds).is_err());
+        assert!(DemoRequest::new(5, 0, 100, None, &none, &bounds).is_err());
+        assert!(DemoRequest::new(5, 101, 100, None, &none, &bounds).is_err());
+        assert!(DemoRequest::new(5, 1, 5_001, None, &none, &bounds).is_err());
         // 100 rounds of 5 s is far beyond what one demo may plan.
-        assert!(DemoRequest::new(100, 1, 5_000, None, &none).is_err());
-        assert!(DemoRequest::new(100, 100, 5_000, None, &none).is_ok());
+        assert!(DemoRequest::new(100, 1, 5_000, None, &none, &bounds).is_err());
+        assert!(DemoRequest::new(100, 100, 5_000, None, &none, &bounds).is_ok());
+    }
+
+    #[test]
+    fn configured_bounds_are_enforced_and_capped() {
+        let none = hosts(&[]);
+        let small = DemoBounds::new(4, 5).unwrap();
+        assert!(DemoRequest::new(4, 1, 5, None, &none, &small).is_ok());
+        assert!(DemoRequest::new(5, 1, 5, None, &none, &small).is_err());
+        assert!(DemoRequest::new(4, 1, 6, None, &none, &small).is_err());
+        assert!(small.delay_ms(6).is_err());
+        assert!(DemoBounds::new(0, 5).is_err());
+        assert!(DemoBounds::new(MAX_REQUESTS + 1, 5).is_err());
+        assert!(DemoBounds::new(4, MAX_DELAY_MS + 1).is_err());
+        assert!(DemoBounds::new(MAX_REQUESTS, 0).is_ok());
+        // Defaults stay within configured bounds.
+        assert_eq!((small.default_requests(), small.default_delay_ms()), (4, 5));
+        let bounds = DemoBounds::default();
+        assert_eq!(
+            (bounds.default_requests(), bounds.default_delay_ms()),
+            (5, 100)
+        );
     }
 
     #[test]
     fn only_listed_hosts_and_ports_may_be_called() {
         let allowed = hosts(&["api.example.com", "127.0.0.1:9000", "[::1]", "plain:80"]);
-        let ok = |url: &str| DemoRequest::new(2, 1, 0, Some(url), &allowed).is_ok();
+        let ok = |url: &str| {
+            DemoRequest::new(2, 1, 0, Some(url), &allowed, &DemoBounds::default()).is_ok()
+        };
         assert!(ok("https://api.example.com/v1/things?x=1"));
         assert!(ok("http://API.example.com:8443/"));
         assert!(ok("http://127.0.0.1:9000/"));
@@ -686,8 +818,10 @@ mod tests {
 
     #[test]
     fn an_empty_url_means_the_built_in_upstream() {
-        let request = DemoRequest::new(3, 2, 50, Some("  "), &hosts(&[])).unwrap();
+        let bounds = DemoBounds::default();
+        let request = DemoRequest::new(3, 2, 50, Some(""), &hosts(&[]), &bounds).unwrap();
         assert_eq!(request.target(), &Target::BuiltIn { delay_ms: 50 });
+        assert!(DemoRequest::new(3, 2, 50, Some("  "), &hosts(&[]), &bounds).is_err());
     }
 
     #[test]

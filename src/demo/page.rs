@@ -9,7 +9,7 @@
 
 use std::fmt::Write;
 
-use super::{DemoReport, MAX_DELAY_MS, MAX_LIMIT, MAX_REQUESTS, RequestResult};
+use super::{DemoBounds, DemoReport, MAX_LIMIT, RequestResult};
 
 /// The form's current values, echoed back so a run can be tweaked and repeated.
 #[derive(Debug, Clone, Default)]
@@ -18,6 +18,8 @@ pub struct FormValues {
     pub limit: u64,
     pub delay_ms: u64,
     pub url: String,
+    /// The server's bounds, for the inputs' `max`.
+    pub bounds: DemoBounds,
 }
 
 /// Where the page was served from (`http://host:port`, from the `Host`
@@ -108,15 +110,17 @@ pub fn render(report: &DemoReport, form: &FormValues, origin: &Origin) -> String
 fn render_form(form: &FormValues) -> String {
     format!(
         "<form method=\"get\" action=\"/demo\">\
-         <label>requests<input type=\"number\" name=\"requests\" min=\"1\" max=\"{MAX_REQUESTS}\" value=\"{r}\"></label>\
+         <label>requests<input type=\"number\" name=\"requests\" min=\"1\" max=\"{max_requests}\" value=\"{r}\"></label>\
          <label>limit<input type=\"number\" name=\"limit\" min=\"1\" max=\"{MAX_LIMIT}\" value=\"{l}\"></label>\
-         <label>delay_ms (built-in upstream)<input type=\"number\" name=\"delay_ms\" min=\"0\" max=\"{MAX_DELAY_MS}\" value=\"{d}\"></label>\
+         <label>delay_ms (built-in upstream)<input type=\"number\" name=\"delay_ms\" min=\"0\" max=\"{max_delay_ms}\" value=\"{d}\"></label>\
          <label>url (empty: built-in upstream)<input type=\"url\" name=\"url\" value=\"{u}\" placeholder=\"built-in upstream\"></label>\
          <button type=\"submit\">Run</button></form>",
         r = form.requests,
         l = form.limit,
         d = form.delay_ms,
         u = escape(&form.url),
+        max_requests = form.bounds.max_requests,
+        max_delay_ms = form.bounds.max_delay_ms,
     )
 }
 
@@ -355,6 +359,7 @@ mod tests {
             limit: 1,
             delay_ms: 0,
             url: "http://a/b?c=d&e".into(),
+            ..FormValues::default()
         };
         assert_eq!(
             query_string(&form),

@@ -36,6 +36,14 @@ where
             } else {
                 &bytes
             };
+        // Every body is an object: serde would otherwise read a struct from
+        // a JSON array too (`[]` as "all defaults"), which the document
+        // does not allow (schemathesis found `[]` accepted).
+        if !text.trim_ascii_start().starts_with(b"{") {
+            return Err(ApiError::BadRequest(
+                "request body: expected a JSON object".into(),
+            ));
+        }
         serde_json::from_slice(text)
             .map(JsonBody)
             .map_err(|e| ApiError::BadRequest(format!("request body: {e}")))

@@ -65,6 +65,18 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
 
 /// `GET /metrics`: Prometheus text format. The Redis pool's gauges are read
 /// now, at scrape time, rather than kept up to date on every checkout.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    description = "This instance's counters and histograms in the Prometheus text exposition \
+        format (`text/plain; version=0.0.4`). Never touches the store.",
+    responses((status = 200, description = "The metrics, as Prometheus text.",
+               content_type = "text/plain", body = String,
+               example = "# TYPE permitd_http_requests_total counter\n")),
+)]
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     use crate::telemetry::{
         REDIS_POOL_IN_USE, REDIS_POOL_MAX, REDIS_POOL_OPEN, REDIS_POOL_WAITING,

@@ -5,7 +5,8 @@
 //! The document is built from code so it cannot drift from the handlers; the
 //! checked-in `openapi.yaml` is this module's output with default settings
 //! (`permitd openapi > openapi.yaml`), and a test keeps the two equal. The
-//! bounds that are configuration (`ttl_ms`, `wait_ms`) are written into the
+//! bounds that are configuration (`ttl_ms`, `wait_ms`, the demo's `requests`
+//! and `delay_ms`) are written into the
 //! served document from the running server's settings, so a fuzzer or a
 //! generated client sees the limits this server actually enforces. Access
 //! control is stated the same way: the bearer scheme is always described (so
@@ -30,8 +31,9 @@ use super::auth::AccessControl;
 use super::models::{
     AcquireBody, HolderView, PermitView, RefreshBody, SemaphoreView, SetLimitBody,
 };
-use super::{health, permits, semaphores};
+use super::{demo, health, permits, semaphores};
 use crate::config::RequestBounds;
+use crate::demo::{DEFAULT_LIMIT, MAX_LIMIT};
 
 /// The path of a semaphore (documentation only: handlers parse the segment
 /// into a `SemaphoreName` themselves, so a bad name is a problem+json 400).
@@ -156,6 +158,9 @@ pub struct NoCapacityProblem {
         permits::release_permit,
         health::healthz,
         health::readyz,
+        health::metrics,
+        demo::run_demo,
+        demo::demo_upstream,
         openapi_json,
         openapi_yaml,
     ),
@@ -171,11 +176,15 @@ pub struct NoCapacityProblem {
         NoCapacityProblem,
         health::Health,
         health::Readiness,
+        crate::demo::DemoReport,
+        crate::demo::RequestResult,
+        demo::UpstreamReply,
     )),
     tags(
         (name = "semaphores", description = "Create, inspect, change and delete semaphores."),
         (name = "permits", description = "Acquire, look up, refresh and release permits."),
-        (name = "operations", description = "Probes and this document."),
+        (name = "demo", description = "The fan-out demo and its built-in slow upstream."),
+        (name = "operations", description = "Probes, metrics and this document."),
     ),
 )]
 struct ApiDoc;
@@ -191,6 +200,46 @@ pub fn document(bounds: &RequestBounds) -> Document {
         }
         let wait = property(&mut components.schemas, "AcquireBody", "wait_ms");
         set_bounds(wait, 0, bounds.max_wait_ms, None);
+        let reply = property(&mut components.schemas, "UpstreamReply", "delay_ms");
+        set_bounds(reply, 0, bounds.demo.max_delay_ms, None);
+    }
+    let demo = bounds.demo;
+    for (path, name, minimum, maximum, default) in [
+        (
+            "/demo",
+            "requests",
+            1,
+            demo.max_requests,
+            demo.default_requests(),
+        ),
+        ("/demo", "limit", 1, MAX_LIMIT, DEFAULT_LIMIT),
+        (
+            "/demo",
+            "delay_ms",
+            0,
+            demo.max_delay_ms,
+            demo.default_delay_ms(),
+        ),
+        (
+            "/demo/upstream",
+            "delay_ms",
+            0,
+            demo.max_delay_ms,
+            demo.default_delay_ms(),
+        ),
+    ] {
+        let number = query_number(&mut doc, path, name);
+        set_bounds(number, minimum, maximum, Some(default));
+    }
+    if !demo.urls_allowed {
+        // No host is listed: only an empty url (the built-in upstream) passes.
+        let url = query_parameter(&mut doc, "/demo", "url")
+            .and_then(|p| match p.schema.as_mut()? {
+                RefOr::T(Schema::Object(url)) => Some(url),
+                _ => None,
+            })
+            .expect("GET /demo documents its url parameter");
+        url.max_length = Some(0);
     }
     describe_bearer(&mut doc);
     doc
@@ -263,6 +312,33 @@ pub fn require_bearer(doc: &mut Document, access: &AccessControl) {
                 .responses
                 .insert("401".into(), RefOr::T(unauthorized.clone()));
         }
+    }
+}
+
+/// A query parameter of a GET operation.
+fn query_parameter<'a>(
+    doc: &'a mut Document,
+    path: &str,
+    name: &str,
+) -> Option<&'a mut utoipa::openapi::path::Parameter> {
+    let operation = doc.paths.paths.get_mut(path)?.get.as_mut()?;
+    operation
+        .parameters
+        .as_mut()?
+        .iter_mut()
+        .find(|p| p.name == name)
+}
+
+/// The integer alternative of a numeric query parameter of a GET operation
+/// (see `demo::number_param`).
+fn query_number<'a>(doc: &'a mut Document, path: &str, name: &str) -> Option<&'a mut Object> {
+    let parameter = query_parameter(doc, path, name)?;
+    match parameter.schema.as_mut()? {
+        RefOr::T(Schema::OneOf(one_of)) => match one_of.items.first_mut()? {
+            RefOr::T(Schema::Object(integer)) => Some(integer),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
