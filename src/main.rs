@@ -5,6 +5,10 @@ use clap::Parser;
 use permitd::config::{Cli, Command};
 use permitd::startup::Application;
 
+// malloc and free were an eighth of the server's CPU under load (perf).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

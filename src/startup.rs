@@ -83,7 +83,7 @@ impl Application {
             state: AppState {
                 store,
                 bounds,
-                waiting,
+                waiting: Arc::new(waiting),
                 demo: Arc::new(demo),
                 limits: HttpLimits {
                     max_body_bytes: settings.max_body_bytes,

@@ -52,7 +52,7 @@ pub async fn run(settings: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
     let state = AppState {
         store: Arc::clone(&store),
         bounds,
-        waiting,
+        waiting: Arc::new(waiting),
         demo: Arc::clone(&config),
         limits: HttpLimits {
             max_body_bytes: settings.max_body_bytes,

@@ -42,7 +42,9 @@ use crate::waiting::WaitSettings;
 pub struct AppState {
     pub store: Arc<dyn SemaphoreStore>,
     pub bounds: RequestBounds,
-    pub waiting: WaitSettings,
+    /// Behind an `Arc`: the state is cloned for every request, and cloning a
+    /// cancellation token takes a lock (measured in the contended benchmark).
+    pub waiting: Arc<WaitSettings>,
     /// The demo's outbound policy and HTTP clients (`GET /demo`).
     pub demo: Arc<DemoConfig>,
     /// Body size and time bounds of one request.
