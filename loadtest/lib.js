@@ -23,7 +23,8 @@ export function cycle(semaphore, limit, holdMs) {
   const started = Date.now();
   if (TARGET === 'throttle') {
     if (peer === null) {
-      peer = http.post(`${BASE}/new_peer`, JSON.stringify({ expires_in: '5m' }), JSON_HEADERS).json();
+      // The id is a 64-bit integer: keep its text, JSON numbers would round it.
+      peer = http.post(`${BASE}/new_peer`, JSON.stringify({ expires_in: '5m' }), JSON_HEADERS).body.trim();
     }
     const url = `${BASE}/peers/${peer}/${semaphore}`;
     let res;

@@ -24,8 +24,15 @@ WARMUP_S = float(os.environ.get("WARMUP_S", 1))
 
 
 def script(body: str) -> str:
-    # Exactly how the Rust store builds each script: the prelude, then the body.
-    return (SCRIPTS / "prelude.lua").read_text() + "\n" + (SCRIPTS / body).read_text()
+    # Exactly how the Rust store builds each script (src/store/redis.rs): the
+    # prelude, then the body as a function, its reply wrapped with the count
+    # of leases it swept.
+    return (
+        (SCRIPTS / "prelude.lua").read_text()
+        + "\nlocal function body()\n"
+        + (SCRIPTS / body).read_text()
+        + "\nend\nlocal reply = body()\nreturn { swept, reply }\n"
+    )
 
 
 async def main(url: str) -> None:
@@ -51,7 +58,7 @@ async def main(url: str) -> None:
                 keys=keys,
                 args=[LIMIT, 1, 60000, "", "", "", ticket, "0", 3000, "permitd:wake:bench"],
             )
-            if reply[0] != b"granted":
+            if reply[1][0] != b"granted":
                 errors += 1
                 continue
             await release(keys=keys, args=[ticket])
