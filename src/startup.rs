@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{HealthcheckArgs, Settings, StoreChoice, redact_url};
 use crate::demo::{AllowedHosts, DemoConfig};
-use crate::http::{AccessControl, AppState, HttpLimits, router};
+use crate::http::{AccessControl, AppState, HttpLimits, StateParts, router};
 use crate::store::SemaphoreStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -80,17 +80,17 @@ impl Application {
         }
         Ok(Self {
             listener,
-            state: AppState {
+            state: AppState::new(StateParts {
                 store,
                 bounds,
-                waiting: Arc::new(waiting),
+                waiting,
                 demo: Arc::new(demo),
                 limits: HttpLimits {
                     max_body_bytes: settings.max_body_bytes,
                     request_timeout: settings.request_timeout(),
                 },
-                access: Arc::new(access),
-            },
+                access,
+            }),
         })
     }
 

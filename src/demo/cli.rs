@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AllowedHosts, DemoConfig, DemoRequest};
 use crate::config::{DemoArgs, Settings};
-use crate::http::{AccessControl, AppState, HttpLimits, router};
+use crate::http::{AccessControl, AppState, HttpLimits, StateParts, router};
 use crate::startup::build_store;
 use crate::waiting::WaitSettings;
 
@@ -49,17 +49,17 @@ pub async fn run(settings: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
         waiting.clone(),
     )?);
     // A private loopback server for this run only: no token needed.
-    let state = AppState {
+    let state = AppState::new(StateParts {
         store: Arc::clone(&store),
         bounds,
-        waiting: Arc::new(waiting),
+        waiting,
         demo: Arc::clone(&config),
         limits: HttpLimits {
             max_body_bytes: settings.max_body_bytes,
             request_timeout: settings.request_timeout(),
         },
-        access: Arc::new(AccessControl::open()),
-    };
+        access: AccessControl::open(),
+    });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         axum::serve(listener, router(state))

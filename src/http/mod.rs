@@ -37,20 +37,37 @@ use crate::error::ApiError;
 use crate::store::SemaphoreStore;
 use crate::waiting::WaitSettings;
 
-/// What every handler can reach.
+/// What every handler can reach: one `Arc`, because axum clones the state for
+/// every extractor and middleware of every request, and cloning (and dropping)
+/// several `Arc`s per request showed up in the contended benchmark's profile.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<StateParts>);
+
+impl AppState {
+    pub fn new(parts: StateParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = StateParts;
+
+    fn deref(&self) -> &StateParts {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct StateParts {
     pub store: Arc<dyn SemaphoreStore>,
     pub bounds: RequestBounds,
-    /// Behind an `Arc`: the state is cloned for every request, and cloning a
-    /// cancellation token takes a lock (measured in the contended benchmark).
-    pub waiting: Arc<WaitSettings>,
+    pub waiting: WaitSettings,
     /// The demo's outbound policy and HTTP clients (`GET /demo`).
     pub demo: Arc<DemoConfig>,
     /// Body size and time bounds of one request.
     pub limits: HttpLimits,
     /// Which tokens are accepted, and where none is needed.
-    pub access: Arc<AccessControl>,
+    pub access: AccessControl,
 }
 
 pub fn router(state: AppState) -> Router {
