@@ -7,31 +7,8 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{RedisServer, TestApp, expect_problem, spawn_app};
+use common::{Backend, TestApp, expect_problem};
 use serde_json::{Value, json};
-
-/// An app on one store, with its Redis (if any) kept alive beside it.
-struct Backend {
-    app: TestApp,
-    _redis: Option<RedisServer>,
-}
-
-impl Backend {
-    async fn memory() -> Self {
-        Self {
-            app: spawn_app(None).await,
-            _redis: None,
-        }
-    }
-
-    async fn redis() -> Self {
-        let redis = RedisServer::start();
-        Self {
-            app: spawn_app(Some(&redis)).await,
-            _redis: Some(redis),
-        }
-    }
-}
 
 macro_rules! contract_suite {
     ($($scenario:ident),* $(,)?) => {

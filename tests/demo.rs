@@ -10,31 +10,9 @@ mod common;
 use std::time::Duration;
 
 use common::browser::{render_dom, screenshot};
-use common::{RedisServer, TestApp, expect_problem, spawn_app, spawn_app_with};
+use common::{Backend, RedisServer, TestApp, expect_problem, spawn_app, spawn_app_with};
 use permitd::config::Settings;
 use serde_json::Value;
-
-struct Backend {
-    app: TestApp,
-    _redis: Option<RedisServer>,
-}
-
-impl Backend {
-    async fn memory() -> Self {
-        Self {
-            app: spawn_app(None).await,
-            _redis: None,
-        }
-    }
-
-    async fn redis() -> Self {
-        let redis = RedisServer::start();
-        Self {
-            app: spawn_app(Some(&redis)).await,
-            _redis: Some(redis),
-        }
-    }
-}
 
 macro_rules! on_both_stores {
     ($($scenario:ident),* $(,)?) => {

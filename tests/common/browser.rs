@@ -44,13 +44,13 @@ fn profile_dir() -> std::path::PathBuf {
     dir
 }
 
-/// Loads `url` in headless Chromium, runs its scripts for up to `budget`
-/// of virtual time, and returns the rendered DOM.
-pub async fn render_dom(url: &str, budget: Duration) -> String {
+/// Runs headless Chromium on `url` with `extra` arguments and `budget` of
+/// virtual time for the page's scripts, in a fresh profile; returns stdout.
+async fn run(url: &str, budget: Duration, extra: &[String]) -> Vec<u8> {
     let profile = profile_dir();
     let output = base_command(&profile)
         .arg(format!("--virtual-time-budget={}", budget.as_millis()))
-        .arg("--dump-dom")
+        .args(extra)
         .arg(url)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(60), output)
@@ -63,22 +63,21 @@ pub async fn render_dom(url: &str, budget: Duration) -> String {
         "chromium failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    output.stdout
+}
+
+/// Loads `url` in headless Chromium, runs its scripts for up to `budget`
+/// of virtual time, and returns the rendered DOM.
+pub async fn render_dom(url: &str, budget: Duration) -> String {
+    let stdout = run(url, budget, &["--dump-dom".into()]).await;
+    String::from_utf8_lossy(&stdout).into_owned()
 }
 
 /// Saves a PNG screenshot of `url` at `path` (for people who want to look).
 pub async fn screenshot(url: &str, path: &std::path::Path, budget: Duration) {
-    let profile = profile_dir();
-    let output = base_command(&profile)
-        .arg(format!("--virtual-time-budget={}", budget.as_millis()))
-        .arg("--window-size=1280,900")
-        .arg(format!("--screenshot={}", path.display()))
-        .arg(url)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), output)
-        .await
-        .expect("chromium finished within 60 s")
-        .unwrap_or_else(|e| missing(e));
-    let _ = std::fs::remove_dir_all(&profile);
-    assert!(output.status.success(), "chromium screenshot failed");
+    let extra = [
+        "--window-size=1280,900".to_string(),
+        format!("--screenshot={}", path.display()),
+    ];
+    run(url, budget, &extra).await;
 }

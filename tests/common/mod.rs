@@ -233,6 +233,30 @@ pub async fn spawn_app(redis: Option<&RedisServer>) -> TestApp {
     spawn_app_with(Settings::for_tests(redis.map(RedisServer::url))).await
 }
 
+/// An app on one store, with its Redis (if any) kept alive beside it: what
+/// the suites that run every scenario on both stores start per test.
+pub struct Backend {
+    pub app: TestApp,
+    _redis: Option<RedisServer>,
+}
+
+impl Backend {
+    pub async fn memory() -> Self {
+        Self {
+            app: spawn_app(None).await,
+            _redis: None,
+        }
+    }
+
+    pub async fn redis() -> Self {
+        let redis = RedisServer::start();
+        Self {
+            app: spawn_app(Some(&redis)).await,
+            _redis: Some(redis),
+        }
+    }
+}
+
 /// Asserts that a response is a problem+json with `status`, and returns it.
 pub async fn expect_problem(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status().as_u16(), status, "status");
