@@ -338,6 +338,9 @@ fn classify_pool(e: PoolError<redis::RedisError>) -> StoreError {
     }
 }
 
+/// How often the wake subscription is PINGed to notice a dead connection.
+const SUBSCRIBER_PING_EVERY: Duration = Duration::from_secs(5);
+
 /// Keeps this instance subscribed to its wake channel, reconnecting with
 /// backoff, and turns each message ("ticket \n cause µs") into a wake.
 async fn subscribe(
@@ -354,7 +357,7 @@ async fn subscribe(
             Ok::<_, redis::RedisError>(pubsub)
         })
         .await;
-        let mut pubsub = match connected {
+        let pubsub = match connected {
             Ok(Ok(pubsub)) => pubsub,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "wake subscription failed; retrying");
@@ -371,15 +374,31 @@ async fn subscribe(
         metrics::gauge!(telemetry::REDIS_WAKE_SUBSCRIBED).set(1.0);
         // Whatever was published while we were not subscribed is lost.
         wakeups.wake_all();
-        let mut messages = pubsub.on_message();
-        while let Some(message) = messages.next().await {
-            let payload: Vec<u8> = message.get_payload_bytes().to_vec();
-            let text = String::from_utf8_lossy(&payload);
-            let mut parts = text.splitn(2, '\n');
-            let ticket = parts.next().and_then(|t| PermitId::parse(t).ok());
-            let cause_us = parts.next().and_then(|us| us.parse().ok());
-            if let Some(ticket) = ticket {
-                wakeups.wake(ticket, cause_us);
+        let (mut sink, mut messages) = pubsub.split();
+        // A connection that died without a FIN (a middlebox dropped it)
+        // delivers nothing and never ends: PING it, and start over when the
+        // answer does not come.
+        let mut keepalive = tokio::time::interval(SUBSCRIBER_PING_EVERY);
+        keepalive.tick().await;
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else { break };
+                    let payload: &[u8] = message.get_payload_bytes();
+                    let text = String::from_utf8_lossy(payload);
+                    let mut parts = text.splitn(2, '\n');
+                    let ticket = parts.next().and_then(|t| PermitId::parse(t).ok());
+                    let cause_us = parts.next().and_then(|us| us.parse().ok());
+                    if let Some(ticket) = ticket {
+                        wakeups.wake(ticket, cause_us);
+                    }
+                }
+                _ = keepalive.tick() => {
+                    let pong = tokio::time::timeout(connect_timeout, sink.ping::<Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        break;
+                    }
+                }
             }
         }
         metrics::gauge!(telemetry::REDIS_WAKE_SUBSCRIBED).set(0.0);
