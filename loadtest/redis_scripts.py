@@ -42,7 +42,7 @@ async def main(url: str) -> None:
     name = f"py-{os.getpid()}"
     keys = [
         f"permitd:{{{name}}}:{suffix}"
-        for suffix in ("meta", "expiry", "permits", "idem", "queue", "waiters", "wleases")
+        for suffix in ("meta", "expiry", "permits", "idem", "queue", "waiters", "wleases", "left")
     ]
     start = time.monotonic()
     window = (start + WARMUP_S, start + WARMUP_S + DURATION_S)

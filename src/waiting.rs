@@ -134,8 +134,11 @@ pub async fn acquire(
                     () = wake.notified() => {}
                     () = tokio::time::sleep_until(until.into()) => {}
                     () = settings.shutdown.cancelled() => {
-                        guard.armed = false;
-                        let _ = store.leave(&request.name, ticket).await;
+                        // Disarmed only once the store has the ticket out;
+                        // otherwise the guard tries again as it drops.
+                        if store.leave(&request.name, ticket).await.is_ok() {
+                            guard.armed = false;
+                        }
                         return Err(StoreError::Unavailable("permitd is shutting down".into()));
                     }
                 }

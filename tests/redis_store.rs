@@ -148,3 +148,61 @@ async fn scripts_are_reloaded_after_script_flush() {
     assert_eq!(app.acquire("s", json!({})).await.status(), 201);
     assert_eq!(app.status("s").await["held"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_that_arrives_after_its_withdrawal_neither_grants_nor_queues() {
+    use permitd::config::StoreChoice;
+    use permitd::semaphore::{
+        AcquireOutcome, AcquireRequest, Count, Limit, PermitId, SemaphoreName, Ttl, WaitTime,
+    };
+    use permitd::store::redis::RedisStore;
+    use permitd::store::{Attempt, SemaphoreStore};
+
+    let redis = RedisServer::start();
+    let StoreChoice::Redis(settings) = Settings::for_tests(Some(redis.url())).store() else {
+        panic!("a Redis URL chooses the Redis store");
+    };
+    let store = RedisStore::new(&settings).unwrap();
+    let name = SemaphoreName::parse("late").unwrap();
+    let request = AcquireRequest {
+        name: name.clone(),
+        limit: Some(Limit::new(1).unwrap()),
+        count: Count::ONE,
+        ttl: Ttl::new(60_000, 60_000).unwrap(),
+        wait: WaitTime::new(10_000, 60_000).unwrap(),
+        holder: None,
+        idempotency_key: None,
+    };
+    // The caller gave up (timeout, disconnect) and withdrew its ticket, while
+    // its attempt was still on the way on another connection.
+    let ticket = PermitId::random();
+    store.leave(&name, ticket).await.unwrap();
+    let late = store.attempt(&request, ticket, true).await.unwrap();
+    assert!(
+        matches!(
+            late,
+            Attempt::Done {
+                outcome: AcquireOutcome::Unavailable { .. },
+                ..
+            }
+        ),
+        "{late:?}"
+    );
+    // Nothing was taken or queued for nobody: a fresh ticket gets the unit.
+    let fresh = store
+        .attempt(&request, PermitId::random(), false)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            fresh,
+            Attempt::Done {
+                outcome: AcquireOutcome::Granted(_),
+                ..
+            }
+        ),
+        "{fresh:?}"
+    );
+    let status = store.status(&name).await.unwrap().unwrap();
+    assert_eq!((status.held, status.waiting), (1, 0));
+}

@@ -188,7 +188,11 @@ impl MemoryStore {
         let state = match (map.get_mut(&request.name), request.limit) {
             (None, None) => return done(AcquireOutcome::NotFound),
             (Some(state), Some(limit)) if state.limit != limit.get() => {
-                state.dequeue(ticket);
+                // It may have been the head holding others back (the limit was
+                // changed while it waited): as in acquire.lua, wake who fits.
+                if state.dequeue(ticket) {
+                    state.wake_heads(&self.wakeups);
+                }
                 return done(AcquireOutcome::LimitConflict {
                     current: state.limit,
                 });
@@ -315,6 +319,9 @@ impl SemaphoreStore for MemoryStore {
             Some(state) if state.limit == limit.get() => Ok(SetLimitOutcome::Unchanged),
             Some(state) => {
                 let previous = std::mem::replace(&mut state.limit, limit.get());
+                // Swept first, as set_limit.lua does: an expired permit must
+                // not hold back the waiters a raise lets in.
+                state.expire(Millis::now());
                 state.wake_heads(&self.wakeups);
                 Ok(SetLimitOutcome::Changed { previous })
             }
@@ -377,9 +384,10 @@ impl SemaphoreStore for MemoryStore {
     async fn leave(&self, name: &SemaphoreName, ticket: PermitId) -> Result<(), StoreError> {
         let mut map = self.lock();
         if let Some(state) = map.get_mut(name) {
+            let expired = state.expire(Millis::now());
             let left = state.dequeue(ticket);
             let released = state.remove(ticket).is_some();
-            if left || released {
+            if expired || left || released {
                 state.wake_heads(&self.wakeups);
             }
         }

@@ -15,6 +15,7 @@
 //! - `p{name}:queue`   sorted set: waiting ticket scored by arrival number
 //! - `p{name}:waiters` hash: waiting ticket -> count and wake channel
 //! - `p{name}:wleases` sorted set: waiting ticket scored by waiter lease end
+//! - `p{name}:left`    sorted set: tickets withdrawn a moment ago (see leave.lua)
 //!
 //! The `{name}` hash tag puts every key of one semaphore in one cluster slot.
 //!
@@ -176,6 +177,9 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     waiter_lease_ms: String,
+    /// How long `leave` remembers a withdrawn ticket: longer than any call
+    /// can be in flight (the call timeout) and than a waiter lease.
+    withdrawal_ms: String,
     wake_channel: String,
     wakeups: Arc<Wakeups>,
     subscriber: tokio::task::JoinHandle<()>,
@@ -228,16 +232,19 @@ impl RedisStore {
             prefix: settings.key_prefix.clone(),
             timeout: settings.timeout,
             waiter_lease_ms: settings.waiter_lease.as_millis().to_string(),
+            withdrawal_ms: (settings.waiter_lease.max(settings.timeout) * 2)
+                .as_millis()
+                .to_string(),
             wake_channel,
             wakeups,
             subscriber,
         })
     }
 
-    fn keys(&self, name: &SemaphoreName) -> [String; 7] {
+    fn keys(&self, name: &SemaphoreName) -> [String; 8] {
         let base = format!("{}{{{}}}", self.prefix, name.as_str());
         [
-            "meta", "expiry", "permits", "idem", "queue", "waiters", "wleases",
+            "meta", "expiry", "permits", "idem", "queue", "waiters", "wleases", "left",
         ]
         .map(|suffix| format!("{base}:{suffix}"))
     }
@@ -613,7 +620,9 @@ impl SemaphoreStore for RedisStore {
 
     async fn leave(&self, name: &SemaphoreName, ticket: PermitId) -> Result<(), StoreError> {
         let ticket = ticket.to_string();
-        let _: i64 = self.run(&LEAVE, name, &[&ticket]).await?;
+        let _: i64 = self
+            .run(&LEAVE, name, &[&ticket, &self.withdrawal_ms])
+            .await?;
         Ok(())
     }
 

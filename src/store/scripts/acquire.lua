@@ -15,6 +15,7 @@ ARGV[10] wake channel of the calling permitd instance
 
 Returns one of:
   {'not_found', now_us}
+  {'unavailable', now_us, 0, 0, -1}  the ticket was withdrawn (leave.lua)
   {'conflict', now_us, current_limit}
   {'mismatch', now_us}               key names a permit made by another body
   {'too_large', now_us, limit}       count > limit: could never succeed
@@ -28,6 +29,10 @@ the write of the permit must see one state: two instances racing for the last
 unit must not both win, and nobody may pass a waiter that arrived earlier.
 ]]
 local ticket = ARGV[7]
+-- Withdrawn while this call was in flight: the caller is gone, do nothing.
+if redis.call('ZSCORE', left_key, ticket) then
+  return { 'unavailable', now_us, 0, 0, -1 }
+end
 local limit = redis.call('HGET', meta_key, 'limit')
 if not limit then
   if ARGV[1] == '' then

@@ -14,5 +14,5 @@ for i = 1, #queued do
   redis.call('PUBLISH', channel, queued[i] .. '\n' .. int(now_us))
 end
 redis.call('DEL', meta_key, expiry_key, permits_key, idem_key, queue_key, waiters_key,
-  wleases_key)
+  wleases_key, left_key)
 return 1

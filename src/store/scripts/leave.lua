@@ -1,12 +1,21 @@
 --[[ leave.lua: withdraw a ticket whose request went away.
 
 ARGV[1] ticket
+ARGV[2] ms to remember the withdrawal (longer than any call can be in flight)
 Returns 1 if the ticket was queued or held a permit, 0 otherwise.
 
 The ticket leaves the queue; if it was granted a moment ago (the client left
 before hearing so) its permit is released. Atomic so the waiters behind it
 are woken in the same step that unblocks them.
+
+The withdrawal is also remembered in `left`: the caller may have given up
+on an acquire whose script is still on its way to Redis on another
+connection, and that attempt, arriving after this one, must neither grant
+nor queue the ticket. The key expires by itself.
 ]]
+redis.call('ZADD', left_key, now_ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', left_key, '-inf', now_ms)
+redis.call('PEXPIRE', left_key, tonumber(ARGV[2]))
 if redis.call('EXISTS', meta_key) == 0 then
   return 0
 end

@@ -1,7 +1,7 @@
 --[[ prelude.lua: shared by every permitd script; RedisStore prepends it to
 each script body before loading, so each script stays one atomic EVALSHA.
 
-KEYS (the same seven for every script, all under the semaphore's hash tag
+KEYS (the same eight for every script, all under the semaphore's hash tag
 `{name}` so every script runs on Redis Cluster):
   KEYS[1] meta     hash: limit, held (sum of live counts), fence (last token),
                    qseq (last queue ticket number)
@@ -12,6 +12,8 @@ KEYS (the same seven for every script, all under the semaphore's hash tag
   KEYS[6] waiters  hash: waiting ticket -> count "\n" wake channel
   KEYS[7] wleases  zset: waiting ticket -> waiter lease end (ms); a waiter
                    whose instance stopped renewing it is dropped from the queue
+  KEYS[8] left     zset: withdrawn ticket -> when to forget it (ms); an attempt
+                   of a ticket found here does nothing (see leave.lua)
 
 Time is Redis `TIME`, read once per script, so every instance of permitd and
 every client share one clock. A permit is live while now_ms < its lease end.
@@ -29,7 +31,7 @@ waits; that instance then runs acquire for it again. Only waiters that fit are
 woken, in queue order, so a release wakes one waiter, not all of them.
 ]]
 local meta_key, expiry_key, permits_key, idem_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local queue_key, waiters_key, wleases_key = KEYS[5], KEYS[6], KEYS[7]
+local queue_key, waiters_key, wleases_key, left_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 
 -- Numbers are doubles in Lua 5.1 and `..`/tostring print them with 14
 -- significant digits, which would round fencing tokens: format integers by hand.
