@@ -16,7 +16,10 @@
 //! - [`error`]: the one error type, rendered as problem+json;
 //! - [`semaphore`]: validated domain values and acquire outcomes;
 //! - [`store`]: the `SemaphoreStore` trait, with the embedded memory store and
-//!   the Redis store (Lua scripts in `store/scripts/`);
+//!   the Redis store (Lua scripts in `store/scripts/`), and `Wakeups`, how a
+//!   store tells a waiting acquire to try again;
+//! - [`waiting`]: the long-poll acquire (`wait_ms`): FIFO tickets, wakes,
+//!   timers, and withdrawal when the client goes away;
 //! - [`demo`]: the fan-out scenario permitd grew out of, on top of the store
 //!   trait, served as `GET /demo` and run by `permitd demo`.
 

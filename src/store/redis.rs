@@ -23,9 +23,10 @@
 //! pool) to its own channel `p wake:<instance id>`. Scripts publish a ticket
 //! there when it may proceed, and the subscriber task wakes it through
 //! `Wakeups`. When the subscription drops, messages sent meanwhile are lost, so
-//! every local waiter re-checks as soon as it is back. Waiters renew their
-//! lease in the queue with every attempt; an instance that dies stops renewing,
-//! and its waiters drop out after one lease.
+//! every local waiter re-checks as soon as it is back; the subscription is
+//! PINGed every few seconds so a connection that died silently is replaced.
+//! Waiters renew their lease in the queue with every attempt; an instance
+//! that dies stops renewing, and its waiters drop out after one lease.
 //!
 //! Every call is bounded by one deadline (`--redis-timeout-ms`): pool checkout,
 //! connecting and the script together. Past it the caller gets
