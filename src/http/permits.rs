@@ -11,7 +11,9 @@ use super::models::{AcquireBody, PermitView, RefreshBody};
 use super::openapi::{ConflictProblem, NoCapacityProblem, PermitPath, Problem, SemaphorePath};
 use super::semaphores::{parse_name, semaphore_not_found};
 use crate::error::ApiError;
-use crate::semaphore::{AcquireOutcome, IdempotencyKey, Permit, PermitId, SemaphoreName};
+use crate::semaphore::{
+    AcquireOutcome, IdempotencyKey, Permit, PermitId, ReleaseOutcome, SemaphoreName,
+};
 use crate::{telemetry, waiting};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -298,15 +300,18 @@ pub async fn release_permit(
     PathParams((name, id)): PathParams<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let (name, id) = parse_path(&name, &id)?;
-    let released = state.store.release(&name, id).await?;
-    let outcome = if released { "released" } else { "gone" };
-    metrics::counter!(telemetry::RELEASES, "outcome" => outcome).increment(1);
-    if released {
-        tracing::info!(semaphore = %name, "permit released");
-        Ok(StatusCode::NO_CONTENT)
-    } else if state.store.status(&name).await?.is_none() {
-        Err(semaphore_not_found(&name))
-    } else {
-        Err(permit_not_found())
+    let outcome = state.store.release(&name, id).await?;
+    let label = match outcome {
+        ReleaseOutcome::Released => "released",
+        ReleaseOutcome::NoPermit | ReleaseOutcome::NoSemaphore => "gone",
+    };
+    metrics::counter!(telemetry::RELEASES, "outcome" => label).increment(1);
+    match outcome {
+        ReleaseOutcome::Released => {
+            tracing::info!(semaphore = %name, "permit released");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        ReleaseOutcome::NoPermit => Err(permit_not_found()),
+        ReleaseOutcome::NoSemaphore => Err(semaphore_not_found(&name)),
     }
 }

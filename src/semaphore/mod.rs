@@ -112,6 +112,16 @@ pub enum AcquireOutcome {
     IdempotencyMismatch,
 }
 
+/// How a release ended. Telling "no such semaphore" from "no such permit"
+/// here spares the handler a second store call to word its 404.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    Released,
+    /// Unknown, already released, or expired.
+    NoPermit,
+    NoSemaphore,
+}
+
 /// How `PUT /semaphores/{name}` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetLimitOutcome {

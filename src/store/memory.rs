@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use super::{Attempt, SemaphoreStore, StoreError, Wakeups};
 use crate::semaphore::{
     AcquireOutcome, AcquireRequest, HolderInfo, Limit, MAX_LISTED_HOLDERS, Millis, Permit,
-    PermitId, SemaphoreName, SemaphoreStatus, SetLimitOutcome, Ttl,
+    PermitId, ReleaseOutcome, SemaphoreName, SemaphoreStatus, SetLimitOutcome, Ttl,
 };
 
 pub struct MemoryStore {
@@ -446,15 +446,23 @@ impl SemaphoreStore for MemoryStore {
         Ok(Some(permit))
     }
 
-    async fn release(&self, name: &SemaphoreName, id: PermitId) -> Result<bool, StoreError> {
+    async fn release(
+        &self,
+        name: &SemaphoreName,
+        id: PermitId,
+    ) -> Result<ReleaseOutcome, StoreError> {
         let now = Millis::now();
         let mut map = self.lock();
         let Some(state) = map.get_mut(name) else {
-            return Ok(false);
+            return Ok(ReleaseOutcome::NoSemaphore);
         };
         state.expire(now);
         let released = state.remove(id).is_some();
         state.wake_heads(&self.wakeups);
-        Ok(released)
+        Ok(if released {
+            ReleaseOutcome::Released
+        } else {
+            ReleaseOutcome::NoPermit
+        })
     }
 }

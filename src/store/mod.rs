@@ -47,8 +47,8 @@ use async_trait::async_trait;
 pub use wakeups::Wakeups;
 
 use crate::semaphore::{
-    AcquireOutcome, AcquireRequest, Limit, Permit, PermitId, SemaphoreName, SemaphoreStatus,
-    SetLimitOutcome, Ttl,
+    AcquireOutcome, AcquireRequest, Limit, Permit, PermitId, ReleaseOutcome, SemaphoreName,
+    SemaphoreStatus, SetLimitOutcome, Ttl,
 };
 
 /// A failure of the store itself, never of the request. Details are for logs;
@@ -200,10 +200,14 @@ pub trait SemaphoreStore: Send + Sync + 'static {
         ttl: Ttl,
     ) -> Result<Option<Permit>, StoreError>;
 
-    /// Gives a live permit's units back. Returns whether it was live; releasing
-    /// twice is harmless and the second answer is `false`.
+    /// Gives a live permit's units back. Releasing twice is harmless: the
+    /// second answer is `NoPermit`.
     ///
     /// # Errors
     /// Only store failures.
-    async fn release(&self, name: &SemaphoreName, id: PermitId) -> Result<bool, StoreError>;
+    async fn release(
+        &self,
+        name: &SemaphoreName,
+        id: PermitId,
+    ) -> Result<ReleaseOutcome, StoreError>;
 }

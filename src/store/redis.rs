@@ -56,7 +56,7 @@ use super::{Attempt, PoolStatus, SemaphoreStore, StoreError, Wakeups};
 use crate::config::Secret;
 use crate::semaphore::{
     AcquireOutcome, AcquireRequest, HolderInfo, Limit, MAX_LISTED_HOLDERS, Millis, Permit,
-    PermitId, SemaphoreName, SemaphoreStatus, SetLimitOutcome, Ttl,
+    PermitId, ReleaseOutcome, SemaphoreName, SemaphoreStatus, SetLimitOutcome, Ttl,
 };
 use crate::telemetry;
 
@@ -661,9 +661,17 @@ impl SemaphoreStore for RedisStore {
         }
     }
 
-    async fn release(&self, name: &SemaphoreName, id: PermitId) -> Result<bool, StoreError> {
+    async fn release(
+        &self,
+        name: &SemaphoreName,
+        id: PermitId,
+    ) -> Result<ReleaseOutcome, StoreError> {
         let id = id.to_string();
         let released: i64 = self.run(&RELEASE, name, &[&id]).await?;
-        Ok(released == 1)
+        Ok(match released {
+            1 => ReleaseOutcome::Released,
+            -1 => ReleaseOutcome::NoSemaphore,
+            _ => ReleaseOutcome::NoPermit,
+        })
     }
 }

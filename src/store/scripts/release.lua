@@ -1,13 +1,14 @@
 --[[ release.lua: give a live permit's units back, and wake who fits now.
 
 ARGV[1] permit id
-Returns 1 if the permit was live, 0 if unknown or already expired.
+Returns 1 if the permit was live, 0 if unknown or already expired, -1 if
+the semaphore does not exist (so the caller can say which, in one call).
 
 Atomic so the held count and the permit record can never disagree, and the
 next waiter is woken in the same step that frees its units.
 ]]
 if redis.call('EXISTS', meta_key) == 0 then
-  return 0
+  return -1
 end
 expire()
 drop_dead_waiters()
