@@ -12,12 +12,12 @@
 
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
+use super::{AppState, observe};
 use crate::demo;
 use crate::error::ApiError;
 
@@ -34,11 +34,11 @@ pub struct HttpLimits {
 pub const ACQUIRE_ROUTE: &str = "/semaphores/{name}/permits";
 
 /// How long this request may take, before the handler knows more.
-fn budget(state: &AppState, method: &Method, route: Option<&str>) -> Duration {
+fn budget(state: &AppState, method: &Method, route: &str) -> Duration {
     let extra = match (method, route) {
-        (&Method::POST, Some(ACQUIRE_ROUTE)) => Duration::from_millis(state.bounds.max_wait_ms),
+        (&Method::POST, ACQUIRE_ROUTE) => Duration::from_millis(state.bounds.max_wait_ms),
         // A run ends by its deadline, plus one call that started just before.
-        (&Method::GET, Some("/demo")) => demo::DEADLINE + demo::CALL_TIMEOUT,
+        (&Method::GET, "/demo") => demo::DEADLINE + demo::CALL_TIMEOUT,
         _ => Duration::ZERO,
     };
     state.limits.request_timeout + extra
@@ -51,11 +51,7 @@ pub async fn request_timeout(
     request: Request,
     next: Next,
 ) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned());
-    let budget = budget(&state, request.method(), route.as_deref());
+    let budget = budget(&state, request.method(), observe::route_of(&request));
     match tokio::time::timeout(budget, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {

@@ -78,8 +78,10 @@ pub fn router(state: AppState) -> Router {
                 .put(semaphores::put_semaphore)
                 .delete(semaphores::delete_semaphore),
         )
+        // One constant, so the timeout layer's long-poll allowance cannot
+        // drift from the route it is for.
         .route(
-            "/semaphores/{name}/permits",
+            limits::ACQUIRE_ROUTE,
             axum::routing::post(permits::acquire_permit),
         )
         .route(

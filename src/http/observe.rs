@@ -30,7 +30,7 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// scanners probing random paths add no series.
 const UNMATCHED: &str = "unmatched";
 
-fn route_of<B>(request: &axum::http::Request<B>) -> &str {
+pub(super) fn route_of<B>(request: &axum::http::Request<B>) -> &str {
     request
         .extensions()
         .get::<MatchedPath>()
