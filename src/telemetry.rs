@@ -43,6 +43,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Requests served, by `route` (the matched route template, or `unmatched`),
 /// `method` and `status`.
 pub const HTTP_REQUESTS: &str = "permitd_http_requests_total";
+/// Histogram: how long granted waiting acquires waited.
+pub const ACQUIRE_WAIT: &str = "permitd_acquire_wait_seconds";
+/// Histogram: release (or expiry, limit raise) to grant to the next waiter.
+pub const HANDOFF: &str = "permitd_handoff_seconds";
 /// Time to produce a response, by `route` and `method`.
 pub const HTTP_DURATION: &str = "permitd_http_request_duration_seconds";
 /// Acquire answers, by `outcome`.
@@ -173,12 +177,12 @@ fn describe() {
     metrics::counter!(LEASE_EXPIRIES).increment(0);
     metrics::gauge!(WAITERS).increment(0.0);
     describe_histogram!(
-        "permitd_acquire_wait_seconds",
+        ACQUIRE_WAIT,
         Unit::Seconds,
         "Time a granted acquire waited for capacity (waiting acquires only)"
     );
     describe_histogram!(
-        "permitd_handoff_seconds",
+        HANDOFF,
         Unit::Seconds,
         "From the change that freed units (release, expiry, limit raise) to their grant to \
          the next waiter, on the store's clock"

@@ -102,11 +102,11 @@ pub async fn acquire(
                 guard.armed = false;
                 if let AcquireOutcome::Granted(_) = &outcome {
                     let waited = started.elapsed();
-                    metrics::histogram!("permitd_acquire_wait_seconds")
+                    metrics::histogram!(crate::telemetry::ACQUIRE_WAIT)
                         .record(waited.as_secs_f64());
                     if let Some(cause_us) = wake.take_woken_at_us() {
                         let handoff = clock_us.saturating_sub(cause_us);
-                        metrics::histogram!("permitd_handoff_seconds").record(handoff as f64 / 1e6);
+                        metrics::histogram!(crate::telemetry::HANDOFF).record(handoff as f64 / 1e6);
                     }
                 }
                 return Ok(outcome);

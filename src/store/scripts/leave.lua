@@ -19,11 +19,12 @@ redis.call('PEXPIRE', left_key, tonumber(ARGV[2]))
 if redis.call('EXISTS', meta_key) == 0 then
   return 0
 end
-expire()
-drop_dead_waiters()
+local swept = expire() + drop_dead_waiters() > 0
 local left = dequeue(ARGV[1])
 local released = remove_permit(ARGV[1])
-wake_heads()
+if left or released or swept then
+  wake_heads()
+end
 if left or released then
   return 1
 end

@@ -117,8 +117,8 @@ local function waiter(ticket)
 end
 
 local function free_units()
-  local free = tonumber(redis.call('HGET', meta_key, 'limit'))
-    - tonumber(redis.call('HGET', meta_key, 'held'))
+  local meta = redis.call('HMGET', meta_key, 'limit', 'held')
+  local free = tonumber(meta[1]) - tonumber(meta[2])
   if free < 0 then
     return 0
   end

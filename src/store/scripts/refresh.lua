@@ -22,7 +22,9 @@ end
 local soonest_before = soonest_expiry_in_ms()
 local expires = now_ms + tonumber(ARGV[2])
 redis.call('ZADD', expiry_key, 'XX', expires, ARGV[1])
-if soonest_expiry_in_ms() < soonest_before then
+-- With this permit among them, the soonest expiry moved earlier exactly
+-- when the new lease ends before the old soonest did.
+if tonumber(ARGV[2]) < soonest_before then
   wake_first()
 end
 return permit_reply('live', ARGV[1], record, expires)

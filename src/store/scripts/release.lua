@@ -10,10 +10,12 @@ next waiter is woken in the same step that frees its units.
 if redis.call('EXISTS', meta_key) == 0 then
   return -1
 end
-expire()
-drop_dead_waiters()
+local swept = expire() + drop_dead_waiters() > 0
 local released = remove_permit(ARGV[1])
-wake_heads()
+-- Nothing changed, nothing to wake: the heads were woken when it did.
+if released or swept then
+  wake_heads()
+end
 if released then
   return 1
 end
