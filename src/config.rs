@@ -9,11 +9,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser};
 
 use crate::demo::DemoBounds;
+use crate::http::RequestBounds;
+use crate::secret::Secret;
 use crate::semaphore::{Ttl, WaitTime};
 use crate::store::redis::RedisSettings;
+use crate::telemetry::LogFormat;
 
 /// The command line: server settings, and optionally a subcommand. With no
 /// subcommand permitd serves HTTP.
@@ -273,46 +276,6 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
-/// A value that must never reach a log line or an error message: a password
-/// or a token. `Debug` prints `***`, there is no `Display`, and the value is
-/// only reachable through [`Secret::expose`], so printing `Settings` is safe.
-/// No `PartialEq` either: tokens are compared in constant time, in
-/// `http::auth`, never with `==`.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value itself, for the one place that needs it (a connection, a
-    /// comparison). Never format it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Pretty,
-    Json,
-}
-
 /// Where semaphores live.
 #[derive(Debug, Clone)]
 pub enum StoreChoice {
@@ -320,27 +283,6 @@ pub enum StoreChoice {
     Memory,
     /// Redis, shared by every instance pointed at it.
     Redis(RedisSettings),
-}
-
-/// The bounds request values are checked against, derived from settings.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestBounds {
-    pub default_ttl: Ttl,
-    pub min_ttl_ms: u64,
-    pub max_ttl_ms: u64,
-    pub max_wait_ms: u64,
-    /// The demo's `requests` and `delay_ms` bounds.
-    pub demo: DemoBounds,
-}
-
-impl RequestBounds {
-    /// A requested lease (`ttl_ms`), checked against these bounds.
-    ///
-    /// # Errors
-    /// When `ms` is outside the minimum … maximum lease.
-    pub fn ttl(&self, ms: u64) -> Result<Ttl, crate::semaphore::ValueError> {
-        Ttl::within(ms, self.min_ttl_ms, self.max_ttl_ms)
-    }
 }
 
 impl Settings {
@@ -439,38 +381,9 @@ impl Settings {
     }
 }
 
-/// The URL with any password replaced, for logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            if userinfo.contains(':') {
-                format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
-            } else {
-                url.to_owned()
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redaction_hides_the_password_and_keeps_the_rest() {
-        assert_eq!(
-            redact_url("redis://:s3cret@host:6379/0"),
-            "redis://:***@host:6379/0"
-        );
-        assert_eq!(
-            redact_url("redis://user:s3cret@host:6379"),
-            "redis://user:***@host:6379"
-        );
-        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
-    }
 
     #[test]
     fn defaults_choose_the_memory_store() {
@@ -570,5 +483,26 @@ mod tests {
         let settings = Cli::parse_from(["permitd"]).settings;
         assert_eq!(settings.max_body_bytes, 16 * 1024);
         assert_eq!(settings.request_timeout(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_allow_list_flag_takes_a_comma_separated_list() {
+        let cli = Cli::parse_from([
+            "permitd",
+            "--demo-allowed-hosts",
+            "api.example.com,127.0.0.1:9000",
+        ]);
+        assert_eq!(
+            crate::demo::AllowedHosts::parse(&cli.settings.demo_allowed_hosts).unwrap(),
+            crate::demo::AllowedHosts::Only(vec![
+                ("api.example.com".into(), None),
+                ("127.0.0.1".into(), Some(9000)),
+            ])
+        );
+        let cli = Cli::parse_from(["permitd"]);
+        assert_eq!(
+            crate::demo::AllowedHosts::parse(&cli.settings.demo_allowed_hosts).unwrap(),
+            crate::demo::AllowedHosts::Only(vec![])
+        );
     }
 }

@@ -23,12 +23,15 @@
 //! - [`demo`]: the fan-out scenario permitd grew out of, on top of the store
 //!   trait, served as `GET /demo` and run by `permitd demo`.
 
-pub mod config;
+// From the bottom up: a module uses only the modules listed above it.
+pub mod secret;
+pub mod telemetry;
+pub mod semaphore;
+pub mod store;
+pub mod waiting;
 pub mod demo;
 pub mod error;
 pub mod http;
-pub mod semaphore;
+pub mod config;
 pub mod startup;
-pub mod store;
-pub mod telemetry;
-pub mod waiting;
+pub mod cli;

@@ -8,12 +8,12 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::config::{HealthcheckArgs, Settings, StoreChoice, redact_url};
+use crate::config::{Settings, StoreChoice};
+use crate::secret::redact_url;
 use crate::demo::{AllowedHosts, DemoConfig};
 use crate::http::{AccessControl, AppState, HttpLimits, StateParts, router};
 use crate::store::SemaphoreStore;
@@ -104,6 +104,12 @@ impl Application {
         self.local_addr().port()
     }
 
+    /// What the handlers share (the store, the demo's configuration, …), for
+    /// commands that run the scenario beside the server (`permitd demo`).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, answers
     /// waiting acquires with 503 (rather than holding shutdown for their whole
     /// wait), and lets other in-flight requests finish.
@@ -151,37 +157,6 @@ pub async fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn Semaphor
                 ),
             }
             Ok(Arc::new(store))
-        }
-    }
-}
-
-/// `permitd healthcheck`: whether the server answers `GET /healthz` with 200
-/// within the timeout. Prints why not to stderr.
-pub async fn healthcheck(settings: &Settings, args: &HealthcheckArgs) -> bool {
-    let url = args
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://127.0.0.1:{}/healthz", settings.listen.port()));
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_millis(args.timeout_ms))
-        .no_proxy()
-        .build()
-    {
-        Ok(client) => client,
-        Err(e) => {
-            eprintln!("healthcheck: {e}");
-            return false;
-        }
-    };
-    match client.get(&url).send().await {
-        Ok(response) if response.status().is_success() => true,
-        Ok(response) => {
-            eprintln!("healthcheck: {url} answered {}", response.status());
-            false
-        }
-        Err(e) => {
-            eprintln!("healthcheck: {url}: {e}");
-            false
         }
     }
 }

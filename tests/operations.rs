@@ -14,7 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{RedisServer, TestApp, expect_problem, spawn_app, spawn_app_with};
-use permitd::config::{Secret, Settings};
+use permitd::config::Settings;
+use permitd::secret::Secret;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------- metrics

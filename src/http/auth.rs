@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
 use super::AppState;
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::error::ApiError;
 
 /// Who may call the API.

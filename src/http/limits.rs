@@ -18,8 +18,30 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{AppState, observe};
-use crate::demo;
+use crate::demo::{self, DemoBounds};
+use crate::semaphore::{Ttl, ValueError};
 use crate::error::ApiError;
+
+/// The bounds request values are checked against, derived from settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestBounds {
+    pub default_ttl: Ttl,
+    pub min_ttl_ms: u64,
+    pub max_ttl_ms: u64,
+    pub max_wait_ms: u64,
+    /// The demo's `requests` and `delay_ms` bounds.
+    pub demo: DemoBounds,
+}
+
+impl RequestBounds {
+    /// A requested lease (`ttl_ms`), checked against these bounds.
+    ///
+    /// # Errors
+    /// When `ms` is outside the minimum … maximum lease.
+    pub fn ttl(&self, ms: u64) -> Result<Ttl, ValueError> {
+        Ttl::within(ms, self.min_ttl_ms, self.max_ttl_ms)
+    }
+}
 
 /// Limits of the HTTP layer, from settings.
 #[derive(Debug, Clone, Copy)]

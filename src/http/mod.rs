@@ -29,9 +29,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 pub use auth::AccessControl;
-pub use limits::HttpLimits;
+pub use limits::{HttpLimits, RequestBounds};
 
-use crate::config::RequestBounds;
 use crate::demo::DemoConfig;
 use crate::error::ApiError;
 use crate::store::SemaphoreStore;

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
-use crate::config::RequestBounds;
+use super::RequestBounds;
 use crate::error::ApiError;
 use crate::semaphore::{
     AcquireRequest, Count, Holder, HolderInfo, IdempotencyKey, Limit, Permit, SemaphoreName,

@@ -32,7 +32,7 @@ use super::models::{
     AcquireBody, HolderView, PermitView, RefreshBody, SemaphoreView, SetLimitBody,
 };
 use super::{demo, health, permits, semaphores};
-use crate::config::RequestBounds;
+use super::RequestBounds;
 use crate::demo::{DEFAULT_LIMIT, MAX_LIMIT};
 
 /// The path of a semaphore (documentation only: handlers parse the segment

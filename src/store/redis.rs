@@ -53,7 +53,7 @@ use deadpool_redis::redis::{self, AsyncConnectionConfig, RetryMethod, Script, Va
 use futures::StreamExt;
 
 use super::{Attempt, PoolStatus, SemaphoreStore, StoreError, Wakeups};
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::semaphore::{
     AcquireOutcome, AcquireRequest, HolderInfo, Limit, MAX_LISTED_HOLDERS, Millis, Permit,
     PermitId, ReleaseOutcome, SemaphoreName, SemaphoreStatus, SetLimitOutcome, Ttl,
