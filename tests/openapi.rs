@@ -11,7 +11,7 @@ use serde_json::Value;
 
 const REGENERATE: &str = "cargo run -q -- openapi > openapi.yaml";
 
-fn default_bounds() -> permitd::config::RequestBounds {
+fn default_bounds() -> permitd::http::RequestBounds {
     Settings::for_tests(None).request_bounds().unwrap()
 }
 
