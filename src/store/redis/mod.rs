@@ -2,8 +2,10 @@
 //!
 //! Each operation is one Lua script from `scripts/` (a shared prelude plus a
 //! body), run with EVALSHA through a deadpool connection pool. The scripts own
-//! the semantics; this file only chooses keys, passes arguments and decodes
-//! replies. Every reply comes wrapped as `{swept, reply}`, where `swept` counts
+//! the semantics; this module only passes keys and arguments and decodes
+//! replies. Its parts: `connection` (the pool, and how Redis answers are
+//! classified), `scripts` (the script registry and the key list), `subscriber`
+//! (the wake subscription) and `reply` (decoding). Every reply comes wrapped as `{swept, reply}`, where `swept` counts
 //! the expired leases the call removed, so lease expiries (the sign of a
 //! crashed holder) are counted in [`RedisStore::run`] like the round-trip
 //! latency and errors. Data model, per semaphore `name` under the configured prefix `p`:
@@ -40,18 +42,23 @@
 //! error (a generation counter). A connection that failed is dropped from the
 //! pool, so the store recovers by itself when Redis comes back.
 
+mod connection;
+mod reply;
+mod scripts;
+mod subscriber;
+
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use deadpool::Runtime;
-use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
-use deadpool_redis::redis::aio::MultiplexedConnection;
-use deadpool_redis::redis::{self, AsyncConnectionConfig, RetryMethod, Script, Value};
-use futures::StreamExt;
+use deadpool_redis::redis;
 
+use self::connection::Pool;
+use self::reply::{Reply, unexpected};
+use self::scripts::{
+    ACQUIRE, DELETE, LEAVE, NamedScript, PERMIT, REFRESH, RELEASE, SET_LIMIT, STATUS,
+};
 use super::{Attempt, PoolStatus, SemaphoreStore, StoreError, Wakeups};
 use crate::secret::Secret;
 use crate::semaphore::{
@@ -59,45 +66,6 @@ use crate::semaphore::{
     PermitId, ReleaseOutcome, SemaphoreName, SemaphoreStatus, SetLimitOutcome, Ttl,
 };
 use crate::telemetry;
-
-const PRELUDE: &str = include_str!("scripts/prelude.lua");
-
-/// One script, with the name its metrics are labelled by.
-struct NamedScript {
-    name: &'static str,
-    script: Script,
-}
-
-/// The prelude, then the body wrapped in a function, so that every script
-/// replies `{swept, body's reply}`: `swept` is how many expired leases the
-/// prelude's `expire()` removed during the call (see prelude.lua). `run`
-/// counts them, in one place, whatever the body's own reply shape. The body
-/// runs before `swept` is read (a table constructor would read it first).
-fn script(name: &'static str, body: &str) -> NamedScript {
-    NamedScript {
-        name,
-        script: Script::new(&format!(
-            "{PRELUDE}\nlocal function body()\n{body}\nend\nlocal reply = body()\nreturn {{ swept, reply }}\n"
-        )),
-    }
-}
-
-static ACQUIRE: LazyLock<NamedScript> =
-    LazyLock::new(|| script("acquire", include_str!("scripts/acquire.lua")));
-static PERMIT: LazyLock<NamedScript> =
-    LazyLock::new(|| script("permit", include_str!("scripts/permit.lua")));
-static REFRESH: LazyLock<NamedScript> =
-    LazyLock::new(|| script("refresh", include_str!("scripts/refresh.lua")));
-static RELEASE: LazyLock<NamedScript> =
-    LazyLock::new(|| script("release", include_str!("scripts/release.lua")));
-static SET_LIMIT: LazyLock<NamedScript> =
-    LazyLock::new(|| script("set_limit", include_str!("scripts/set_limit.lua")));
-static STATUS: LazyLock<NamedScript> =
-    LazyLock::new(|| script("status", include_str!("scripts/status.lua")));
-static DELETE: LazyLock<NamedScript> =
-    LazyLock::new(|| script("delete", include_str!("scripts/delete.lua")));
-static LEAVE: LazyLock<NamedScript> =
-    LazyLock::new(|| script("leave", include_str!("scripts/leave.lua")));
 
 /// How to reach Redis and how long to wait for it.
 #[derive(Debug, Clone)]
@@ -113,65 +81,6 @@ pub struct RedisSettings {
     /// How long the queue keeps a waiter its instance stopped renewing.
     pub waiter_lease: Duration,
 }
-
-/// Connections idle longer than this are PINGed before reuse: Redis may have
-/// restarted, or a middlebox dropped the connection, while nobody used it.
-const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
-
-/// One pooled connection and the failure generation it was last checked in.
-struct Pooled {
-    connection: MultiplexedConnection,
-    checked_in_generation: u64,
-}
-
-/// Opens multiplexed connections with our timeouts; see the module docs for
-/// when it PINGs.
-struct Connector {
-    client: redis::Client,
-    config: AsyncConnectionConfig,
-    /// Bumped on every connection error: connections checked before it are
-    /// suspect and get PINGed on their next checkout.
-    failures: AtomicU64,
-}
-
-impl managed::Manager for Connector {
-    type Type = Pooled;
-    type Error = redis::RedisError;
-
-    async fn create(&self) -> Result<Pooled, redis::RedisError> {
-        let generation = self.failures.load(Ordering::Relaxed);
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
-        Ok(Pooled {
-            connection,
-            checked_in_generation: generation,
-        })
-    }
-
-    async fn recycle(
-        &self,
-        pooled: &mut Pooled,
-        metrics: &Metrics,
-    ) -> RecycleResult<redis::RedisError> {
-        let generation = self.failures.load(Ordering::Relaxed);
-        if pooled.checked_in_generation == generation && metrics.last_used() < IDLE_BEFORE_PING {
-            return Ok(());
-        }
-        let pong: String = redis::cmd("PING")
-            .query_async(&mut pooled.connection)
-            .await
-            .map_err(RecycleError::Backend)?;
-        if pong != "PONG" {
-            return Err(RecycleError::message("unexpected PING reply"));
-        }
-        pooled.checked_in_generation = generation;
-        Ok(())
-    }
-}
-
-type Pool = managed::Pool<Connector>;
 
 pub struct RedisStore {
     pool: Pool,
@@ -203,26 +112,10 @@ impl RedisStore {
     pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
         let client = redis::Client::open(settings.url.expose())
             .map_err(|e| StoreError::Internal(format!("bad Redis URL: {e}")))?;
-        let connector = Connector {
-            client: client.clone(),
-            config: AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(settings.connect_timeout))
-                .set_response_timeout(Some(settings.timeout)),
-            failures: AtomicU64::new(0),
-        };
-        let pool = Pool::builder(connector)
-            .max_size(settings.pool_size)
-            .timeouts(Timeouts {
-                wait: Some(settings.timeout),
-                create: Some(settings.connect_timeout),
-                recycle: Some(settings.connect_timeout),
-            })
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Internal(format!("bad Redis pool configuration: {e}")))?;
+        let pool = Pool::new(client.clone(), settings)?;
         let wake_channel = format!("{}wake:{}", settings.key_prefix, uuid::Uuid::new_v4());
         let wakeups = Wakeups::new();
-        let subscriber = tokio::spawn(subscribe(
+        let subscriber = tokio::spawn(subscriber::subscribe(
             client,
             wake_channel.clone(),
             wakeups.clone(),
@@ -242,14 +135,6 @@ impl RedisStore {
         })
     }
 
-    fn keys(&self, name: &SemaphoreName) -> [String; 8] {
-        let base = format!("{}{{{}}}", self.prefix, name.as_str());
-        [
-            "meta", "expiry", "permits", "idem", "queue", "waiters", "wleases", "left",
-        ]
-        .map(|suffix| format!("{base}:{suffix}"))
-    }
-
     /// Runs one script: the one place every script call goes through, so it
     /// is where the round trip is timed, failures are counted, and the leases
     /// the script swept are counted as expiries.
@@ -260,9 +145,9 @@ impl RedisStore {
         args: &[&str],
     ) -> Result<T, StoreError> {
         let call = async {
-            let mut pooled = self.pool.get().await.map_err(classify_pool)?;
+            let mut pooled = self.pool.get().await?;
             let mut invocation = named.script.prepare_invoke();
-            for key in self.keys(name) {
+            for key in scripts::keys(&self.prefix, name) {
                 invocation.key(key);
             }
             for arg in args {
@@ -271,7 +156,7 @@ impl RedisStore {
             let reply = invocation
                 .invoke_async::<(u64, T)>(&mut pooled.connection)
                 .await;
-            reply.map_err(|e| self.connection_failed(pooled, e))
+            reply.map_err(|e| self.pool.failed(pooled, e))
         };
         let (swept, reply) = self.timed(named.name, call).await?;
         if swept > 0 {
@@ -315,163 +200,6 @@ impl RedisStore {
     }
 }
 
-impl RedisStore {
-    /// Classifies a command error; a connection-level one also drops the
-    /// connection and makes every other pooled connection suspect.
-    fn connection_failed(&self, pooled: Object<Connector>, e: redis::RedisError) -> StoreError {
-        if e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_timeout()
-        {
-            self.pool.manager().failures.fetch_add(1, Ordering::Relaxed);
-            drop(Object::take(pooled));
-        }
-        classify(e)
-    }
-}
-
-fn classify(e: redis::RedisError) -> StoreError {
-    match e.retry_method() {
-        RetryMethod::NoRetry => StoreError::Internal(e.to_string()),
-        _ => StoreError::Unavailable(e.to_string()),
-    }
-}
-
-fn classify_pool(e: PoolError<redis::RedisError>) -> StoreError {
-    match e {
-        PoolError::Backend(e) => classify(e),
-        PoolError::Timeout(_) => StoreError::Unavailable("no Redis connection in time".into()),
-        other => StoreError::Unavailable(other.to_string()),
-    }
-}
-
-/// How often the wake subscription is PINGed to notice a dead connection.
-const SUBSCRIBER_PING_EVERY: Duration = Duration::from_secs(5);
-
-/// Keeps this instance subscribed to its wake channel, reconnecting with
-/// backoff, and turns each message ("ticket \n cause µs") into a wake.
-async fn subscribe(
-    client: redis::Client,
-    channel: String,
-    wakeups: Arc<Wakeups>,
-    connect_timeout: Duration,
-) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let connected = tokio::time::timeout(connect_timeout, async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        })
-        .await;
-        let pubsub = match connected {
-            Ok(Ok(pubsub)) => pubsub,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "wake subscription failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
-            Err(_) => {
-                tracing::debug!("wake subscription timed out; retrying");
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(50);
-        metrics::gauge!(telemetry::REDIS_WAKE_SUBSCRIBED).set(1.0);
-        // Whatever was published while we were not subscribed is lost.
-        wakeups.wake_all();
-        let (mut sink, mut messages) = pubsub.split();
-        // A connection that died without a FIN (a middlebox dropped it)
-        // delivers nothing and never ends: PING it, and start over when the
-        // answer does not come.
-        let mut keepalive = tokio::time::interval(SUBSCRIBER_PING_EVERY);
-        keepalive.tick().await;
-        loop {
-            tokio::select! {
-                message = messages.next() => {
-                    let Some(message) = message else { break };
-                    let payload: &[u8] = message.get_payload_bytes();
-                    let text = String::from_utf8_lossy(payload);
-                    let mut parts = text.splitn(2, '\n');
-                    let ticket = parts.next().and_then(|t| PermitId::parse(t).ok());
-                    let cause_us = parts.next().and_then(|us| us.parse().ok());
-                    if let Some(ticket) = ticket {
-                        wakeups.wake(ticket, cause_us);
-                    }
-                }
-                _ = keepalive.tick() => {
-                    let pong = tokio::time::timeout(connect_timeout, sink.ping::<Value>()).await;
-                    if !matches!(pong, Ok(Ok(_))) {
-                        break;
-                    }
-                }
-            }
-        }
-        metrics::gauge!(telemetry::REDIS_WAKE_SUBSCRIBED).set(0.0);
-        tracing::warn!("wake subscription lost; waiting acquires re-check");
-        wakeups.wake_all();
-    }
-}
-
-/// A script's array reply, read front to back.
-struct Reply(std::vec::IntoIter<Value>);
-
-impl Reply {
-    fn new(values: Vec<Value>) -> Self {
-        Self(values.into_iter())
-    }
-
-    fn next_value(&mut self) -> Result<Value, StoreError> {
-        self.0
-            .next()
-            .ok_or_else(|| StoreError::Internal("script reply too short".into()))
-    }
-
-    fn string(&mut self) -> Result<String, StoreError> {
-        redis::from_redis_value(self.next_value()?)
-            .map_err(|e| StoreError::Internal(format!("bad script reply: {e}")))
-    }
-
-    fn int(&mut self) -> Result<i64, StoreError> {
-        redis::from_redis_value(self.next_value()?)
-            .map_err(|e| StoreError::Internal(format!("bad script reply: {e}")))
-    }
-
-    fn uint(&mut self) -> Result<u64, StoreError> {
-        u64::try_from(self.int()?).map_err(|_| StoreError::Internal("negative in reply".into()))
-    }
-
-    fn u32(&mut self) -> Result<u32, StoreError> {
-        u32::try_from(self.int()?).map_err(|_| StoreError::Internal("out of range reply".into()))
-    }
-
-    fn holder(&mut self) -> Result<Option<String>, StoreError> {
-        let holder = self.string()?;
-        Ok((!holder.is_empty()).then_some(holder))
-    }
-
-    /// The `id, count, fence, acquired_ms, expires_ms, holder` tail.
-    fn permit(&mut self, semaphore: &SemaphoreName) -> Result<Permit, StoreError> {
-        let id = PermitId::parse(&self.string()?)
-            .map_err(|_| StoreError::Internal("bad permit id in store".into()))?;
-        Ok(Permit {
-            id,
-            semaphore: semaphore.clone(),
-            count: self.u32()?,
-            fencing_token: self.uint()?,
-            acquired_at: Millis(self.uint()?),
-            expires_at: Millis(self.uint()?),
-            holder: self.holder()?,
-        })
-    }
-}
-
-fn unexpected(tag: &str) -> StoreError {
-    StoreError::Internal(format!("unexpected script reply {tag:?}"))
-}
-
 #[async_trait]
 impl SemaphoreStore for RedisStore {
     fn kind(&self) -> &'static str {
@@ -480,24 +208,18 @@ impl SemaphoreStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let call = async {
-            let mut pooled = self.pool.get().await.map_err(classify_pool)?;
+            let mut pooled = self.pool.get().await?;
             let reply = redis::cmd("PING")
                 .query_async::<String>(&mut pooled.connection)
                 .await;
-            reply.map_err(|e| self.connection_failed(pooled, e))
+            reply.map_err(|e| self.pool.failed(pooled, e))
         };
         self.timed("ping", call).await?;
         Ok(())
     }
 
     fn pool_status(&self) -> Option<PoolStatus> {
-        let status = self.pool.status();
-        Some(PoolStatus {
-            max_size: status.max_size,
-            size: status.size,
-            available: status.available,
-            waiting: status.waiting,
-        })
+        Some(self.pool.status())
     }
 
     async fn set_limit(

@@ -1,0 +1,157 @@
+//! Connections to one Redis: a deadpool pool of multiplexed connections with
+//! our own manager (see the module docs of `store::redis` for when it PINGs),
+//! and the classification of what Redis answers into `StoreError`.
+//!
+//! The one place that opens connections, so the other ways of reaching
+//! Redis (Sentinel, Cluster, TLS) slot in here behind the same `Pool`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool::Runtime;
+use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
+use deadpool_redis::redis::aio::MultiplexedConnection;
+use deadpool_redis::redis::{self, AsyncConnectionConfig, RetryMethod};
+
+use super::RedisSettings;
+use crate::store::{PoolStatus, StoreError};
+
+/// Connections idle longer than this are PINGed before reuse: Redis may have
+/// restarted, or a middlebox dropped the connection, while nobody used it.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
+
+/// One pooled connection and the failure generation it was last checked in.
+pub(super) struct Pooled {
+    pub(super) connection: MultiplexedConnection,
+    checked_in_generation: u64,
+}
+
+/// Opens multiplexed connections with our timeouts; see the module docs for
+/// when it PINGs.
+pub(super) struct Connector {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    /// Bumped on every connection error: connections checked before it are
+    /// suspect and get PINGed on their next checkout.
+    failures: AtomicU64,
+}
+
+impl managed::Manager for Connector {
+    type Type = Pooled;
+    type Error = redis::RedisError;
+
+    async fn create(&self) -> Result<Pooled, redis::RedisError> {
+        let generation = self.failures.load(Ordering::Relaxed);
+        let connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        Ok(Pooled {
+            connection,
+            checked_in_generation: generation,
+        })
+    }
+
+    async fn recycle(
+        &self,
+        pooled: &mut Pooled,
+        metrics: &Metrics,
+    ) -> RecycleResult<redis::RedisError> {
+        let generation = self.failures.load(Ordering::Relaxed);
+        if pooled.checked_in_generation == generation && metrics.last_used() < IDLE_BEFORE_PING {
+            return Ok(());
+        }
+        let pong: String = redis::cmd("PING")
+            .query_async(&mut pooled.connection)
+            .await
+            .map_err(RecycleError::Backend)?;
+        if pong != "PONG" {
+            return Err(RecycleError::message("unexpected PING reply"));
+        }
+        pooled.checked_in_generation = generation;
+        Ok(())
+    }
+}
+
+
+/// The pool every script call checks a connection out of.
+pub(super) struct Pool(managed::Pool<Connector>);
+
+/// A checked-out connection; back in the pool when dropped.
+pub(super) type Connection = Object<Connector>;
+
+impl Pool {
+    /// Builds the pool; no connection is made yet.
+    ///
+    /// # Errors
+    /// When the URL cannot be parsed.
+    pub(super) fn new(
+        client: redis::Client,
+        settings: &RedisSettings,
+    ) -> Result<Self, StoreError> {
+        let connector = Connector {
+            client,
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(settings.connect_timeout))
+                .set_response_timeout(Some(settings.timeout)),
+            failures: AtomicU64::new(0),
+        };
+        let pool = managed::Pool::builder(connector)
+            .max_size(settings.pool_size)
+            .timeouts(Timeouts {
+                wait: Some(settings.timeout),
+                create: Some(settings.connect_timeout),
+                recycle: Some(settings.connect_timeout),
+            })
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Internal(format!("bad Redis pool configuration: {e}")))?;
+        Ok(Self(pool))
+    }
+
+    /// A connection, opened or recycled within the pool's timeouts.
+    pub(super) async fn get(&self) -> Result<Connection, StoreError> {
+        self.0.get().await.map_err(classify_pool)
+    }
+
+    /// Classifies a command error; a connection-level one also drops the
+    /// connection and makes every other pooled connection suspect.
+    pub(super) fn failed(&self, pooled: Connection, e: redis::RedisError) -> StoreError {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+        {
+            self.0.manager().failures.fetch_add(1, Ordering::Relaxed);
+            drop(Object::take(pooled));
+        }
+        classify(e)
+    }
+
+    pub(super) fn status(&self) -> PoolStatus {
+        let status = self.0.status();
+        PoolStatus {
+            max_size: status.max_size,
+            size: status.size,
+            available: status.available,
+            waiting: status.waiting,
+        }
+    }
+}
+
+
+fn classify(e: redis::RedisError) -> StoreError {
+    match e.retry_method() {
+        RetryMethod::NoRetry => StoreError::Internal(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn classify_pool(e: PoolError<redis::RedisError>) -> StoreError {
+    match e {
+        PoolError::Backend(e) => classify(e),
+        PoolError::Timeout(_) => StoreError::Unavailable("no Redis connection in time".into()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+

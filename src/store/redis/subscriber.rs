@@ -1,0 +1,85 @@
+//! The wake subscription: one dedicated connection per instance, outside the
+//! pool, subscribed to this instance's wake channel. Scripts publish a ticket
+//! there when it may proceed; this task wakes it through `Wakeups`. Messages
+//! published while unsubscribed are lost, so every local waiter re-checks
+//! whenever the subscription comes back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, Value};
+use futures::StreamExt;
+
+use crate::semaphore::PermitId;
+use crate::store::Wakeups;
+use crate::telemetry;
+
+/// How often the wake subscription is PINGed to notice a dead connection.
+const SUBSCRIBER_PING_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps this instance subscribed to its wake channel, reconnecting with
+/// backoff, and turns each message ("ticket \n cause µs") into a wake.
+pub(super) async fn subscribe(
+    client: redis::Client,
+    channel: String,
+    wakeups: Arc<Wakeups>,
+    connect_timeout: Duration,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let connected = tokio::time::timeout(connect_timeout, async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        let pubsub = match connected {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "wake subscription failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!("wake subscription timed out; retrying");
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        metrics::gauge!(telemetry::REDIS_WAKE_SUBSCRIBED).set(1.0);
+        // Whatever was published while we were not subscribed is lost.
+        wakeups.wake_all();
+        let (mut sink, mut messages) = pubsub.split();
+        // A connection that died without a FIN (a middlebox dropped it)
+        // delivers nothing and never ends: PING it, and start over when the
+        // answer does not come.
+        let mut keepalive = tokio::time::interval(SUBSCRIBER_PING_EVERY);
+        keepalive.tick().await;
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else { break };
+                    let payload: &[u8] = message.get_payload_bytes();
+                    let text = String::from_utf8_lossy(payload);
+                    let mut parts = text.splitn(2, '\n');
+                    let ticket = parts.next().and_then(|t| PermitId::parse(t).ok());
+                    let cause_us = parts.next().and_then(|us| us.parse().ok());
+                    if let Some(ticket) = ticket {
+                        wakeups.wake(ticket, cause_us);
+                    }
+                }
+                _ = keepalive.tick() => {
+                    let pong = tokio::time::timeout(connect_timeout, sink.ping::<Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        break;
+                    }
+                }
+            }
+        }
+        metrics::gauge!(telemetry::REDIS_WAKE_SUBSCRIBED).set(0.0);
+        tracing::warn!("wake subscription lost; waiting acquires re-check");
+        wakeups.wake_all();
+    }
+}
+
