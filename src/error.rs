@@ -1,16 +1,22 @@
-//! The one error type of the HTTP layer, rendered as `application/problem+json`
-//! (RFC 9457).
+//! The one error type of the HTTP layer, and the one `Problem` body it is
+//! rendered as: `application/problem+json` (RFC 9457).
 //!
 //! Every refusal a client can see is a variant here, and each variant's doc
 //! names its status. Extractor rejections (bad JSON, oversized body, bad path)
 //! are converted into it too, so no response ever falls back to axum's plain
 //! text errors. Store failures are logged with their details; the client only
 //! learns whether to retry.
+//!
+//! The OpenAPI document describes errors with the same [`Problem`] type, and
+//! the answers many operations share (503, 413) are reusable responses here,
+//! so what is documented is what is sent.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use utoipa::{ToResponse, ToSchema};
 
+use crate::semaphore::{SemaphoreName, ValueError};
 use crate::store::StoreError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -24,9 +30,16 @@ pub enum ApiError {
     /// token; `presented` says whether it had a (wrong) one.
     #[error("a valid bearer token is required")]
     Unauthorized { presented: bool },
-    /// 404: no such semaphore, permit or route.
+    /// 404: no such permit or route.
     #[error("{0}")]
     NotFound(String),
+    /// 404: no such semaphore. `to_acquire` when an acquire without `limit`
+    /// asked for it (the detail then says how to create it).
+    #[error("semaphore {:?} does not exist", name.as_str())]
+    SemaphoreNotFound {
+        name: SemaphoreName,
+        to_acquire: bool,
+    },
     /// 405: the path exists but not with this method.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -68,7 +81,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::SemaphoreNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::LimitConflict { .. }
             | ApiError::CountExceedsLimit { .. }
@@ -86,7 +99,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "invalid-request",
             ApiError::Unauthorized { .. } => "unauthorized",
-            ApiError::NotFound(_) => "not-found",
+            ApiError::NotFound(_) | ApiError::SemaphoreNotFound { .. } => "not-found",
             ApiError::MethodNotAllowed => "method-not-allowed",
             ApiError::LimitConflict { .. } => "limit-conflict",
             ApiError::CountExceedsLimit { .. } => "count-exceeds-limit",
@@ -103,7 +116,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "Invalid request",
             ApiError::Unauthorized { .. } => "Unauthorized",
-            ApiError::NotFound(_) => "Not found",
+            ApiError::NotFound(_) | ApiError::SemaphoreNotFound { .. } => "Not found",
             ApiError::MethodNotAllowed => "Method not allowed",
             ApiError::LimitConflict { .. } => "Semaphore exists with another limit",
             ApiError::CountExceedsLimit { .. } => "Count is more than the limit",
@@ -121,6 +134,12 @@ impl ApiError {
             ApiError::BadRequest(d) | ApiError::NotFound(d) | ApiError::PayloadTooLarge(d) => {
                 d.clone()
             }
+            ApiError::SemaphoreNotFound {
+                to_acquire: false, ..
+            } => self.to_string(),
+            ApiError::SemaphoreNotFound {
+                to_acquire: true, ..
+            } => format!("{self}; give a limit to create it"),
             ApiError::MethodNotAllowed => "this path does not accept that method".into(),
             ApiError::Unauthorized { presented: false } => {
                 "send an Authorization: Bearer <token> header with a token this server \
@@ -154,21 +173,29 @@ impl ApiError {
         }
     }
 
-    fn extensions(&self) -> Map<String, Value> {
-        let mut extra = Map::new();
+    /// The body: the standard members, plus `limit`, `held` and `available`
+    /// where they help the client decide what to do.
+    pub fn problem(&self) -> Problem {
+        let mut problem = Problem {
+            kind: format!("urn:permitd:problem:{}", self.kind()),
+            title: self.title().into(),
+            status: self.status().as_u16(),
+            detail: self.detail(),
+            limit: None,
+            held: None,
+            available: None,
+        };
         match self {
             ApiError::LimitConflict { current: limit }
-            | ApiError::CountExceedsLimit { limit, .. } => {
-                extra.insert("limit".into(), json!(limit));
-            }
+            | ApiError::CountExceedsLimit { limit, .. } => problem.limit = Some(*limit),
             ApiError::NoCapacity { limit, held, .. } => {
-                extra.insert("limit".into(), json!(limit));
-                extra.insert("held".into(), json!(held));
-                extra.insert("available".into(), json!(limit.saturating_sub(*held)));
+                problem.limit = Some(*limit);
+                problem.held = Some(*held);
+                problem.available = Some(limit.saturating_sub(*held));
             }
             _ => {}
         }
-        extra
+        problem
     }
 
     fn retry_after_secs(&self) -> Option<u64> {
@@ -194,15 +221,8 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %e, "store failed");
             }
         }
-        let mut body = self.extensions();
-        body.insert(
-            "type".into(),
-            json!(format!("urn:permitd:problem:{}", self.kind())),
-        );
-        body.insert("title".into(), json!(self.title()));
-        body.insert("status".into(), json!(status.as_u16()));
-        body.insert("detail".into(), json!(self.detail()));
-        let mut response = (status, Value::Object(body).to_string()).into_response();
+        let body = serde_json::to_string(&self.problem()).expect("a problem serialises");
+        let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(secs) = self.retry_after_secs() {
@@ -223,3 +243,62 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// 400 from any domain value that failed to parse: its message names the
+/// field and the bound.
+impl From<ValueError> for ApiError {
+    fn from(e: ValueError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+// What every refusal renders as, and what the OpenAPI document says it is:
+// one type, so the two cannot differ.
+/// An error, as `application/problem+json` (RFC 9457). `limit`, `held` and
+/// `available` appear where they help decide what to do next.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "urn:permitd:problem:no-capacity", "title": "No permit available", "status": 429,
+    "detail": "2 of 2 units are held; not enough are free", "limit": 2, "held": 2, "available": 0
+}))]
+pub struct Problem {
+    /// A stable identifier of the kind of problem, `urn:permitd:problem:<kind>`:
+    /// clients switch on it.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^urn:permitd:problem:[a-z-]+$")]
+    pub kind: String,
+    /// A short, human-readable summary of the kind.
+    pub title: String,
+    /// The HTTP status, repeated.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What went wrong with this request, in words a client can act on.
+    pub detail: String,
+    /// The semaphore's limit: on `limit-conflict` and `count-exceeds-limit`
+    /// (the limit the request conflicts with) and on `no-capacity`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000, nullable = false)]
+    pub limit: Option<u32>,
+    /// Units held (`no-capacity` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub held: Option<u32>,
+    /// Units free (`no-capacity` only): fewer than the request asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub available: Option<u32>,
+}
+
+/// The store cannot be reached, or the request took longer than the server
+/// allows (`request-timeout`); retry after `Retry-After` seconds.
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))
+)]
+pub struct Unavailable(#[allow(dead_code)] Problem);
+
+/// Request body over the size limit (`--max-body-bytes`, 16 KiB by default).
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+pub struct PayloadTooLarge(#[allow(dead_code)] Problem);

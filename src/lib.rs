@@ -24,14 +24,14 @@
 //!   trait, served as `GET /demo` and run by `permitd demo`.
 
 // From the bottom up: a module uses only the modules listed above it.
-pub mod secret;
-pub mod telemetry;
-pub mod semaphore;
-pub mod store;
-pub mod waiting;
+pub mod cli;
+pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
-pub mod config;
+pub mod secret;
+pub mod semaphore;
 pub mod startup;
-pub mod cli;
+pub mod store;
+pub mod telemetry;
+pub mod waiting;

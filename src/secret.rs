@@ -37,7 +37,6 @@ impl std::str::FromStr for Secret {
     }
 }
 
-
 /// The URL with any password replaced, for logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -53,7 +52,6 @@ pub fn redact_url(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -71,5 +69,4 @@ mod tests {
         );
         assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
     }
-
 }

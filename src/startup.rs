@@ -13,9 +13,9 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::{Settings, StoreChoice};
-use crate::secret::redact_url;
 use crate::demo::{AllowedHosts, DemoConfig};
 use crate::http::{AccessControl, AppState, HttpLimits, StateParts, router};
+use crate::secret::redact_url;
 use crate::store::SemaphoreStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;

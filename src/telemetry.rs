@@ -9,14 +9,12 @@
 
 use tracing_subscriber::EnvFilter;
 
-
 /// How log lines are written (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Pretty,
     Json,
 }
-
 
 /// Installs the global subscriber. Defaults to `info` for permitd and `warn`
 /// for its dependencies when `RUST_LOG` is unset.

@@ -6,7 +6,6 @@ mod common;
 
 use common::spawn_app_with;
 use permitd::config::Settings;
-use permitd::http::openapi;
 use serde_json::Value;
 
 const REGENERATE: &str = "cargo run -q -- openapi > openapi.yaml";
@@ -19,7 +18,7 @@ fn default_bounds() -> permitd::http::RequestBounds {
 fn checked_in_openapi_yaml_is_the_generated_one() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml");
     let checked_in = std::fs::read_to_string(path).unwrap_or_default();
-    let generated = openapi::yaml(&default_bounds()).unwrap();
+    let generated = permitd::http::document_yaml(&default_bounds()).unwrap();
     if checked_in != generated {
         let line = checked_in
             .lines()
@@ -42,7 +41,7 @@ async fn the_server_serves_its_document_as_json_and_yaml() {
     assert_eq!(json.status(), 200);
     assert_eq!(json.headers()["content-type"], "application/json");
     let served: Value = json.json().await.unwrap();
-    let generated = serde_json::to_value(openapi::document(&default_bounds())).unwrap();
+    let generated = serde_json::to_value(permitd::http::document(&default_bounds())).unwrap();
     assert_eq!(served, generated);
     assert_eq!(served["openapi"], "3.1.0");
 
@@ -51,7 +50,7 @@ async fn the_server_serves_its_document_as_json_and_yaml() {
     assert_eq!(yaml.headers()["content-type"], "application/yaml");
     assert_eq!(
         yaml.text().await.unwrap(),
-        openapi::yaml(&default_bounds()).unwrap()
+        permitd::http::document_yaml(&default_bounds()).unwrap()
     );
 }
 
@@ -135,7 +134,8 @@ async fn the_served_document_states_this_servers_configured_bounds() {
 
 #[test]
 fn every_endpoint_is_documented_with_its_problems_and_headers() {
-    let doc = serde_json::to_value(openapi::document(&default_bounds())).unwrap();
+    let mut doc = serde_json::to_value(permitd::http::document(&default_bounds())).unwrap();
+    inline_shared_responses(&mut doc);
     let paths = &doc["paths"];
     let operation = |path: &str, method: &str| -> &Value {
         let op = &paths[path][method];
@@ -286,7 +286,8 @@ async fn what_the_document_allows_is_accepted_whole_numbers_and_a_null_body() {
 fn the_demo_url_is_empty_only_unless_a_host_is_allowed() {
     let url_schema = |settings: Settings| -> Value {
         let doc =
-            serde_json::to_value(openapi::document(&settings.request_bounds().unwrap())).unwrap();
+            serde_json::to_value(permitd::http::document(&settings.request_bounds().unwrap()))
+                .unwrap();
         let params = doc["paths"]["/demo"]["get"]["parameters"]
             .as_array()
             .unwrap()
@@ -297,4 +298,25 @@ fn the_demo_url_is_empty_only_unless_a_host_is_allowed() {
     let mut settings = Settings::for_tests(None);
     settings.demo_allowed_hosts = vec!["api.example.com".into()];
     assert!(url_schema(settings).get("maxLength").is_none());
+}
+
+/// Replaces every `$ref` to a shared response (`#/components/responses/…`)
+/// with that response, so an operation's answers can be read in place, as a
+/// client resolving the document would.
+fn inline_shared_responses(doc: &mut Value) {
+    let shared = doc["components"]["responses"].clone();
+    for item in doc["paths"].as_object_mut().unwrap().values_mut() {
+        for operation in item.as_object_mut().unwrap().values_mut() {
+            let Some(responses) = operation["responses"].as_object_mut() else {
+                continue;
+            };
+            for response in responses.values_mut() {
+                if let Some(target) = response["$ref"].as_str() {
+                    let name = target.trim_start_matches("#/components/responses/");
+                    assert!(shared[name].is_object(), "{target} is defined");
+                    *response = shared[name].clone();
+                }
+            }
+        }
+    }
 }

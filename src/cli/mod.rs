@@ -35,7 +35,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Openapi => {
             print!(
                 "{}",
-                crate::http::openapi::yaml(&settings.request_bounds()?)?
+                crate::http::document_yaml(&settings.request_bounds()?)?
             );
         }
     }

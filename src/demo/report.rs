@@ -110,7 +110,6 @@ pub(super) fn round(value: f64, decimals: i32) -> f64 {
     (value * scale).round() / scale
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

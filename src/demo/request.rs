@@ -156,7 +156,6 @@ fn parse_url(raw: &str, allowed: &AllowedHosts) -> Result<reqwest::Url, ValueErr
     Ok(url)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -134,7 +134,6 @@ pub async fn run(
     })
 }
 
-
 /// One task: acquire, call while holding, release.
 async fn one_request(run: Arc<Run>, index: u32) -> Result<RequestResult, StoreError> {
     let Some(permit) = acquire(&run, index).await? else {
@@ -213,7 +212,6 @@ async fn acquire(run: &Run, index: u32) -> Result<Option<crate::semaphore::Permi
         }
     }
 }
-
 
 /// Removes the demo semaphore when dropped, unless already removed.
 struct Cleanup {

@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
 use super::AppState;
-use crate::secret::Secret;
 use crate::error::ApiError;
+use crate::secret::Secret;
 
 /// Who may call the API.
 #[derive(Default)]

@@ -7,11 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::Required;
 use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
@@ -20,19 +18,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::extract::QueryParams;
-use super::openapi::{NoCapacityProblem, Problem};
 use crate::demo::page::{self, FormValues, Origin};
 use crate::demo::{
     self as scenario, DEFAULT_LIMIT, DemoError, DemoReport, DemoRequest, MAX_CONCURRENT_RUNS,
 };
-use crate::error::ApiError;
-
-/// The demo's routes, merged into the main router.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/demo", get(run_demo))
-        .route("/demo/upstream", get(demo_upstream))
-}
+use crate::error::{ApiError, Problem, Unavailable};
 
 /// Query of `GET /demo`. Values are taken as text so that an empty form field
 /// means "default" and a bad number gets a message naming its field.
@@ -236,11 +226,9 @@ fn rendering(headers: &HeaderMap) -> Rendering {
          body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "4 demo runs are in progress on this instance; retry after \
             `Retry-After` seconds.",
-         body = NoCapacityProblem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
-        (status = 503, description = "The store cannot be reached; retry after `Retry-After` seconds.",
          body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub async fn run_demo(

@@ -1,5 +1,10 @@
 //! Extractors whose rejections are `ApiError`s, so that bad JSON, an oversized
 //! body or a bad path segment come back as problem+json like every other error.
+//!
+//! The path extractors yield domain values: a handler that takes a
+//! [`SemaphorePath`] holds a valid `SemaphoreName`, already recorded in the
+//! request's span. They also describe their parameters to the OpenAPI
+//! document, so the pattern documented is the one enforced.
 
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -7,9 +12,12 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use utoipa::IntoParams;
+use utoipa::openapi::path::{Parameter, ParameterIn};
 
-use super::AppState;
+use super::{AppState, observe};
 use crate::error::ApiError;
+use crate::semaphore::{PermitId, SemaphoreName};
 
 /// A JSON request body.
 ///
@@ -94,5 +102,75 @@ where
             .await
             .map(|axum::extract::Query(value)| QueryParams(value))
             .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+/// The `{name}` segment, as documented.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+struct NameSegment {
+    /// The semaphore's name: 1–128 characters of `A–Z a–z 0–9 . _ - :`.
+    #[param(
+        pattern = "^[A-Za-z0-9._:-]{1,128}$",
+        min_length = 1,
+        max_length = 128,
+        example = "payments"
+    )]
+    #[allow(dead_code)]
+    name: String,
+}
+
+/// The `{id}` segment, as documented.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct IdSegment {
+    /// The permit's id, as returned by the acquire (and in its `Location`).
+    #[param(example = "3b0c5a4e-8f1d-4c3a-9a57-2f6c1e0d9b21")]
+    id: uuid::Uuid,
+}
+
+/// The semaphore of `/semaphores/{name}…`, parsed and recorded in the span.
+pub struct SemaphorePath(pub SemaphoreName);
+
+/// The permit of `/semaphores/{name}/permits/{id}`.
+pub struct PermitPath(pub SemaphoreName, pub PermitId);
+
+fn semaphore_name(raw: &str) -> Result<SemaphoreName, ApiError> {
+    let name = SemaphoreName::parse(raw)?;
+    observe::record_semaphore(name.as_str());
+    Ok(name)
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for SemaphorePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let PathParams(name) = PathParams::<String>::from_request_parts(parts, state).await?;
+        Ok(Self(semaphore_name(&name)?))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PermitPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let PathParams((name, id)) =
+            PathParams::<(String, String)>::from_request_parts(parts, state).await?;
+        Ok(Self(semaphore_name(&name)?, PermitId::parse(&id)?))
+    }
+}
+
+impl IntoParams for SemaphorePath {
+    fn into_params(parameter_in: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        NameSegment::into_params(parameter_in)
+    }
+}
+
+impl IntoParams for PermitPath {
+    fn into_params(parameter_in: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let mut params = NameSegment::into_params(&parameter_in);
+        params.extend(IdSegment::into_params(&parameter_in));
+        params
     }
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, Unavailable};
 
 /// The body of `GET /healthz`.
 #[derive(Serialize, ToSchema)]
@@ -50,9 +50,7 @@ pub async fn healthz() -> Json<Health> {
     summary = "Readiness: the store answers",
     responses(
         (status = 200, description = "The store answers (Redis `PING`).", body = Readiness),
-        (status = 503, description = "The store does not answer; retry after `Retry-After` seconds.",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {

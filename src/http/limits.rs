@@ -1,26 +1,25 @@
-//! Bounds on one request: how long it may take (`--request-timeout-ms`).
-//! The body size bound (`--max-body-bytes`) is axum's `DefaultBodyLimit`,
+//! Bounds on one request: the values it may carry ([`RequestBounds`]: lease
+//! and wait lengths, the demo's sizes) and how long it may take
+//! (`--request-timeout-ms`). The body size bound (`--max-body-bytes`) is axum's `DefaultBodyLimit`,
 //! enforced where the body is read (`extract::JsonBody`).
 //!
-//! The timeout must not cut a legitimate long poll short, so routes that wait
-//! on purpose get their longest legitimate wait on top: an acquire its
-//! `--max-wait-ms` here (the body, and so `wait_ms`, is not read yet), which
-//! the handler then tightens to its own `wait_ms` plus the timeout; `GET /demo`
-//! the length of a whole run. Past the bound the answer is a 503 problem with
-//! `Retry-After`, and the handler's future is dropped (a waiting acquire
-//! leaves the queue as it does when a client hangs up).
+//! The timeout is one route-scoped layer ([`within`]), with a budget per kind
+//! of route ([`TimeBudgets`]), chosen where the routes are declared
+//! (`http::routes`). It must not cut a legitimate long poll short, so routes
+//! that wait on purpose get their longest legitimate wait on top. Past the
+//! budget the answer is a 503 problem with `Retry-After`, and the handler's
+//! future is dropped (a waiting acquire leaves the queue as it does when a
+//! client hangs up).
 
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{AppState, observe};
 use crate::demo::{self, DemoBounds};
-use crate::semaphore::{Ttl, ValueError};
 use crate::error::ApiError;
+use crate::semaphore::{Ttl, ValueError};
 
 /// The bounds request values are checked against, derived from settings.
 #[derive(Debug, Clone, Copy)]
@@ -52,28 +51,34 @@ pub struct HttpLimits {
     pub request_timeout: Duration,
 }
 
-/// The route of a waiting acquire, as matched.
-pub const ACQUIRE_ROUTE: &str = "/semaphores/{name}/permits";
-
-/// How long this request may take, before the handler knows more.
-fn budget(state: &AppState, method: &Method, route: &str) -> Duration {
-    let extra = match (method, route) {
-        (&Method::POST, ACQUIRE_ROUTE) => Duration::from_millis(state.bounds.max_wait_ms),
-        // A run ends by its deadline, plus one call that started just before.
-        (&Method::GET, "/demo") => demo::DEADLINE + demo::CALL_TIMEOUT,
-        _ => Duration::ZERO,
-    };
-    state.limits.request_timeout + extra
+/// How long a request of each kind of route may take: the request timeout,
+/// plus the longest legitimate wait of routes that wait on purpose.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeBudgets {
+    /// Every route that does not wait on purpose.
+    pub standard: Duration,
+    /// An acquire: `--max-wait-ms` on top (its own `wait_ms` is not known
+    /// before the body is read, and the wait itself ends by `wait_ms`).
+    pub acquire: Duration,
+    /// `GET /demo`: a whole run, which ends by its deadline, plus one call
+    /// that started just before.
+    pub demo: Duration,
 }
 
-/// Middleware: answers 503 (problem+json) when the request is not answered
-/// within its budget.
-pub async fn request_timeout(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let budget = budget(&state, request.method(), observe::route_of(&request));
+impl TimeBudgets {
+    pub fn new(limits: &HttpLimits, bounds: &RequestBounds) -> Self {
+        let standard = limits.request_timeout;
+        Self {
+            standard,
+            acquire: standard + Duration::from_millis(bounds.max_wait_ms),
+            demo: standard + demo::DEADLINE + demo::CALL_TIMEOUT,
+        }
+    }
+}
+
+/// Route middleware: answers 503 (problem+json) when the request is not
+/// answered within `budget`, the budget of the route it is layered on.
+pub async fn within(State(budget): State<Duration>, request: Request, next: Next) -> Response {
     match tokio::time::timeout(budget, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {

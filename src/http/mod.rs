@@ -1,12 +1,13 @@
 //! The HTTP API: routes, shared state, and the layers around them.
 //!
 //! `router(state)` is a plain function so tests can drive it without a socket.
-//! Handlers live one file per resource; `models` holds the JSON shapes and
-//! `extract` the extractors whose rejections are problem+json; `openapi` builds
-//! the OpenAPI document from the handlers' annotations and serves it with
-//! Swagger UI. The layers around them: `observe` (request ids, spans, access
-//! log, HTTP metrics), `auth` (bearer tokens) and `limits` (body size, request
-//! timeout).
+//! `routes` declares every route once, for the router and the OpenAPI
+//! document alike. Handlers live one file per resource; `models` holds the
+//! JSON shapes and `extract` the extractors (a valid semaphore name from the
+//! path; rejections as problem+json); `openapi` completes the document and
+//! serves it with Swagger UI. The layers around them: `observe` (request ids,
+//! spans, access log, HTTP metrics), `auth` (bearer tokens) and `limits`
+//! (request bounds, body size, the per-route time budgets).
 
 pub mod auth;
 mod demo;
@@ -17,19 +18,20 @@ mod models;
 pub mod observe;
 pub mod openapi;
 mod permits;
+mod routes;
 mod semaphores;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::get;
+use axum::{Extension, Router};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 pub use auth::AccessControl;
-pub use limits::{HttpLimits, RequestBounds};
+pub use limits::{HttpLimits, RequestBounds, TimeBudgets};
 
 use crate::demo::DemoConfig;
 use crate::error::ApiError;
@@ -69,31 +71,36 @@ pub struct StateParts {
     pub access: AccessControl,
 }
 
+/// The OpenAPI document of a server enforcing `bounds`, as `GET
+/// /openapi.json` serves it when no API token is configured.
+pub fn document(bounds: &RequestBounds) -> utoipa::openapi::OpenApi {
+    // Budgets only bound requests being served: none is served from this one.
+    let unused = TimeBudgets {
+        standard: Duration::ZERO,
+        acquire: Duration::ZERO,
+        demo: Duration::ZERO,
+    };
+    let doc = routes::api(&unused).into_openapi();
+    openapi::with_bounds(doc, bounds)
+}
+
+/// The document as YAML, as checked in at the repository root.
+///
+/// # Errors
+/// Never in practice: the document is plain data.
+pub fn document_yaml(bounds: &RequestBounds) -> anyhow::Result<String> {
+    Ok(document(bounds).to_yaml()?)
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route(
-            "/semaphores/{name}",
-            get(semaphores::get_semaphore)
-                .put(semaphores::put_semaphore)
-                .delete(semaphores::delete_semaphore),
-        )
-        // One constant, so the timeout layer's long-poll allowance cannot
-        // drift from the route it is for.
-        .route(
-            limits::ACQUIRE_ROUTE,
-            axum::routing::post(permits::acquire_permit),
-        )
-        .route(
-            "/semaphores/{name}/permits/{id}",
-            get(permits::get_permit)
-                .patch(permits::refresh_permit)
-                .delete(permits::release_permit),
-        )
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .merge(demo::routes())
-        .merge(openapi::routes(&state.bounds, &state.access))
+    let budgets = TimeBudgets::new(&state.limits, &state.bounds);
+    let (api, doc) = routes::api(&budgets).split_for_parts();
+    let mut doc = openapi::with_bounds(doc, &state.bounds);
+    if state.access.is_enabled() {
+        openapi::require_bearer(&mut doc, &state.access);
+    }
+    api.layer(Extension(Arc::new(openapi::Rendered::new(&doc))))
+        .merge(openapi::swagger_ui())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Each layer wraps the ones above it, so a request meets them bottom
@@ -102,7 +109,6 @@ pub fn router(state: AppState) -> Router {
         // them. Router::layer runs after routing, so the matched route is
         // known to every one of them.
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
-        .layer(from_fn_with_state(state.clone(), limits::request_timeout))
         .layer(from_fn_with_state(state.clone(), auth::require_token))
         .layer(from_fn(observe::record_metrics))
         .layer(PropagateRequestIdLayer::new(observe::X_REQUEST_ID.clone()))

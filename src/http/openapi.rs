@@ -1,10 +1,11 @@
-//! The OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]`
-//! annotations and the models' `ToSchema` derives, and the routes that serve
-//! it: `/openapi.json`, `/openapi.yaml` and Swagger UI at `/docs/`.
+//! The OpenAPI 3.1 document's frame (info, tags, shared components), what a
+//! running server writes into it, and what serves it: `/openapi.json`,
+//! `/openapi.yaml` and Swagger UI at `/docs/`.
 //!
-//! The document is built from code so it cannot drift from the handlers; the
-//! checked-in `openapi.yaml` is this module's output with default settings
-//! (`permitd openapi > openapi.yaml`), and a test keeps the two equal. The
+//! The paths come from the router declaration (`http::routes`), each from
+//! its handler's `#[utoipa::path]`, so the document cannot drift from the
+//! handlers; the checked-in `openapi.yaml` is the document with default
+//! settings (`permitd openapi > openapi.yaml`), and a test keeps the two equal. The
 //! bounds that are configuration (`ttl_ms`, `wait_ms`, the demo's `requests`
 //! and `delay_ms`) are written into the
 //! served document from the running server's settings, so a fuzzer or a
@@ -13,124 +14,24 @@
 //! Swagger UI offers "Authorize"), and when this server has API tokens, every
 //! operation that needs one says so and lists its 401.
 
-use axum::Router;
+use std::sync::Arc;
+
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use serde::Serialize;
+use axum::{Extension, Router};
+use utoipa::OpenApi;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{Object, ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr};
-use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::auth::AccessControl;
-use super::models::{
-    AcquireBody, HolderView, PermitView, RefreshBody, SemaphoreView, SetLimitBody,
-};
-use super::{demo, health, permits, semaphores};
 use super::RequestBounds;
+use super::auth::AccessControl;
 use crate::demo::{DEFAULT_LIMIT, MAX_LIMIT};
-
-/// The path of a semaphore (documentation only: handlers parse the segment
-/// into a `SemaphoreName` themselves, so a bad name is a problem+json 400).
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct SemaphorePath {
-    /// The semaphore's name: 1–128 characters of `A–Z a–z 0–9 . _ - :`.
-    #[param(
-        pattern = "^[A-Za-z0-9._:-]{1,128}$",
-        min_length = 1,
-        max_length = 128,
-        example = "payments"
-    )]
-    pub name: String,
-}
-
-/// The path of a permit (documentation only, like [`SemaphorePath`]).
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct PermitPath {
-    /// The semaphore's name: 1–128 characters of `A–Z a–z 0–9 . _ - :`.
-    #[param(
-        pattern = "^[A-Za-z0-9._:-]{1,128}$",
-        min_length = 1,
-        max_length = 128,
-        example = "payments"
-    )]
-    pub name: String,
-    /// The permit's id, as returned by the acquire (and in its `Location`).
-    #[param(example = "3b0c5a4e-8f1d-4c3a-9a57-2f6c1e0d9b21")]
-    pub id: uuid::Uuid,
-}
-
-/// An error, as `application/problem+json` (RFC 9457).
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({
-    "type": "urn:permitd:problem:not-found", "title": "Not found", "status": 404,
-    "detail": "semaphore \"payments\" does not exist"
-}))]
-pub struct Problem {
-    /// A stable identifier of the kind of problem, `urn:permitd:problem:<kind>`:
-    /// clients switch on it.
-    #[serde(rename = "type")]
-    #[schema(pattern = "^urn:permitd:problem:[a-z-]+$")]
-    pub kind: String,
-    /// A short, human-readable summary of the kind.
-    pub title: String,
-    /// The HTTP status, repeated.
-    #[schema(minimum = 400, maximum = 599)]
-    pub status: u16,
-    /// What went wrong with this request, in words a client can act on.
-    pub detail: String,
-}
-
-/// 409: the request conflicts with the semaphore's state. `limit`, when
-/// present, is the limit it conflicts with.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({
-    "type": "urn:permitd:problem:limit-conflict", "title": "Semaphore exists with another limit",
-    "status": 409, "detail": "the semaphore exists with limit 2; acquire without a limit, or with limit 2, or change it with PUT",
-    "limit": 2
-}))]
-pub struct ConflictProblem {
-    #[serde(rename = "type")]
-    #[schema(pattern = "^urn:permitd:problem:[a-z-]+$")]
-    pub kind: String,
-    pub title: String,
-    #[schema(minimum = 400, maximum = 599)]
-    pub status: u16,
-    pub detail: String,
-    /// The limit the request conflicts with (`limit-conflict` and
-    /// `count-exceeds-limit` only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 1_000_000, nullable = false)]
-    pub limit: Option<u32>,
-}
-
-/// 429: not enough units free within `wait_ms`; `Retry-After` says when a
-/// lease next runs out.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({
-    "type": "urn:permitd:problem:no-capacity", "title": "No permit available", "status": 429,
-    "detail": "2 of 2 units are held; not enough are free", "limit": 2, "held": 2, "available": 0
-}))]
-pub struct NoCapacityProblem {
-    #[serde(rename = "type")]
-    #[schema(pattern = "^urn:permitd:problem:[a-z-]+$")]
-    pub kind: String,
-    pub title: String,
-    #[schema(minimum = 400, maximum = 599)]
-    pub status: u16,
-    pub detail: String,
-    #[schema(minimum = 1, maximum = 1_000_000)]
-    pub limit: u32,
-    pub held: u32,
-    pub available: u32,
-}
+use crate::error::{PayloadTooLarge, Unavailable};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -148,38 +49,9 @@ pub struct NoCapacityProblem {
     // Relative, so Swagger UI's "Try it out" and any client that loaded the
     // spec from a server call that same server.
     servers((url = "/", description = "the permitd that served this document")),
-    paths(
-        semaphores::put_semaphore,
-        semaphores::get_semaphore,
-        semaphores::delete_semaphore,
-        permits::acquire_permit,
-        permits::get_permit,
-        permits::refresh_permit,
-        permits::release_permit,
-        health::healthz,
-        health::readyz,
-        health::metrics,
-        demo::run_demo,
-        demo::demo_upstream,
-        openapi_json,
-        openapi_yaml,
-    ),
-    components(schemas(
-        SetLimitBody,
-        AcquireBody,
-        RefreshBody,
-        PermitView,
-        HolderView,
-        SemaphoreView,
-        Problem,
-        ConflictProblem,
-        NoCapacityProblem,
-        health::Health,
-        health::Readiness,
-        crate::demo::DemoReport,
-        crate::demo::RequestResult,
-        demo::UpstreamReply,
-    )),
+    // The paths come from the router (`http::routes`); these are the
+    // components no handler names by type.
+    components(responses(Unavailable, PayloadTooLarge)),
     tags(
         (name = "semaphores", description = "Create, inspect, change and delete semaphores."),
         (name = "permits", description = "Acquire, look up, refresh and release permits."),
@@ -187,11 +59,11 @@ pub struct NoCapacityProblem {
         (name = "operations", description = "Probes, metrics and this document."),
     ),
 )]
-struct ApiDoc;
+pub struct ApiDoc;
 
-/// The OpenAPI document for a server enforcing `bounds`.
-pub fn document(bounds: &RequestBounds) -> Document {
-    let mut doc = ApiDoc::openapi();
+/// Writes the bounds a server enforces into the document the router
+/// declared (see `http::document`).
+pub fn with_bounds(mut doc: Document, bounds: &RequestBounds) -> Document {
     if let Some(components) = doc.components.as_mut() {
         let default_ttl = bounds.default_ttl.as_millis();
         for body in ["AcquireBody", "RefreshBody"] {
@@ -342,14 +214,6 @@ fn query_number<'a>(doc: &'a mut Document, path: &str, name: &str) -> Option<&'a
     }
 }
 
-/// The document as YAML, as checked in at the repository root.
-///
-/// # Errors
-/// Never in practice: the document is plain data.
-pub fn yaml(bounds: &RequestBounds) -> anyhow::Result<String> {
-    Ok(document(bounds).to_yaml()?)
-}
-
 /// One property of a component schema, when both are plain objects.
 fn property<'a>(
     schemas: &'a mut std::collections::BTreeMap<String, RefOr<Schema>>,
@@ -377,6 +241,27 @@ fn set_bounds(property: Option<&mut Object>, minimum: u64, maximum: u64, default
     }
 }
 
+/// The document as served: rendered once, at start.
+pub struct Rendered {
+    json: String,
+    yaml: String,
+}
+
+impl Rendered {
+    /// # Panics
+    /// Never in practice: the document is plain data.
+    pub fn new(doc: &Document) -> Self {
+        Self {
+            json: doc
+                .to_json()
+                .expect("the OpenAPI document serialises to JSON"),
+            yaml: doc
+                .to_yaml()
+                .expect("the OpenAPI document serialises to YAML"),
+        }
+    }
+}
+
 /// `GET /openapi.json`: this document.
 #[utoipa::path(
     get,
@@ -387,8 +272,11 @@ fn set_bounds(property: Option<&mut Object>, minimum: u64, maximum: u64, default
     responses((status = 200, description = "This OpenAPI document as JSON.",
                content_type = "application/json", body = serde_json::Value)),
 )]
-async fn openapi_json(json: String) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], json)
+pub async fn openapi_json(Extension(doc): Extension<Arc<Rendered>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        doc.json.clone(),
+    )
 }
 
 /// `GET /openapi.yaml`: this document.
@@ -401,36 +289,24 @@ async fn openapi_json(json: String) -> impl IntoResponse {
     responses((status = 200, description = "This OpenAPI document as YAML.",
                content_type = "application/yaml", body = serde_json::Value)),
 )]
-async fn openapi_yaml(yaml: String) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/yaml")], yaml)
+pub async fn openapi_yaml(Extension(doc): Extension<Arc<Rendered>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/yaml")],
+        doc.yaml.clone(),
+    )
 }
 
-/// The routes serving the document and Swagger UI; merged into the API router.
-///
-/// Both renderings are made once, here, and the UI's assets are embedded in
-/// the binary, so `/docs/` works offline.
-pub fn routes<S>(bounds: &RequestBounds, access: &AccessControl) -> Router<S>
+/// Swagger UI at `/docs/`, reading `/openapi.json`. Its assets are embedded
+/// in the binary, so it works offline.
+pub fn swagger_ui<S>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let mut doc = document(bounds);
-    if access.is_enabled() {
-        require_bearer(&mut doc, access);
-    }
-    let json = doc
-        .to_json()
-        .expect("the OpenAPI document serialises to JSON");
-    let yaml = doc
-        .to_yaml()
-        .expect("the OpenAPI document serialises to YAML");
-    Router::new()
-        .route("/openapi.json", get(move || openapi_json(json.clone())))
-        .route("/openapi.yaml", get(move || openapi_yaml(yaml.clone())))
-        .merge(
-            SwaggerUi::new("/docs").config(
-                utoipa_swagger_ui::Config::from("/openapi.json")
-                    .try_it_out_enabled(true)
-                    .display_operation_id(true),
-            ),
+    SwaggerUi::new("/docs")
+        .config(
+            utoipa_swagger_ui::Config::from("/openapi.json")
+                .try_it_out_enabled(true)
+                .display_operation_id(true),
         )
+        .into()
 }

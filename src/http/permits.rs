@@ -6,21 +6,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::extract::{JsonBody, PathParams};
+use super::extract::{JsonBody, PermitPath, SemaphorePath};
 use super::models::{AcquireBody, PermitView, RefreshBody};
-use super::openapi::{ConflictProblem, NoCapacityProblem, PermitPath, Problem, SemaphorePath};
-use super::semaphores::{parse_name, semaphore_not_found};
-use crate::error::ApiError;
-use crate::semaphore::{
-    AcquireOutcome, IdempotencyKey, Permit, PermitId, ReleaseOutcome, SemaphoreName,
-};
+use crate::error::{ApiError, PayloadTooLarge, Problem, Unavailable};
+use crate::semaphore::{AcquireOutcome, IdempotencyKey, Permit, ReleaseOutcome};
 use crate::{telemetry, waiting};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-fn parse_id(raw: &str) -> Result<PermitId, ApiError> {
-    PermitId::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
-}
 
 fn permit_not_found() -> ApiError {
     ApiError::NotFound(
@@ -35,9 +27,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
     let text = value.to_str().map_err(|_| {
         ApiError::BadRequest("Idempotency-Key must be visible ASCII characters".into())
     })?;
-    IdempotencyKey::parse(text)
-        .map(Some)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))
+    Ok(Some(IdempotencyKey::parse(text)?))
 }
 
 fn permit_response(status: StatusCode, permit: &Permit) -> Response {
@@ -88,24 +78,21 @@ fn permit_response(status: StatusCode, permit: &Permit) -> Response {
             limit (`limit-conflict`), `count` is more than the limit so it could never be granted \
             (`count-exceeds-limit`), or the `Idempotency-Key` names a live permit acquired with a \
             different body (`idempotency-key-reused`). `limit` is present for the first two.",
-         body = ConflictProblem, content_type = "application/problem+json"),
-        (status = 413, description = "Request body over the size limit (`--max-body-bytes`, 16 KiB by default).", body = Problem, content_type = "application/problem+json"),
+         body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
         (status = 429, description = "Not enough units free within `wait_ms`.",
-         body = NoCapacityProblem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds until the next lease runs out (at least 1)."))),
-        (status = 503, description = "The store cannot be reached, or the request took longer than the server allows (`request-timeout`); retry after `Retry-After` seconds.",
          body = Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+         headers(("Retry-After" = u64, description = "Seconds until the next lease runs out (at least 1)."))),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub async fn acquire_permit(
     State(state): State<AppState>,
-    path: Result<PathParams<String>, ApiError>,
+    path: Result<SemaphorePath, ApiError>,
     headers: HeaderMap,
     body: Result<JsonBody<AcquireBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let parsed = path.and_then(|PathParams(name)| {
-        let name = parse_name(&name)?;
+    let parsed = path.and_then(|SemaphorePath(name)| {
         let key = idempotency_key(&headers)?;
         let JsonBody(body) = body?;
         body.into_request(name, key, &state.bounds)
@@ -117,24 +104,13 @@ pub async fn acquire_permit(
             return Err(e);
         }
     };
-    // The request timeout starts again on top of the wait the client asked
-    // for, so a long poll is bounded but never cut short (see `limits`).
-    let bound = request.wait.as_duration() + state.limits.request_timeout;
-    let outcome = match tokio::time::timeout(
-        bound,
-        waiting::acquire(&state.store, &request, &state.waiting),
-    )
-    .await
-    {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => {
+    // Bounded by the route's time budget (see `limits`): the wait asked
+    // for, each store call by the store's own timeout.
+    let outcome = match waiting::acquire(&state.store, &request, &state.waiting).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
             count_acquire("error");
             return Err(e.into());
-        }
-        Err(_) => {
-            count_acquire("error");
-            tracing::warn!(bound_ms = bound.as_millis() as u64, "acquire timed out");
-            return Err(ApiError::Timeout);
         }
     };
     let waited = request.wait.as_millis() > 0;
@@ -161,10 +137,10 @@ pub async fn acquire_permit(
             // Whole seconds, rounded up, at least one: the header cannot say less.
             retry_after_secs: retry_after_ms.map_or(1, |ms| ms.div_ceil(1000).max(1)),
         }),
-        AcquireOutcome::NotFound => Err(ApiError::NotFound(format!(
-            "semaphore {:?} does not exist; give a limit to create it",
-            request.name.as_str()
-        ))),
+        AcquireOutcome::NotFound => Err(ApiError::SemaphoreNotFound {
+            name: request.name,
+            to_acquire: true,
+        }),
         AcquireOutcome::LimitConflict { current } => Err(ApiError::LimitConflict { current }),
         AcquireOutcome::CountExceedsLimit { limit } => Err(ApiError::CountExceedsLimit {
             count: request.count.get(),
@@ -194,10 +170,6 @@ fn outcome_label(outcome: &AcquireOutcome, waited: bool) -> &'static str {
     }
 }
 
-fn parse_path(name: &str, id: &str) -> Result<(SemaphoreName, PermitId), ApiError> {
-    Ok((parse_name(name)?, parse_id(id)?))
-}
-
 /// `GET /semaphores/{name}/permits/{id}`: 200 while the permit is live.
 #[utoipa::path(
     get,
@@ -212,16 +184,13 @@ fn parse_path(name: &str, id: &str) -> Result<(SemaphoreName, PermitId), ApiErro
          body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Released, expired, or never existed.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store cannot be reached, or the request took longer than the server allows (`request-timeout`); retry after `Retry-After` seconds.",
-         body = Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub async fn get_permit(
     State(state): State<AppState>,
-    PathParams((name, id)): PathParams<(String, String)>,
+    PermitPath(name, id): PermitPath,
 ) -> Result<Json<PermitView>, ApiError> {
-    let (name, id) = parse_path(&name, &id)?;
     match state.store.permit(&name, id).await? {
         Some(permit) => Ok(Json(PermitView::from(&permit))),
         None => Err(permit_not_found()),
@@ -244,23 +213,17 @@ pub async fn get_permit(
          body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Released, expired, or never existed.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Request body over the size limit (`--max-body-bytes`, 16 KiB by default).", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store cannot be reached, or the request took longer than the server allows (`request-timeout`); retry after `Retry-After` seconds.",
-         body = Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub async fn refresh_permit(
     State(state): State<AppState>,
-    PathParams((name, id)): PathParams<(String, String)>,
+    PermitPath(name, id): PermitPath,
     JsonBody(body): JsonBody<RefreshBody>,
 ) -> Result<Json<PermitView>, ApiError> {
-    let (name, id) = parse_path(&name, &id)?;
     let ttl = match body.ttl_ms {
-        Some(ms) => state
-            .bounds
-            .ttl(ms)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+        Some(ms) => state.bounds.ttl(ms)?,
         None => state.bounds.default_ttl,
     };
     let refreshed = state.store.refresh(&name, id, ttl).await?;
@@ -290,16 +253,13 @@ pub async fn refresh_permit(
          body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such semaphore, or the permit was released, expired, or never existed.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store cannot be reached, or the request took longer than the server allows (`request-timeout`); retry after `Retry-After` seconds.",
-         body = Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub async fn release_permit(
     State(state): State<AppState>,
-    PathParams((name, id)): PathParams<(String, String)>,
+    PermitPath(name, id): PermitPath,
 ) -> Result<StatusCode, ApiError> {
-    let (name, id) = parse_path(&name, &id)?;
     let outcome = state.store.release(&name, id).await?;
     let label = match outcome {
         ReleaseOutcome::Released => "released",
@@ -312,6 +272,9 @@ pub async fn release_permit(
             Ok(StatusCode::NO_CONTENT)
         }
         ReleaseOutcome::NoPermit => Err(permit_not_found()),
-        ReleaseOutcome::NoSemaphore => Err(semaphore_not_found(&name)),
+        ReleaseOutcome::NoSemaphore => Err(ApiError::SemaphoreNotFound {
+            name,
+            to_acquire: false,
+        }),
     }
 }

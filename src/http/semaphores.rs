@@ -6,22 +6,16 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::extract::{JsonBody, PathParams};
+use super::extract::{JsonBody, SemaphorePath};
 use super::models::{SemaphoreView, SetLimitBody};
-use super::openapi::{Problem, SemaphorePath};
-use crate::error::ApiError;
+use crate::error::{ApiError, PayloadTooLarge, Problem, Unavailable};
 use crate::semaphore::{Limit, SemaphoreName, SetLimitOutcome};
 
-/// The semaphore of the path, also recorded in the request's span so every
-/// log line of the request names it.
-pub(super) fn parse_name(raw: &str) -> Result<SemaphoreName, ApiError> {
-    let name = SemaphoreName::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    super::observe::record_semaphore(name.as_str());
-    Ok(name)
-}
-
-pub(super) fn semaphore_not_found(name: &SemaphoreName) -> ApiError {
-    ApiError::NotFound(format!("semaphore {name:?} does not exist"))
+fn not_found(name: SemaphoreName) -> ApiError {
+    ApiError::SemaphoreNotFound {
+        name,
+        to_acquire: false,
+    }
 }
 
 /// `PUT /semaphores/{name}`: 201 when created, 200 when changed or unchanged.
@@ -42,19 +36,16 @@ pub(super) fn semaphore_not_found(name: &SemaphoreName) -> ApiError {
         (status = 200, description = "Limit changed, or unchanged.", body = SemaphoreView),
         (status = 400, description = "Bad name, bad JSON, unknown field, or a limit outside 1 … 1,000,000.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Request body over the size limit (`--max-body-bytes`, 16 KiB by default).", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store cannot be reached, or the request took longer than the server allows (`request-timeout`); retry after `Retry-After` seconds.",
-         body = Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub async fn put_semaphore(
     State(state): State<AppState>,
-    PathParams(name): PathParams<String>,
+    SemaphorePath(name): SemaphorePath,
     JsonBody(body): JsonBody<SetLimitBody>,
 ) -> Result<Response, ApiError> {
-    let name = parse_name(&name)?;
-    let limit = Limit::new(body.limit).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let limit = Limit::new(body.limit)?;
     let outcome = state.store.set_limit(&name, limit).await?;
     tracing::info!(semaphore = %name, limit = limit.get(), ?outcome, "limit set");
     // Read back so the reply shows what is held under the new limit.
@@ -62,7 +53,7 @@ pub async fn put_semaphore(
         .store
         .status(&name)
         .await?
-        .ok_or_else(|| semaphore_not_found(&name))?;
+        .ok_or_else(|| not_found(name.clone()))?;
     let view = Json(SemaphoreView::from(&status));
     Ok(match outcome {
         SetLimitOutcome::Created => (
@@ -89,21 +80,15 @@ pub async fn put_semaphore(
         (status = 200, description = "The semaphore's status.", body = SemaphoreView),
         (status = 400, description = "Bad name.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such semaphore.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store cannot be reached, or the request took longer than the server allows (`request-timeout`); retry after `Retry-After` seconds.",
-         body = Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub async fn get_semaphore(
     State(state): State<AppState>,
-    PathParams(name): PathParams<String>,
+    SemaphorePath(name): SemaphorePath,
 ) -> Result<Json<SemaphoreView>, ApiError> {
-    let name = parse_name(&name)?;
-    let status = state
-        .store
-        .status(&name)
-        .await?
-        .ok_or_else(|| semaphore_not_found(&name))?;
+    let status = state.store.status(&name).await?;
+    let status = status.ok_or_else(|| not_found(name))?;
     Ok(Json(SemaphoreView::from(&status)))
 }
 
@@ -119,20 +104,17 @@ pub async fn get_semaphore(
         (status = 204, description = "Deleted, with every permit."),
         (status = 400, description = "Bad name.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such semaphore.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store cannot be reached, or the request took longer than the server allows (`request-timeout`); retry after `Retry-After` seconds.",
-         body = Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub async fn delete_semaphore(
     State(state): State<AppState>,
-    PathParams(name): PathParams<String>,
+    SemaphorePath(name): SemaphorePath,
 ) -> Result<StatusCode, ApiError> {
-    let name = parse_name(&name)?;
     if state.store.delete(&name).await? {
         tracing::info!(semaphore = %name, "semaphore deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(semaphore_not_found(&name))
+        Err(not_found(name))
     }
 }

@@ -73,7 +73,6 @@ impl managed::Manager for Connector {
     }
 }
 
-
 /// The pool every script call checks a connection out of.
 pub(super) struct Pool(managed::Pool<Connector>);
 
@@ -85,10 +84,7 @@ impl Pool {
     ///
     /// # Errors
     /// When the URL cannot be parsed.
-    pub(super) fn new(
-        client: redis::Client,
-        settings: &RedisSettings,
-    ) -> Result<Self, StoreError> {
+    pub(super) fn new(client: redis::Client, settings: &RedisSettings) -> Result<Self, StoreError> {
         let connector = Connector {
             client,
             config: AsyncConnectionConfig::new()
@@ -139,7 +135,6 @@ impl Pool {
     }
 }
 
-
 fn classify(e: redis::RedisError) -> StoreError {
     match e.retry_method() {
         RetryMethod::NoRetry => StoreError::Internal(e.to_string()),
@@ -154,4 +149,3 @@ fn classify_pool(e: PoolError<redis::RedisError>) -> StoreError {
         other => StoreError::Unavailable(other.to_string()),
     }
 }
-

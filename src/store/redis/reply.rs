@@ -62,4 +62,3 @@ impl Reply {
 pub(super) fn unexpected(tag: &str) -> StoreError {
     StoreError::Internal(format!("unexpected script reply {tag:?}"))
 }
-

@@ -58,4 +58,3 @@ pub(super) static DELETE: LazyLock<NamedScript> =
     LazyLock::new(|| script("delete", include_str!("scripts/delete.lua")));
 pub(super) static LEAVE: LazyLock<NamedScript> =
     LazyLock::new(|| script("leave", include_str!("scripts/leave.lua")));
-

@@ -82,4 +82,3 @@ pub(super) async fn subscribe(
         wakeups.wake_all();
     }
 }
-
