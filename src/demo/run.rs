@@ -84,9 +84,9 @@ pub async fn run(
     let shared = Arc::new(Run {
         store: Arc::clone(&store),
         name: name.clone(),
-        url: config.url_of(&request.target()),
-        client: config.client_for(&request.target()).clone(),
-        token: config.token_for(&request.target()),
+        url: config.url_of(request.target()),
+        client: config.client_for(request.target()).clone(),
+        token: config.token_for(request.target()),
         max_wait_ms: config.max_wait_ms,
         waiting: config.waiting.clone(),
         started,
