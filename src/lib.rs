@@ -5,33 +5,47 @@
 //! machine that asks. Permits are leases, so a crashed holder never leaks
 //! capacity, and each carries a fencing token.
 //!
-//! A tour, top-down:
-//! - [`config`]: flags and environment, and the choice of store;
+//! A tour, top-down (each module uses only those below it):
+//! - [`cli`]: the binary's commands (`serve`, `demo`, `healthcheck`,
+//!   `openapi`), each a small module;
 //! - [`startup`]: `Application::build` and `run_until_stopped`;
-//! - [`http`]: routes and handlers, turning JSON into domain values, and the
-//!   layers around them: request ids and spans, bearer tokens, time and size
-//!   bounds; and the OpenAPI document generated from them (`http::openapi`,
-//!   Swagger UI at `/docs/`);
-//! - [`telemetry`]: log output and the Prometheus metrics (names, meanings);
-//! - [`error`]: the one error type, rendered as problem+json;
-//! - [`semaphore`]: validated domain values and acquire outcomes;
-//! - [`store`]: the `SemaphoreStore` trait, with the embedded memory store and
-//!   the Redis store (Lua scripts in `store/scripts/`), and `Wakeups`, how a
-//!   store tells a waiting acquire to try again;
+//! - [`config`]: flags and environment, assembled into each part's settings;
+//! - [`http`]: the routes, declared once for the router and the OpenAPI
+//!   document; handlers turning JSON into domain values; the layers around
+//!   them (request ids and spans, bearer tokens, per-route time budgets);
+//!   Swagger UI at `/docs/`;
+//! - [`error`]: the one error type and its problem+json body;
+//! - [`demo`]: the fan-out scenario permitd grew out of, on top of the store
+//!   trait, served as `GET /demo` and run by `permitd demo`;
 //! - [`waiting`]: the long-poll acquire (`wait_ms`): FIFO tickets, wakes,
 //!   timers, and withdrawal when the client goes away;
-//! - [`demo`]: the fan-out scenario permitd grew out of, on top of the store
-//!   trait, served as `GET /demo` and run by `permitd demo`.
+//! - [`store`]: the `SemaphoreStore` trait, with the embedded memory store and
+//!   the Redis store (connections, Lua scripts, the wake subscriber), and
+//!   `Wakeups`, how a store tells a waiting acquire to try again;
+//! - [`semaphore`]: validated domain values and acquire outcomes;
+//! - [`telemetry`]: log output and the Prometheus metric names;
+//! - [`secret`]: values never logged (passwords, tokens) and URL redaction.
 
-// From the bottom up: a module uses only the modules listed above it.
+// Top-down, as the tour: each module uses only the modules after it. (One
+// per paragraph, so formatting keeps this order.)
 pub mod cli;
-pub mod config;
-pub mod demo;
-pub mod error;
-pub mod http;
-pub mod secret;
-pub mod semaphore;
+
 pub mod startup;
-pub mod store;
-pub mod telemetry;
+
+pub mod config;
+
+pub mod http;
+
+pub mod error;
+
+pub mod demo;
+
 pub mod waiting;
+
+pub mod store;
+
+pub mod semaphore;
+
+pub mod telemetry;
+
+pub mod secret;

@@ -7,7 +7,7 @@
 //! document, so the pattern documented is the one enforced.
 
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use bytes::Bytes;
@@ -68,24 +68,6 @@ fn bytes_rejection(rejection: BytesRejection, max_body_bytes: usize) -> ApiError
     }
 }
 
-/// Path parameters, with a problem+json rejection.
-pub struct PathParams<T>(pub T);
-
-impl<S, T> FromRequestParts<S> for PathParams<T>
-where
-    S: Send + Sync,
-    T: DeserializeOwned + Send,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|axum::extract::Path(value)| PathParams(value))
-            .map_err(|e: PathRejection| ApiError::BadRequest(e.body_text()))
-    }
-}
-
 /// Query parameters, with a problem+json rejection (a malformed query string,
 /// or an unknown parameter when `T` denies them).
 pub struct QueryParams<T>(pub T);
@@ -136,6 +118,10 @@ pub struct SemaphorePath(pub SemaphoreName);
 /// The permit of `/semaphores/{name}/permits/{id}`.
 pub struct PermitPath(pub SemaphoreName, pub PermitId);
 
+fn path_rejection(e: PathRejection) -> ApiError {
+    ApiError::BadRequest(e.body_text())
+}
+
 fn semaphore_name(raw: &str) -> Result<SemaphoreName, ApiError> {
     let name = SemaphoreName::parse(raw)?;
     observe::record_semaphore(name.as_str());
@@ -146,7 +132,9 @@ impl<S: Send + Sync> FromRequestParts<S> for SemaphorePath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let PathParams(name) = PathParams::<String>::from_request_parts(parts, state).await?;
+        let Path(name) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(path_rejection)?;
         Ok(Self(semaphore_name(&name)?))
     }
 }
@@ -155,8 +143,9 @@ impl<S: Send + Sync> FromRequestParts<S> for PermitPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let PathParams((name, id)) =
-            PathParams::<(String, String)>::from_request_parts(parts, state).await?;
+        let Path((name, id)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(path_rejection)?;
         Ok(Self(semaphore_name(&name)?, PermitId::parse(&id)?))
     }
 }

@@ -88,27 +88,28 @@ impl AcquireRequest {
 }
 
 /// How an acquire ended. Only a store failure is an `Err`; "no capacity" and
-/// "no such semaphore" are ordinary answers the HTTP layer maps to statuses.
+/// "no such semaphore" are ordinary answers; the HTTP layer alone decides
+/// their statuses (`crate::error::ApiError` names each).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AcquireOutcome {
-    /// A new permit (HTTP 201).
+    /// A new permit.
     Granted(Permit),
-    /// The `Idempotency-Key` already names a live permit: the same one (200).
+    /// The `Idempotency-Key` already names a live permit: the same one.
     Replayed(Permit),
-    /// No capacity within the wait (429).
+    /// No capacity within the wait.
     Unavailable {
         limit: u32,
         held: u32,
         /// When the soonest lease runs out, if any: a hint for `Retry-After`.
         retry_after_ms: Option<u64>,
     },
-    /// The semaphore does not exist and the request gave no limit (404).
+    /// The semaphore does not exist and the request gave no limit.
     NotFound,
-    /// The semaphore exists with a different limit (409).
+    /// The semaphore exists with a different limit.
     LimitConflict { current: u32 },
-    /// `count` is more than the semaphore's limit: it could never succeed (400).
+    /// `count` is more than the semaphore's limit: it could never succeed.
     CountExceedsLimit { limit: u32 },
-    /// The `Idempotency-Key` names a live permit acquired with another body (409).
+    /// The `Idempotency-Key` names a live permit acquired with another body.
     IdempotencyMismatch,
 }
 

@@ -285,6 +285,23 @@ impl MemoryStore {
         done(AcquireOutcome::Granted(permit))
     }
 
+    /// Runs `f` on the semaphore's state, after sweeping its expired leases
+    /// (and waking who that lets in), with the clock read under the lock;
+    /// `None` when the semaphore does not exist.
+    fn with_swept<T>(
+        &self,
+        name: &SemaphoreName,
+        f: impl FnOnce(&mut SemaphoreState, Millis) -> T,
+    ) -> Option<T> {
+        let mut map = self.lock();
+        let state = map.get_mut(name)?;
+        let now = Millis::now();
+        if state.expire(now) {
+            state.wake_heads(&self.wakeups);
+        }
+        Some(f(state, now))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SemaphoreName, SemaphoreState>> {
         // A panic while locked cannot leave a half-applied change (every
         // mutation is a few infallible statements), so a poisoned lock is safe
@@ -329,35 +346,29 @@ impl SemaphoreStore for MemoryStore {
     }
 
     async fn status(&self, name: &SemaphoreName) -> Result<Option<SemaphoreStatus>, StoreError> {
-        let now = Millis::now();
-        let mut map = self.lock();
-        let Some(state) = map.get_mut(name) else {
-            return Ok(None);
-        };
-        if state.expire(now) {
-            state.wake_heads(&self.wakeups);
-        }
-        let holders = state
-            .expiries
-            .iter()
-            .take(MAX_LISTED_HOLDERS)
-            .map(|(_, id)| {
-                let r = &state.permits[id];
-                HolderInfo {
-                    holder: r.holder.clone(),
-                    count: r.count,
-                    fencing_token: r.fencing_token,
-                    acquired_at: r.acquired_at,
-                    expires_at: r.expires_at,
-                }
-            })
-            .collect();
-        Ok(Some(SemaphoreStatus {
-            name: name.clone(),
-            limit: state.limit,
-            held: state.held,
-            waiting: state.queue.len() as u32,
-            holders,
+        Ok(self.with_swept(name, |state, _| {
+            let holders = state
+                .expiries
+                .iter()
+                .take(MAX_LISTED_HOLDERS)
+                .map(|(_, id)| {
+                    let r = &state.permits[id];
+                    HolderInfo {
+                        holder: r.holder.clone(),
+                        count: r.count,
+                        fencing_token: r.fencing_token,
+                        acquired_at: r.acquired_at,
+                        expires_at: r.expires_at,
+                    }
+                })
+                .collect();
+            SemaphoreStatus {
+                name: name.clone(),
+                limit: state.limit,
+                held: state.held,
+                waiting: state.queue.len() as u32,
+                holders,
+            }
         }))
     }
 
@@ -403,15 +414,11 @@ impl SemaphoreStore for MemoryStore {
         name: &SemaphoreName,
         id: PermitId,
     ) -> Result<Option<Permit>, StoreError> {
-        let now = Millis::now();
-        let mut map = self.lock();
-        let Some(state) = map.get_mut(name) else {
-            return Ok(None);
-        };
-        if state.expire(now) {
-            state.wake_heads(&self.wakeups);
-        }
-        Ok(state.permits.get(&id).map(|r| to_permit(name, id, r)))
+        Ok(self
+            .with_swept(name, |state, _| {
+                state.permits.get(&id).map(|r| to_permit(name, id, r))
+            })
+            .flatten())
     }
 
     async fn refresh(
@@ -420,30 +427,23 @@ impl SemaphoreStore for MemoryStore {
         id: PermitId,
         ttl: Ttl,
     ) -> Result<Option<Permit>, StoreError> {
-        let now = Millis::now();
-        let mut map = self.lock();
-        let Some(state) = map.get_mut(name) else {
-            return Ok(None);
-        };
-        if state.expire(now) {
-            state.wake_heads(&self.wakeups);
-        }
-        let soonest_before = state.soonest_expiry();
-        let Some(record) = state.permits.get_mut(&id) else {
-            return Ok(None);
-        };
-        state.expiries.remove(&(record.expires_at, id));
-        record.expires_at = Millis(now.0 + ttl.as_millis());
-        state.expiries.insert((record.expires_at, id));
-        let permit = to_permit(name, id, record);
-        // The head waiter's timer aims at the soonest expiry: if that moved
-        // earlier, wake the head so it aims again.
-        if state.soonest_expiry() < soonest_before
-            && let Some(&(head, _)) = state.queue.front()
-        {
-            self.wakeups.wake(head, None);
-        }
-        Ok(Some(permit))
+        let refreshed = self.with_swept(name, |state, now| {
+            let soonest_before = state.soonest_expiry();
+            let record = state.permits.get_mut(&id)?;
+            state.expiries.remove(&(record.expires_at, id));
+            record.expires_at = Millis(now.0 + ttl.as_millis());
+            state.expiries.insert((record.expires_at, id));
+            let permit = to_permit(name, id, record);
+            // The head waiter's timer aims at the soonest expiry: if that
+            // moved earlier, wake the head so it aims again.
+            if state.soonest_expiry() < soonest_before
+                && let Some(&(head, _)) = state.queue.front()
+            {
+                self.wakeups.wake(head, None);
+            }
+            Some(permit)
+        });
+        Ok(refreshed.flatten())
     }
 
     async fn release(

@@ -1,8 +1,8 @@
 //! The `SemaphoreStore` trait: the one narrow interface between the HTTP layer
 //! and where permits live, plus `StoreError`.
 //!
-//! Two implementations share these semantics, and one contract suite
-//! (`tests/contract.rs`) checks both:
+//! Two implementations share these semantics, and one contract suite checks
+//! both, at this trait and through the HTTP API (`tests/api`):
 //! - [`memory::MemoryStore`]: embedded, one process, for `cargo run` and tests;
 //! - [`redis::RedisStore`]: Redis, shared by every permitd instance.
 //!
