@@ -196,11 +196,7 @@ impl Harness {
     /// Starts one more permitd in this process. On the memory store only one
     /// may be started: a second would have a store of its own, not a share.
     pub async fn spawn(&self) -> TestApp {
-        let before = self.spawned.fetch_add(1, Ordering::Relaxed);
-        assert!(
-            self.store == Store::Redis || before == 0,
-            "instances on the memory store share nothing; start several on Redis"
-        );
+        self.count_instance();
         init_logs();
         let app = Application::build(&self.settings())
             .await
@@ -217,6 +213,14 @@ impl Harness {
         }
     }
 
+    fn count_instance(&self) {
+        let before = self.spawned.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            self.store == Store::Redis || before == 0,
+            "instances on the memory store share nothing; start several on Redis"
+        );
+    }
+
     /// Starts `instances` permitd in this process, all on this store.
     pub async fn spawn_many(&self, instances: usize) -> Vec<TestApp> {
         let mut apps = Vec::with_capacity(instances);
@@ -227,8 +231,10 @@ impl Harness {
     }
 
     /// The `permitd` binary, on this store (`--redis-url` on Redis), to
-    /// configure with flags before it starts.
+    /// configure with flags before it starts: `configure` closures are for
+    /// in-process instances, the binary takes flags like in production.
     pub fn binary(&self) -> BinaryBuilder {
+        self.count_instance();
         let mut binary = BinaryBuilder::new();
         if let Some(redis) = &self.redis {
             binary = binary.arg("--redis-url").arg(&redis.url());

@@ -92,6 +92,7 @@ fn init_logs() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("permitd=debug,info"));
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(filter)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
                 .with_test_writer()
                 .try_init();
         }
