@@ -243,8 +243,10 @@ impl Harness {
         binary
     }
 
-    /// The store itself, without HTTP, as `settings()` would build it.
+    /// The store itself, without HTTP, as `settings()` would build it. It
+    /// counts as an instance: on Redis it shares the data with the others.
     pub fn semaphore_store(&self) -> Arc<dyn SemaphoreStore> {
+        self.count_instance();
         match self.settings().store() {
             StoreChoice::Memory => Arc::new(MemoryStore::new()),
             StoreChoice::Redis(redis) => {
