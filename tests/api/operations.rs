@@ -7,15 +7,14 @@
 //! before with one after, on series only the test itself touches or with
 //! "at least" deltas.
 
-mod common;
-
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, TestApp, expect_problem, spawn_app, spawn_app_with};
-use permitd::config::Settings;
-use permitd::secret::Secret;
+use crate::helpers::{
+    ApiClient, BinaryBuilder, RedisServer, Secret, Store, TestApp, expect_problem, free_port,
+    on_each_store, permitd_command, spawn_app, spawn_app_with,
+};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------- metrics
@@ -24,7 +23,7 @@ use serde_json::{Value, json};
 struct Scrape(BTreeMap<String, f64>);
 
 impl Scrape {
-    async fn of(app: &TestApp) -> Self {
+    async fn of(app: &ApiClient) -> Self {
         let response = app.get("/metrics").await;
         assert_eq!(response.status(), 200);
         Self::parse(&response.text().await.unwrap())
@@ -81,7 +80,10 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-async fn metrics_move_as_requests_are_made(app: &TestApp) {
+on_each_store!(metrics_move_as_requests_are_made);
+
+async fn metrics_move_as_requests_are_made(store: Store) {
+    let app = &spawn_app(store).await;
     let name = unique("metered");
     let before = Scrape::of(app).await;
 
@@ -162,6 +164,29 @@ async fn metrics_move_as_requests_are_made(app: &TestApp) {
         ) >= 7.0
     );
 
+    if store == Store::Redis {
+        let calls = |call| {
+            delta(
+                &before,
+                &after,
+                "permitd_redis_call_duration_seconds_count",
+                &[("call", call)],
+            )
+        };
+        assert!(calls("acquire") >= 6.0);
+        assert!(calls("refresh") >= 2.0);
+        assert!(calls("release") >= 2.0);
+        for gauge in [
+            "permitd_redis_pool_max_connections",
+            "permitd_redis_pool_connections",
+            "permitd_redis_pool_in_use_connections",
+            "permitd_redis_pool_waiting_calls",
+            "permitd_redis_wake_subscribed",
+        ] {
+            assert!(after.has(gauge), "{gauge} missing");
+        }
+    }
+
     // Low cardinality: neither the semaphore nor a permit id is a label.
     let text = app.get("/metrics").await.text().await.unwrap();
     assert!(!text.contains(&name), "semaphore name in metrics");
@@ -169,48 +194,10 @@ async fn metrics_move_as_requests_are_made(app: &TestApp) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_move_as_requests_are_made_on_the_memory_store() {
-    let app = spawn_app(None).await;
-    metrics_move_as_requests_are_made(&app).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_move_as_requests_are_made_on_redis() {
-    let redis = RedisServer::start();
-    let app = spawn_app(Some(&redis)).await;
-    let before = Scrape::of(&app).await;
-    metrics_move_as_requests_are_made(&app).await;
-    let after = Scrape::of(&app).await;
-    let calls = |call| {
-        delta(
-            &before,
-            &after,
-            "permitd_redis_call_duration_seconds_count",
-            &[("call", call)],
-        )
-    };
-    assert!(calls("acquire") >= 6.0);
-    assert!(calls("refresh") >= 2.0);
-    assert!(calls("release") >= 2.0);
-    for gauge in [
-        "permitd_redis_pool_max_connections",
-        "permitd_redis_pool_connections",
-        "permitd_redis_pool_in_use_connections",
-        "permitd_redis_pool_waiting_calls",
-        "permitd_redis_wake_subscribed",
-    ] {
-        assert!(after.has(gauge), "{gauge} missing");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_failures_are_counted() {
-    let mut redis = RedisServer::start();
-    let mut settings = Settings::for_tests(Some(redis.url()));
-    settings.redis_timeout_ms = 500;
-    let app = spawn_app_with(settings).await;
+    let app = spawn_app_with(Store::Redis, |settings| settings.redis_timeout_ms = 500).await;
     let before = Scrape::of(&app).await;
-    redis.stop();
+    app.redis().kill();
     expect_problem(app.get("/semaphores/anything").await, 503).await;
     let after = Scrape::of(&app).await;
     let failed: f64 = ["timeout", "unavailable"]
@@ -229,42 +216,24 @@ async fn redis_failures_are_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_waiters_gauge_counts_long_polls_in_progress() {
-    let app = spawn_app(None).await;
+    let app = spawn_app(Store::Memory).await;
     let name = unique("gauge");
     let held = app.acquire(&name, json!({ "limit": 1 })).await;
     assert_eq!(held.status(), 201);
     let location = held.headers()["location"].to_str().unwrap().to_owned();
-    let waiter = {
-        let (client, url) = (
-            app.client.clone(),
-            app.url(&format!("/semaphores/{name}/permits")),
-        );
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({ "wait_ms": 10_000 }))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while app.status(&name).await["waiting"] != 1 {
-        assert!(Instant::now() < deadline, "the waiter never queued");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let waiter = app.acquire_in_background(&name, json!({ "wait_ms": 10_000 }));
+    app.until_waiting(&name, 1).await;
     // Other tests of this binary may wait too, so at least this one.
     assert!(Scrape::of(&app).await.get("permitd_waiters", &[]) >= 1.0);
     assert_eq!(app.delete(&location).await.status(), 204);
-    assert_eq!(waiter.await.unwrap(), 201);
+    assert_eq!(waiter.await.unwrap().status, 201);
 }
 
 // ---------------------------------------------------------------- request ids
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_id_is_echoed_or_generated() {
-    let app = spawn_app(None).await;
+    let app = spawn_app(Store::Memory).await;
     let echoed = app
         .client
         .get(app.url("/healthz"))
@@ -300,10 +269,11 @@ const OTHER_TOKEN: &str = "second-token-from-the-file-77";
 const WRONG_TOKEN: &str = "a-guess-that-is-not-a-token";
 
 async fn app_with_tokens(metrics_public: bool) -> TestApp {
-    let mut settings = Settings::for_tests(None);
-    settings.api_tokens = vec![Secret::new(TOKEN)];
-    settings.metrics_public = metrics_public;
-    spawn_app_with(settings).await
+    spawn_app_with(Store::Memory, move |settings| {
+        settings.api_tokens = vec![Secret::new(TOKEN)];
+        settings.metrics_public = metrics_public;
+    })
+    .await
 }
 
 async fn unauthorized(response: reqwest::Response) -> String {
@@ -414,7 +384,7 @@ async fn probes_and_metrics_stay_open_with_tokens_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_tokens_everything_is_open() {
-    let app = spawn_app(None).await;
+    let app = spawn_app(Store::Memory).await;
     assert_eq!(
         app.acquire("free-for-all", json!({ "limit": 1 }))
             .await
@@ -435,9 +405,10 @@ async fn tokens_can_come_from_a_file() {
         format!("# rotated 2026-11\n\n{OTHER_TOKEN}\n  {TOKEN}  \n"),
     )
     .unwrap();
-    let mut settings = Settings::for_tests(None);
-    settings.api_token_file = Some(file);
-    let app = spawn_app_with(settings).await;
+    let app = spawn_app_with(Store::Memory, move |settings| {
+        settings.api_token_file = Some(file.clone());
+    })
+    .await;
     for token in [TOKEN, OTHER_TOKEN] {
         let response = app
             .client
@@ -455,7 +426,7 @@ async fn tokens_can_come_from_a_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_says_where_a_token_is_needed() {
-    let open = spawn_app(None).await;
+    let open = spawn_app(Store::Memory).await;
     let doc: Value = open.get("/openapi.json").await.json().await.unwrap();
     let scheme = &doc["components"]["securitySchemes"]["bearer"];
     assert_eq!(
@@ -493,34 +464,24 @@ async fn the_openapi_document_says_where_a_token_is_needed() {
 
 // ---------------------------------------------------------------- request bounds
 
-async fn app_with_timeout(timeout_ms: u64, redis: Option<&RedisServer>) -> TestApp {
-    let mut settings = Settings::for_tests(redis.map(RedisServer::url));
-    settings.request_timeout_ms = timeout_ms;
-    settings.redis_timeout_ms = 5_000;
-    spawn_app_with(settings).await
+async fn app_with_timeout(timeout_ms: u64, store: Store) -> TestApp {
+    spawn_app_with(store, move |settings| {
+        settings.request_timeout_ms = timeout_ms;
+        settings.redis_timeout_ms = 5_000;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_longer_than_the_request_timeout_still_succeeds() {
-    let app = app_with_timeout(300, None).await;
+    let app = app_with_timeout(300, Store::Memory).await;
     let held = app.acquire("patient", json!({ "limit": 1 })).await;
     let location = held.headers()["location"].to_str().unwrap().to_owned();
-    let waiter = {
-        let (client, url) = (app.client.clone(), app.url("/semaphores/patient/permits"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({ "wait_ms": 3_000 }))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let waiter = app.acquire_in_background("patient", json!({ "wait_ms": 3_000 }));
     // Well past the 300 ms request timeout, the wait is still on.
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(app.delete(&location).await.status(), 204);
-    assert_eq!(waiter.await.unwrap(), 201);
+    assert_eq!(waiter.await.unwrap().status, 201);
 
     // And a wait that runs out is the usual 429, not a timeout.
     let full = app.acquire("patient", json!({ "wait_ms": 700 })).await;
@@ -529,7 +490,7 @@ async fn a_long_poll_longer_than_the_request_timeout_still_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_slower_than_the_timeout_gets_a_503_problem() {
-    let app = app_with_timeout(200, None).await;
+    let app = app_with_timeout(200, Store::Memory).await;
     let started = Instant::now();
     let slow = app.get("/demo/upstream?delay_ms=3000").await;
     assert!(started.elapsed() < Duration::from_secs(2), "it hung");
@@ -540,8 +501,7 @@ async fn a_request_slower_than_the_timeout_gets_a_503_problem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_is_cut_off_by_the_request_timeout() {
-    let redis = RedisServer::start();
-    let app = app_with_timeout(300, Some(&redis)).await;
+    let app = app_with_timeout(300, Store::Redis).await;
     assert_eq!(
         app.put_json("/semaphores/stall", json!({ "limit": 1 }))
             .await
@@ -550,8 +510,8 @@ async fn a_stalled_redis_is_cut_off_by_the_request_timeout() {
     );
     // Redis stops answering for 2 s; the Redis timeout (5 s) is longer than
     // the request timeout, so the request timeout is what answers.
-    let paused = redis.command("CLIENT PAUSE 2000 ALL").unwrap();
-    assert!(paused.starts_with("+OK"), "{paused}");
+    let paused = app.redis().command(&["CLIENT", "PAUSE", "2000", "ALL"]);
+    assert!(paused.is_ok(), "{paused:?}");
     let started = Instant::now();
     let stalled = app.get("/semaphores/stall").await;
     assert!(started.elapsed() < Duration::from_millis(1_500), "it hung");
@@ -561,9 +521,7 @@ async fn a_stalled_redis_is_cut_off_by_the_request_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_body_limit_is_a_setting() {
-    let mut settings = Settings::for_tests(None);
-    settings.max_body_bytes = 64;
-    let app = spawn_app_with(settings).await;
+    let app = spawn_app_with(Store::Memory, |settings| settings.max_body_bytes = 64).await;
     let big = json!({ "limit": 1, "holder": "h".repeat(100) });
     let problem = expect_problem(app.acquire("bounded", big).await, 413).await;
     assert!(problem["detail"].as_str().unwrap().contains("64 bytes"));
@@ -575,41 +533,22 @@ async fn the_body_limit_is_a_setting() {
 
 // ---------------------------------------------------------------- the binary
 
-/// A permitd process, killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn healthcheck(url: &str) -> bool {
-    Command::new(env!("CARGO_BIN_EXE_permitd"))
+async fn healthcheck(url: &str) -> bool {
+    permitd_command()
         .args(["healthcheck", "--url", url, "--timeout-ms", "1000"])
         .stderr(Stdio::null())
         .status()
+        .await
         .unwrap()
         .success()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_healthcheck_subcommand_exits_0_only_when_healthy() {
-    let app = spawn_app(None).await;
+    let app = spawn_app(Store::Memory).await;
     let url = app.url("/healthz");
     let closed = format!("http://127.0.0.1:{}/healthz", free_port());
-    let (up, down) = tokio::task::spawn_blocking(move || (healthcheck(&url), healthcheck(&closed)))
-        .await
-        .unwrap();
+    let (up, down) = (healthcheck(&url).await, healthcheck(&closed).await);
     assert!(up, "a running server is healthy");
     assert!(!down, "nothing listening is unhealthy");
 }
@@ -617,43 +556,26 @@ async fn the_healthcheck_subcommand_exits_0_only_when_healthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_the_logs() {
     const PASSWORD: &str = "redis-pa55word-never-logged";
-    let mut redis = RedisServer::start();
-    let set = redis
-        .command(&format!("CONFIG SET requirepass {PASSWORD}"))
-        .unwrap();
-    assert!(set.starts_with("+OK"), "{set}");
+    let redis = RedisServer::start();
+    let set = redis.command(&["CONFIG", "SET", "requirepass", PASSWORD]);
+    assert!(set.is_ok(), "{set:?}");
     let redis_url = format!("redis://:{PASSWORD}@127.0.0.1:{}", redis.port());
 
-    let port = free_port();
     let log_path = std::env::temp_dir().join(unique("permitd-log"));
     let log = std::fs::File::create(&log_path).unwrap();
     // Everything permitd and its libraries log, in both formats' worst case.
-    let child = Command::new(env!("CARGO_BIN_EXE_permitd"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--log-format", "json"])
+    let mut process = BinaryBuilder::new()
+        .arg("--log-format")
+        .arg("json")
         .env("REDIS_URL", &redis_url)
-        .env("PERMITD_API_TOKENS", format!("{TOKEN},{OTHER_TOKEN}"))
+        .env("PERMITD_API_TOKENS", &format!("{TOKEN},{OTHER_TOKEN}"))
         .env("RUST_LOG", "trace")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let process = Process(child);
-
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match client.get(format!("{base}/readyz")).send().await {
-            Ok(response) if response.status() == 200 => break,
-            _ => {
-                assert!(Instant::now() < deadline, "permitd did not get ready");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+        .log_to(log)
+        .start()
+        .await;
+    let client = &process.client;
     let granted = client
-        .post(format!("{base}/semaphores/span-named-semaphore/permits"))
+        .post(process.url("/semaphores/span-named-semaphore/permits"))
         .bearer_auth(TOKEN)
         .header("x-request-id", "req-id-seen-in-logs")
         .json(&json!({ "limit": 1, "holder": "log-test" }))
@@ -663,22 +585,22 @@ async fn secrets_never_reach_the_logs() {
     assert_eq!(granted.status(), 201);
     assert_eq!(granted.headers()["x-request-id"], "req-id-seen-in-logs");
     let wrong = client
-        .get(format!("{base}/semaphores/span-named-semaphore"))
+        .get(process.url("/semaphores/span-named-semaphore"))
         .bearer_auth(WRONG_TOKEN)
         .send()
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
     // A Redis failure is logged too, with the store's error text.
-    redis.stop();
+    redis.kill();
     let failed = client
-        .get(format!("{base}/semaphores/span-named-semaphore"))
+        .get(process.url("/semaphores/span-named-semaphore"))
         .bearer_auth(OTHER_TOKEN)
         .send()
         .await
         .unwrap();
     assert_eq!(failed.status(), 503);
-    drop(process);
+    process.kill();
 
     let logs = std::fs::read_to_string(&log_path).unwrap();
     let _ = std::fs::remove_file(&log_path);

@@ -81,3 +81,12 @@ pub async fn screenshot(url: &str, path: &std::path::Path, budget: Duration) {
     ];
     run(url, budget, &extra).await;
 }
+
+/// The runner itself works: headless Chromium renders a page served by
+/// permitd, with its scripts run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_chromium_renders_a_page_served_by_permitd() {
+    let app = crate::helpers::spawn_app(crate::helpers::Store::Memory).await;
+    let dom = render_dom(&app.url("/healthz"), Duration::from_secs(2)).await;
+    assert!(dom.contains("\"status\":\"ok\""), "rendered DOM: {dom}");
+}

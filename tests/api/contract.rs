@@ -2,38 +2,13 @@
 //! and run on both stores (`memory::*` and `redis::*` test names), so the two
 //! cannot drift apart.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Backend, TestApp, expect_problem};
+use crate::helpers::{ApiClient, Store, expect_problem, on_each_store, spawn_app};
 use serde_json::{Value, json};
 
-macro_rules! contract_suite {
-    ($($scenario:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let backend = super::Backend::memory().await;
-                    super::$scenario(&backend.app).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let backend = super::Backend::redis().await;
-                    super::$scenario(&backend.app).await;
-                }
-            )*
-        }
-    };
-}
-
-contract_suite!(
+on_each_store!(
     acquire_grants_until_the_limit_then_returns_429,
     multi_unit_count_is_all_or_nothing,
     count_above_the_limit_is_409,
@@ -46,6 +21,7 @@ contract_suite!(
     conflicting_limit_is_409_and_same_limit_is_fine,
     status_lists_holders_but_never_permit_ids,
     unknown_semaphore_is_404_everywhere,
+    a_missing_semaphore_is_named_as_text_in_every_detail,
     delete_removes_the_semaphore_and_its_permits,
     lowering_the_limit_never_revokes_held_permits,
     raising_the_limit_frees_capacity_at_once,
@@ -55,7 +31,7 @@ contract_suite!(
     concurrent_acquires_grant_exactly_the_limit,
 );
 
-async fn create(app: &TestApp, name: &str, limit: u32) {
+async fn create(app: &ApiClient, name: &str, limit: u32) {
     let response = app
         .put_json(&format!("/semaphores/{name}"), json!({ "limit": limit }))
         .await;
@@ -63,7 +39,7 @@ async fn create(app: &TestApp, name: &str, limit: u32) {
 }
 
 /// Acquires and returns the permit body; panics unless 201.
-async fn granted(app: &TestApp, name: &str, body: Value) -> Value {
+async fn granted(app: &ApiClient, name: &str, body: Value) -> Value {
     let response = app.acquire(name, body).await;
     assert_eq!(response.status(), 201, "acquire on {name}");
     let location = response.headers()["location"].to_str().unwrap().to_owned();
@@ -86,7 +62,8 @@ fn permit_path(permit: &Value) -> String {
     )
 }
 
-async fn acquire_grants_until_the_limit_then_returns_429(app: &TestApp) {
+async fn acquire_grants_until_the_limit_then_returns_429(store: Store) {
+    let app = &spawn_app(store).await;
     create(app, "api", 2).await;
     let first = granted(app, "api", json!({ "holder": "worker-1" })).await;
     assert_eq!(first["count"], 1);
@@ -113,7 +90,8 @@ async fn acquire_grants_until_the_limit_then_returns_429(app: &TestApp) {
     );
 }
 
-async fn multi_unit_count_is_all_or_nothing(app: &TestApp) {
+async fn multi_unit_count_is_all_or_nothing(store: Store) {
+    let app = &spawn_app(store).await;
     create(app, "gpu", 5).await;
     granted(app, "gpu", json!({ "count": 3 })).await;
     let refused = app.acquire("gpu", json!({ "count": 3 })).await;
@@ -126,7 +104,8 @@ async fn multi_unit_count_is_all_or_nothing(app: &TestApp) {
     assert_eq!(status["available"], 0);
 }
 
-async fn count_above_the_limit_is_409(app: &TestApp) {
+async fn count_above_the_limit_is_409(store: Store) {
+    let app = &spawn_app(store).await;
     create(app, "small", 2).await;
     let problem = expect_problem(app.acquire("small", json!({ "count": 3 })).await, 409).await;
     assert_eq!(problem["limit"], 2);
@@ -142,7 +121,8 @@ async fn count_above_the_limit_is_409(app: &TestApp) {
     expect_problem(app.get("/semaphores/fresh").await, 404).await;
 }
 
-async fn expired_lease_frees_its_units(app: &TestApp) {
+async fn expired_lease_frees_its_units(store: Store) {
+    let app = &spawn_app(store).await;
     create(app, "lease", 1).await;
     let short = granted(app, "lease", json!({ "ttl_ms": 150 })).await;
     expect_problem(app.acquire("lease", json!({})).await, 429).await;
@@ -164,7 +144,8 @@ async fn expired_lease_frees_its_units(app: &TestApp) {
     );
 }
 
-async fn refresh_extends_a_live_lease(app: &TestApp) {
+async fn refresh_extends_a_live_lease(store: Store) {
+    let app = &spawn_app(store).await;
     create(app, "renew", 1).await;
     let permit = granted(app, "renew", json!({ "ttl_ms": 400 })).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -185,7 +166,8 @@ async fn refresh_extends_a_live_lease(app: &TestApp) {
     assert_eq!(app.status("renew").await["held"], 1);
 }
 
-async fn refresh_never_resurrects_an_expired_permit(app: &TestApp) {
+async fn refresh_never_resurrects_an_expired_permit(store: Store) {
+    let app = &spawn_app(store).await;
     create(app, "dead", 1).await;
     let permit = granted(app, "dead", json!({ "ttl_ms": 100 })).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -197,7 +179,8 @@ async fn refresh_never_resurrects_an_expired_permit(app: &TestApp) {
     expect_problem(app.get(&permit_path(&permit)).await, 404).await;
 }
 
-async fn release_frees_units_and_a_second_release_is_404(app: &TestApp) {
+async fn release_frees_units_and_a_second_release_is_404(store: Store) {
+    let app = &spawn_app(store).await;
     create(app, "rel", 1).await;
     let permit = granted(app, "rel", json!({})).await;
     assert_eq!(app.get(&permit_path(&permit)).await.status(), 200);
@@ -210,7 +193,8 @@ async fn release_frees_units_and_a_second_release_is_404(app: &TestApp) {
     expect_problem(app.acquire("rel", json!({})).await, 429).await;
 }
 
-async fn idempotent_acquire_returns_the_same_permit(app: &TestApp) {
+async fn idempotent_acquire_returns_the_same_permit(store: Store) {
+    let app = &spawn_app(store).await;
     let send = |key: &'static str, body: Value| {
         app.client
             .post(app.url("/semaphores/idem/permits"))
@@ -259,7 +243,8 @@ async fn idempotent_acquire_returns_the_same_permit(app: &TestApp) {
     expect_problem(bad, 400).await;
 }
 
-async fn fencing_tokens_strictly_increase_even_across_recreation(app: &TestApp) {
+async fn fencing_tokens_strictly_increase_even_across_recreation(store: Store) {
+    let app = &spawn_app(store).await;
     let mut last = 0;
     for round in 0..3 {
         for _ in 0..4 {
@@ -275,7 +260,8 @@ async fn fencing_tokens_strictly_increase_even_across_recreation(app: &TestApp) 
     assert!(last < (1u64 << 53));
 }
 
-async fn conflicting_limit_is_409_and_same_limit_is_fine(app: &TestApp) {
+async fn conflicting_limit_is_409_and_same_limit_is_fine(store: Store) {
+    let app = &spawn_app(store).await;
     create(app, "shared", 3).await;
     let conflict = expect_problem(app.acquire("shared", json!({ "limit": 4 })).await, 409).await;
     assert_eq!(conflict["limit"], 3);
@@ -303,7 +289,8 @@ async fn conflicting_limit_is_409_and_same_limit_is_fine(app: &TestApp) {
     granted(app, "shared", json!({ "limit": 4 })).await;
 }
 
-async fn status_lists_holders_but_never_permit_ids(app: &TestApp) {
+async fn status_lists_holders_but_never_permit_ids(store: Store) {
+    let app = &spawn_app(store).await;
     create(app, "seen", 5).await;
     let a = granted(
         app,
@@ -338,7 +325,8 @@ async fn status_lists_holders_but_never_permit_ids(app: &TestApp) {
     }
 }
 
-async fn unknown_semaphore_is_404_everywhere(app: &TestApp) {
+async fn unknown_semaphore_is_404_everywhere(store: Store) {
+    let app = &spawn_app(store).await;
     expect_problem(app.acquire("ghost", json!({})).await, 404).await;
     expect_problem(app.get("/semaphores/ghost").await, 404).await;
     expect_problem(app.delete("/semaphores/ghost").await, 404).await;
@@ -350,7 +338,27 @@ async fn unknown_semaphore_is_404_everywhere(app: &TestApp) {
     expect_problem(app.get("/semaphores/ghost").await, 404).await;
 }
 
-async fn delete_removes_the_semaphore_and_its_permits(app: &TestApp) {
+async fn a_missing_semaphore_is_named_as_text_in_every_detail(store: Store) {
+    let app = &spawn_app(store).await;
+    let plain = r#"semaphore "nope" does not exist"#;
+    let detail = |problem: Value| problem["detail"].as_str().unwrap().to_owned();
+    let status = expect_problem(app.get("/semaphores/nope").await, 404).await;
+    assert_eq!(detail(status), plain);
+    let delete = expect_problem(app.delete("/semaphores/nope").await, 404).await;
+    assert_eq!(detail(delete), plain);
+    let release = app
+        .delete("/semaphores/nope/permits/6f1c2b1e-8c4a-4f7e-9a53-0c2d6f1e9b7a")
+        .await;
+    assert_eq!(detail(expect_problem(release, 404).await), plain);
+    let acquire = expect_problem(app.acquire("nope", json!({})).await, 404).await;
+    assert_eq!(
+        detail(acquire),
+        format!("{plain}; give a limit to create it")
+    );
+}
+
+async fn delete_removes_the_semaphore_and_its_permits(store: Store) {
+    let app = &spawn_app(store).await;
     create(app, "gone", 1).await;
     let permit = granted(app, "gone", json!({ "ttl_ms": 60000 })).await;
     assert_eq!(app.delete("/semaphores/gone").await.status(), 204);
@@ -366,7 +374,8 @@ async fn delete_removes_the_semaphore_and_its_permits(app: &TestApp) {
     granted(app, "gone", json!({})).await;
 }
 
-async fn lowering_the_limit_never_revokes_held_permits(app: &TestApp) {
+async fn lowering_the_limit_never_revokes_held_permits(store: Store) {
+    let app = &spawn_app(store).await;
     create(app, "shrink", 3).await;
     let permits = [
         granted(app, "shrink", json!({})).await,
@@ -396,7 +405,8 @@ async fn lowering_the_limit_never_revokes_held_permits(app: &TestApp) {
     granted(app, "shrink", json!({})).await;
 }
 
-async fn raising_the_limit_frees_capacity_at_once(app: &TestApp) {
+async fn raising_the_limit_frees_capacity_at_once(store: Store) {
+    let app = &spawn_app(store).await;
     create(app, "grow", 1).await;
     granted(app, "grow", json!({})).await;
     expect_problem(app.acquire("grow", json!({})).await, 429).await;
@@ -409,7 +419,8 @@ async fn raising_the_limit_frees_capacity_at_once(app: &TestApp) {
     granted(app, "grow", json!({})).await;
 }
 
-async fn every_bound_is_enforced_with_a_problem(app: &TestApp) {
+async fn every_bound_is_enforced_with_a_problem(store: Store) {
+    let app = &spawn_app(store).await;
     create(app, "bounds", 2).await;
     let long_name = "n".repeat(129);
     for name in [
@@ -484,7 +495,8 @@ async fn every_bound_is_enforced_with_a_problem(app: &TestApp) {
     );
 }
 
-async fn boundary_values_are_accepted(app: &TestApp) {
+async fn boundary_values_are_accepted(store: Store) {
+    let app = &spawn_app(store).await;
     let name = "b".repeat(128);
     let permit = granted(
         app,
@@ -510,7 +522,8 @@ async fn boundary_values_are_accepted(app: &TestApp) {
     expect_problem(bare, 429).await;
 }
 
-async fn bad_routes_and_methods_are_problems(app: &TestApp) {
+async fn bad_routes_and_methods_are_problems(store: Store) {
+    let app = &spawn_app(store).await;
     expect_problem(app.get("/nope").await, 404).await;
     expect_problem(app.get("/semaphores").await, 404).await;
     let post = app
@@ -531,7 +544,8 @@ async fn bad_routes_and_methods_are_problems(app: &TestApp) {
     assert_eq!(app.get("/readyz").await.status(), 200);
 }
 
-async fn concurrent_acquires_grant_exactly_the_limit(app: &TestApp) {
+async fn concurrent_acquires_grant_exactly_the_limit(store: Store) {
+    let app = &spawn_app(store).await;
     create(app, "race", 10).await;
     let attempts = (0..200).map(|_| app.acquire("race", json!({ "ttl_ms": 60000 })));
     let responses = futures::future::join_all(attempts).await;

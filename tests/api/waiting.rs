@@ -2,60 +2,22 @@
 //! that leave, instances that die, lost notifications, shutdown. The shared
 //! scenarios run on both stores; the crash and pub/sub ones need Redis.
 
-mod common;
-
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, TestApp, expect_problem, spawn_app_with};
-use permitd::config::Settings;
+use crate::helpers::{ApiClient, Harness, Store, TestApp, expect_problem, on_each_store};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
-struct Backend {
-    apps: Vec<TestApp>,
-    _redis: Option<RedisServer>,
+/// `instances` apps on one fresh store (several only make sense on Redis),
+/// each with `recheck_ms` as its re-check interval.
+async fn apps(store: Store, instances: usize, recheck_ms: u64) -> Vec<TestApp> {
+    Harness::new(store)
+        .configure(move |settings| settings.wait_recheck_ms = recheck_ms)
+        .spawn_many(instances)
+        .await
 }
 
-/// `instances` apps on one store (several only make sense on Redis), each
-/// with `recheck_ms` as its re-check interval.
-async fn backend(redis: bool, instances: usize, recheck_ms: u64) -> Backend {
-    let server = redis.then(RedisServer::start);
-    let mut apps = Vec::new();
-    for _ in 0..instances {
-        let mut settings = Settings::for_tests(server.as_ref().map(RedisServer::url));
-        settings.wait_recheck_ms = recheck_ms;
-        apps.push(spawn_app_with(settings).await);
-    }
-    Backend {
-        apps,
-        _redis: server,
-    }
-}
-
-macro_rules! both_stores {
-    ($($scenario:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(false).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(true).await;
-                }
-            )*
-        }
-    };
-}
-
-both_stores!(
+on_each_store!(
     a_waiter_is_granted_when_a_permit_is_released,
     a_waiter_is_granted_when_a_lease_expires_without_any_recheck,
     a_wait_that_runs_out_is_429_after_about_wait_ms,
@@ -66,60 +28,19 @@ both_stores!(
     shutdown_answers_waiting_requests_with_503,
 );
 
-struct Waited {
-    status: u16,
-    body: Value,
-    took: Duration,
-}
-
-/// Starts a waiting acquire in the background.
-fn wait_for(app: &TestApp, name: &str, body: Value) -> JoinHandle<Waited> {
-    let request = app
-        .client
-        .post(app.url(&format!("/semaphores/{name}/permits")))
-        .json(&body);
-    tokio::spawn(async move {
-        let started = Instant::now();
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let body = response.json().await.unwrap_or(Value::Null);
-        Waited {
-            status,
-            body,
-            took: started.elapsed(),
-        }
-    })
-}
-
-/// Polls status until `waiting` is `n` (waiters are queued asynchronously).
-async fn until_waiting(app: &TestApp, name: &str, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let waiting = app.status(name).await["waiting"].as_u64().unwrap();
-        if waiting == n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waiting stayed {waiting}, wanted {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn hold(app: &TestApp, name: &str, body: Value) -> String {
+async fn hold(app: &ApiClient, name: &str, body: Value) -> String {
     let response = app.acquire(name, body).await;
     assert_eq!(response.status(), 201);
     response.headers()["location"].to_str().unwrap().to_owned()
 }
 
-async fn a_waiter_is_granted_when_a_permit_is_released(redis: bool) {
+async fn a_waiter_is_granted_when_a_permit_is_released(store: Store) {
     // A long re-check, so only the push wake can explain a prompt grant.
-    let b = backend(redis, 1, 30_000).await;
-    let app = &b.apps[0];
+    let apps = apps(store, 1, 30_000).await;
+    let app = &apps[0];
     let held = hold(app, "rel", json!({ "limit": 1 })).await;
-    let waiter = wait_for(app, "rel", json!({ "wait_ms": 10_000, "holder": "next" }));
-    until_waiting(app, "rel", 1).await;
+    let waiter = app.acquire_in_background("rel", json!({ "wait_ms": 10_000, "holder": "next" }));
+    app.until_waiting("rel", 1).await;
     let released_at = Instant::now();
     assert_eq!(app.delete(&held).await.status(), 204);
     let waited = waiter.await.unwrap();
@@ -137,11 +58,12 @@ async fn a_waiter_is_granted_when_a_permit_is_released(redis: bool) {
     );
 }
 
-async fn a_waiter_is_granted_when_a_lease_expires_without_any_recheck(redis: bool) {
-    let b = backend(redis, 1, 30_000).await;
-    let app = &b.apps[0];
+async fn a_waiter_is_granted_when_a_lease_expires_without_any_recheck(store: Store) {
+    let apps = apps(store, 1, 30_000).await;
+    let app = &apps[0];
     hold(app, "exp", json!({ "limit": 1, "ttl_ms": 400 })).await;
-    let waited = wait_for(app, "exp", json!({ "wait_ms": 10_000 }))
+    let waited = app
+        .acquire_in_background("exp", json!({ "wait_ms": 10_000 }))
         .await
         .unwrap();
     assert_eq!(waited.status, 201);
@@ -152,9 +74,9 @@ async fn a_waiter_is_granted_when_a_lease_expires_without_any_recheck(redis: boo
     );
 }
 
-async fn a_wait_that_runs_out_is_429_after_about_wait_ms(redis: bool) {
-    let b = backend(redis, 1, 1_000).await;
-    let app = &b.apps[0];
+async fn a_wait_that_runs_out_is_429_after_about_wait_ms(store: Store) {
+    let apps = apps(store, 1, 1_000).await;
+    let app = &apps[0];
     hold(app, "tmo", json!({ "limit": 1, "ttl_ms": 60_000 })).await;
     let started = Instant::now();
     let response = app.acquire("tmo", json!({ "wait_ms": 400 })).await;
@@ -176,15 +98,15 @@ async fn a_wait_that_runs_out_is_429_after_about_wait_ms(redis: bool) {
     );
 }
 
-async fn waiters_are_served_in_arrival_order(redis: bool) {
+async fn waiters_are_served_in_arrival_order(store: Store) {
     // On Redis the waiters alternate between two instances.
-    let b = backend(redis, if redis { 2 } else { 1 }, 1_000).await;
-    let first = &b.apps[0];
+    let apps = apps(store, if store == Store::Redis { 2 } else { 1 }, 1_000).await;
+    let first = &apps[0];
     let held = hold(first, "fifo", json!({ "limit": 1 })).await;
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut waiters = Vec::new();
     for i in 0..6u64 {
-        let app = &b.apps[i as usize % b.apps.len()];
+        let app = &apps[i as usize % apps.len()];
         let (client, url) = (app.client.clone(), app.url("/semaphores/fifo/permits"));
         let base = app.url("");
         let order = order.clone();
@@ -206,7 +128,7 @@ async fn waiters_are_served_in_arrival_order(redis: bool) {
                 .unwrap();
             assert_eq!(released.status(), 204);
         }));
-        until_waiting(first, "fifo", i + 1).await;
+        first.until_waiting("fifo", i + 1).await;
     }
     assert_eq!(first.delete(&held).await.status(), 204);
     for waiter in waiters {
@@ -215,20 +137,20 @@ async fn waiters_are_served_in_arrival_order(redis: bool) {
     assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4, 5]);
 }
 
-async fn a_newcomer_never_overtakes_a_queued_waiter(redis: bool) {
-    let b = backend(redis, 1, 1_000).await;
-    let app = &b.apps[0];
+async fn a_newcomer_never_overtakes_a_queued_waiter(store: Store) {
+    let apps = apps(store, 1, 1_000).await;
+    let app = &apps[0];
     let held = hold(app, "fair", json!({ "limit": 2 })).await;
     // Needs both units: queued although one is free.
-    let big = wait_for(app, "fair", json!({ "count": 2, "wait_ms": 10_000 }));
-    until_waiting(app, "fair", 1).await;
+    let big = app.acquire_in_background("fair", json!({ "count": 2, "wait_ms": 10_000 }));
+    app.until_waiting("fair", 1).await;
     let problem = expect_problem(app.acquire("fair", json!({})).await, 429).await;
     assert_eq!(
         problem["available"], 1,
         "a unit is free, but the queue comes first"
     );
-    let also_waiting = wait_for(app, "fair", json!({ "wait_ms": 10_000 }));
-    until_waiting(app, "fair", 2).await;
+    let also_waiting = app.acquire_in_background("fair", json!({ "wait_ms": 10_000 }));
+    app.until_waiting("fair", 2).await;
     assert_eq!(app.delete(&held).await.status(), 204);
     let big = big.await.unwrap();
     assert_eq!((big.status, big.body["count"].as_u64()), (201, Some(2)));
@@ -240,14 +162,14 @@ async fn a_newcomer_never_overtakes_a_queued_waiter(redis: bool) {
     assert_eq!(also_waiting.await.unwrap().status, 201);
 }
 
-async fn raising_the_limit_wakes_waiters_at_once(redis: bool) {
-    let b = backend(redis, 1, 30_000).await;
-    let app = &b.apps[0];
+async fn raising_the_limit_wakes_waiters_at_once(store: Store) {
+    let apps = apps(store, 1, 30_000).await;
+    let app = &apps[0];
     hold(app, "grow", json!({ "limit": 1 })).await;
-    let one = wait_for(app, "grow", json!({ "wait_ms": 10_000 }));
-    until_waiting(app, "grow", 1).await;
-    let two = wait_for(app, "grow", json!({ "wait_ms": 10_000 }));
-    until_waiting(app, "grow", 2).await;
+    let one = app.acquire_in_background("grow", json!({ "wait_ms": 10_000 }));
+    app.until_waiting("grow", 1).await;
+    let two = app.acquire_in_background("grow", json!({ "wait_ms": 10_000 }));
+    app.until_waiting("grow", 2).await;
     let raised_at = Instant::now();
     let raised = app
         .put_json("/semaphores/grow", json!({ "limit": 3 }))
@@ -258,9 +180,9 @@ async fn raising_the_limit_wakes_waiters_at_once(redis: bool) {
     assert!(raised_at.elapsed() < Duration::from_millis(500));
 }
 
-async fn a_client_that_disconnects_leaves_the_queue(redis: bool) {
-    let b = backend(redis, 1, 30_000).await;
-    let app = &b.apps[0];
+async fn a_client_that_disconnects_leaves_the_queue(store: Store) {
+    let apps = apps(store, 1, 30_000).await;
+    let app = &apps[0];
     let held = hold(app, "gone", json!({ "limit": 1 })).await;
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))
@@ -272,82 +194,52 @@ async fn a_client_that_disconnects_leaves_the_queue(redis: bool) {
         .send()
         .await;
     assert!(result.is_err(), "the client gave up");
-    until_waiting(app, "gone", 0).await;
+    app.until_waiting("gone", 0).await;
     assert_eq!(app.delete(&held).await.status(), 204);
     // Nobody left in the queue holds up a newcomer.
     assert_eq!(app.acquire("gone", json!({})).await.status(), 201);
 }
 
-async fn shutdown_answers_waiting_requests_with_503(redis: bool) {
-    let mut b = backend(redis, 1, 30_000).await;
-    hold(&b.apps[0], "stop", json!({ "limit": 1 })).await;
-    let waiter = wait_for(&b.apps[0], "stop", json!({ "wait_ms": 30_000 }));
-    until_waiting(&b.apps[0], "stop", 1).await;
+async fn shutdown_answers_waiting_requests_with_503(store: Store) {
+    let mut apps = apps(store, 1, 30_000).await;
+    hold(&apps[0], "stop", json!({ "limit": 1 })).await;
+    let waiter = apps[0].acquire_in_background("stop", json!({ "wait_ms": 30_000 }));
+    apps[0].until_waiting("stop", 1).await;
     let stopped_at = Instant::now();
-    b.apps[0].shut_down();
+    apps[0].shut_down();
     let waited = waiter.await.unwrap();
     assert_eq!(waited.status, 503);
     assert!(stopped_at.elapsed() < Duration::from_secs(2));
 }
 
-/// A permitd process, killed (SIGKILL) when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_binary(redis: &RedisServer, port: u16, recheck_ms: u64) -> Process {
-    let child = Command::new(env!("CARGO_BIN_EXE_permitd"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--redis-url", &redis.url()])
-        .args(["--wait-recheck-ms", &recheck_ms.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Process(child)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_of_a_killed_instance_leave_the_queue_within_the_bound() {
-    let b = backend(true, 1, 30_000).await;
-    let app = &b.apps[0];
-    let redis = b._redis.as_ref().unwrap();
+    let harness =
+        Harness::new(Store::Redis).configure(|settings| settings.wait_recheck_ms = 30_000);
+    let app = &harness.spawn().await;
     let held = hold(app, "crash", json!({ "limit": 1 })).await;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let doomed = start_binary(redis, port, 200);
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.get(format!("{base}/readyz")).send().await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the second instance did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The real binary, so it can be killed like a crashed process.
+    let mut doomed = harness
+        .binary()
+        .arg("--wait-recheck-ms")
+        .arg("200")
+        .start()
+        .await;
     // Two waiters on the doomed instance, then one here behind them.
     let mut doomed_waiters = Vec::new();
     for n in 1..=2 {
-        let request = client
-            .post(format!("{base}/semaphores/crash/permits"))
+        let request = doomed
+            .client
+            .post(doomed.url("/semaphores/crash/permits"))
             .json(&json!({ "wait_ms": 30_000 }));
         doomed_waiters.push(tokio::spawn(async move { request.send().await }));
-        until_waiting(app, "crash", n).await;
+        app.until_waiting("crash", n).await;
     }
-    let survivor = wait_for(app, "crash", json!({ "wait_ms": 20_000 }));
-    until_waiting(app, "crash", 3).await;
+    let survivor = app.acquire_in_background("crash", json!({ "wait_ms": 20_000 }));
+    app.until_waiting("crash", 3).await;
 
-    drop(doomed); // SIGKILL: no goodbye, nobody leaves the queue on its behalf
+    doomed.kill(); // SIGKILL: no goodbye, nobody leaves the queue on its behalf
     for waiter in doomed_waiters {
         assert!(waiter.await.unwrap().is_err());
     }
@@ -366,15 +258,14 @@ async fn waiters_of_a_killed_instance_leave_the_queue_within_the_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_subscriber_connection_does_not_strand_waiters() {
-    let b = backend(true, 1, 30_000).await;
-    let app = &b.apps[0];
-    let redis = b._redis.as_ref().unwrap();
+    let apps = apps(Store::Redis, 1, 30_000).await;
+    let app = &apps[0];
     let held = hold(app, "sub", json!({ "limit": 1 })).await;
-    let waiter = wait_for(app, "sub", json!({ "wait_ms": 20_000 }));
-    until_waiting(app, "sub", 1).await;
+    let waiter = app.acquire_in_background("sub", json!({ "wait_ms": 20_000 }));
+    app.until_waiting("sub", 1).await;
 
-    let killed = redis.command("CLIENT KILL TYPE pubsub").unwrap();
-    assert!(killed.starts_with(":1"), "killed {killed}");
+    let killed = app.redis().command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(killed.integer(), 1, "killed {killed:?}");
     // Released at once: the wake may be published while nobody listens.
     assert_eq!(app.delete(&held).await.status(), 204);
     let waited = waiter.await.unwrap();
@@ -385,8 +276,8 @@ async fn a_dropped_subscriber_connection_does_not_strand_waiters() {
         waited.took
     );
     // And the subscription is back: a later release wakes promptly again.
-    let second = wait_for(app, "sub", json!({ "wait_ms": 20_000 }));
-    until_waiting(app, "sub", 1).await;
+    let second = app.acquire_in_background("sub", json!({ "wait_ms": 20_000 }));
+    app.until_waiting("sub", 1).await;
     let path = format!(
         "/semaphores/sub/permits/{}",
         waited.body["id"].as_str().unwrap()

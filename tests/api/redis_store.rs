@@ -1,25 +1,21 @@
 //! Redis-only behaviour: outages and recovery, several permitd instances on one
 //! Redis, and the key layout the scripts promise.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, expect_problem, spawn_app, spawn_app_with};
-use permitd::config::Settings;
+use crate::helpers::{Harness, Secret, Store, expect_problem, spawn_app, spawn_app_with};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_gives_503_quickly_and_recovers_without_restart() {
-    let mut redis = RedisServer::start();
-    let app = spawn_app(Some(&redis)).await;
+    let app = spawn_app(Store::Redis).await;
     assert_eq!(
         app.acquire("svc", json!({ "limit": 1 })).await.status(),
         201
     );
 
-    redis.stop();
+    app.redis().kill();
     for path in ["/semaphores/svc/permits", "/semaphores/other/permits"] {
         let started = Instant::now();
         let response = app
@@ -44,8 +40,8 @@ async fn redis_down_gives_503_quickly_and_recovers_without_restart() {
         "liveness ignores Redis"
     );
 
-    redis.restart();
-    // The restarted Redis is empty, so the semaphore is created again.
+    app.redis().restart();
+    // The restarted Redis is empty (nothing was saved), so the semaphore is created again.
     let response = app.acquire("svc", json!({ "limit": 1 })).await;
     assert_eq!(
         response.status(),
@@ -60,10 +56,13 @@ async fn a_redis_that_never_answers_gives_503_within_the_configured_timeout() {
     // Accepts connections and never replies: the worst case for a client.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("redis://{}", silent.local_addr().unwrap());
-    let mut settings = Settings::for_tests(Some(url));
-    settings.redis_timeout_ms = 500;
-    settings.redis_connect_timeout_ms = 300;
-    let app = spawn_app_with(settings).await;
+    // The memory harness, pointed at a Redis URL of the test's own.
+    let app = spawn_app_with(Store::Memory, move |settings| {
+        settings.redis_url = Some(Secret::new(url.clone()));
+        settings.redis_timeout_ms = 500;
+        settings.redis_connect_timeout_ms = 300;
+    })
+    .await;
     let started = Instant::now();
     expect_problem(app.acquire("svc", json!({ "limit": 1 })).await, 503).await;
     let took = started.elapsed();
@@ -73,9 +72,8 @@ async fn a_redis_that_never_answers_gives_503_within_the_configured_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_redis_grant_exactly_the_limit() {
-    let redis = RedisServer::start();
-    let a = spawn_app(Some(&redis)).await;
-    let b = spawn_app(Some(&redis)).await;
+    let harness = Harness::new(Store::Redis);
+    let (a, b) = (harness.spawn().await, harness.spawn().await);
     let attempts = (0..200).map(|i| {
         let app = if i % 2 == 0 { &a } else { &b };
         app.acquire("shared", json!({ "limit": 10, "ttl_ms": 60000 }))
@@ -98,9 +96,8 @@ async fn two_instances_on_one_redis_grant_exactly_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permit_from_one_instance_is_released_through_another() {
-    let redis = RedisServer::start();
-    let a = spawn_app(Some(&redis)).await;
-    let b = spawn_app(Some(&redis)).await;
+    let harness = Harness::new(Store::Redis);
+    let (a, b) = (harness.spawn().await, harness.spawn().await);
     let permit: Value = a
         .acquire("hop", json!({ "limit": 1 }))
         .await
@@ -116,10 +113,10 @@ async fn a_permit_from_one_instance_is_released_through_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_key_of_a_semaphore_shares_one_hash_tag_under_the_prefix() {
-    let redis = RedisServer::start();
-    let mut settings = Settings::for_tests(Some(redis.url()));
-    settings.key_prefix = "team-a:".into();
-    let app = spawn_app_with(settings).await;
+    let app = spawn_app_with(Store::Redis, |settings| {
+        settings.key_prefix = "team-a:".into();
+    })
+    .await;
     let response = app
         .client
         .post(app.url("/semaphores/jobs/permits"))
@@ -129,40 +126,36 @@ async fn every_key_of_a_semaphore_shares_one_hash_tag_under_the_prefix() {
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
-    let keys = redis.command("KEYS *").unwrap();
+    let keys = app.redis().command(&["KEYS", "*"]).strings();
     for suffix in ["meta", "expiry", "permits", "idem"] {
         assert!(
             keys.contains(&format!("team-a:{{jobs}}:{suffix}")),
-            "missing {suffix} in {keys}"
+            "missing {suffix} in {keys:?}"
         );
     }
-    assert_eq!(keys.matches("team-a:{jobs}:").count(), 4, "{keys}");
+    let tagged = keys.iter().filter(|k| k.starts_with("team-a:{jobs}:"));
+    assert_eq!(tagged.count(), 4, "{keys:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_are_reloaded_after_script_flush() {
-    let redis = RedisServer::start();
-    let app = spawn_app(Some(&redis)).await;
+    let app = spawn_app(Store::Redis).await;
     assert_eq!(app.acquire("s", json!({ "limit": 5 })).await.status(), 201);
-    assert!(redis.command("SCRIPT FLUSH").unwrap().starts_with("+OK"));
+    assert!(app.redis().command(&["SCRIPT", "FLUSH"]).is_ok());
     assert_eq!(app.acquire("s", json!({})).await.status(), 201);
     assert_eq!(app.status("s").await["held"], 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_that_arrives_after_its_withdrawal_neither_grants_nor_queues() {
-    use permitd::config::StoreChoice;
     use permitd::semaphore::{
         AcquireOutcome, AcquireRequest, Count, Limit, PermitId, SemaphoreName, Ttl, WaitTime,
     };
-    use permitd::store::redis::RedisStore;
-    use permitd::store::{Attempt, SemaphoreStore};
+    use permitd::store::Attempt;
 
-    let redis = RedisServer::start();
-    let StoreChoice::Redis(settings) = Settings::for_tests(Some(redis.url())).store() else {
-        panic!("a Redis URL chooses the Redis store");
-    };
-    let store = RedisStore::new(&settings).unwrap();
+    // At the store, without HTTP: the race is between two Redis connections.
+    let harness = Harness::new(Store::Redis);
+    let store = harness.semaphore_store();
     let name = SemaphoreName::parse("late").unwrap();
     let request = AcquireRequest {
         name: name.clone(),

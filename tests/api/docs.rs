@@ -2,12 +2,10 @@
 //! served from the binary, its scripts load the spec from the same server,
 //! and every operation is rendered.
 
-mod common;
-
 use std::time::Duration;
 
-use common::browser::render_dom;
-use common::spawn_app;
+use crate::browser::render_dom;
+use crate::helpers::{Store, spawn_app};
 
 /// The `(method, path)` of every operation block Swagger UI rendered.
 fn rendered_operations(dom: &str) -> Vec<(String, String)> {
@@ -28,7 +26,7 @@ fn rendered_operations(dom: &str) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swagger_ui_lists_every_operation_in_a_real_browser() {
-    let app = spawn_app(None).await;
+    let app = spawn_app(Store::Memory).await;
 
     let page = app.get("/docs/").await;
     assert_eq!(page.status(), 200);

@@ -2,15 +2,13 @@
 //! generates, the server serves it as JSON and YAML, and it states the
 //! contract's bounds and headers.
 
-mod common;
-
-use common::spawn_app_with;
+use crate::helpers::{RequestBounds, Store, expect_problem, spawn_app, spawn_app_with};
 use permitd::config::Settings;
 use serde_json::Value;
 
 const REGENERATE: &str = "cargo run -q -- openapi > openapi.yaml";
 
-fn default_bounds() -> permitd::http::RequestBounds {
+fn default_bounds() -> RequestBounds {
     Settings::for_tests(None).request_bounds().unwrap()
 }
 
@@ -35,7 +33,7 @@ fn checked_in_openapi_yaml_is_the_generated_one() {
 
 #[tokio::test]
 async fn the_server_serves_its_document_as_json_and_yaml() {
-    let app = spawn_app_with(Settings::for_tests(None)).await;
+    let app = spawn_app(Store::Memory).await;
 
     let json = app.get("/openapi.json").await;
     assert_eq!(json.status(), 200);
@@ -56,14 +54,15 @@ async fn the_server_serves_its_document_as_json_and_yaml() {
 
 #[tokio::test]
 async fn the_served_document_states_this_servers_configured_bounds() {
-    let mut settings = Settings::for_tests(None);
-    settings.min_ttl_ms = 500;
-    settings.max_ttl_ms = 5_000;
-    settings.default_ttl_ms = 1_000;
-    settings.max_wait_ms = 2_500;
-    settings.demo_max_requests = 3;
-    settings.demo_max_delay_ms = 7;
-    let app = spawn_app_with(settings).await;
+    let app = spawn_app_with(Store::Memory, |settings| {
+        settings.min_ttl_ms = 500;
+        settings.max_ttl_ms = 5_000;
+        settings.default_ttl_ms = 1_000;
+        settings.max_wait_ms = 2_500;
+        settings.demo_max_requests = 3;
+        settings.demo_max_delay_ms = 7;
+    })
+    .await;
     let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
     let schemas = &doc["components"]["schemas"];
     for body in ["AcquireBody", "RefreshBody"] {
@@ -110,7 +109,7 @@ async fn the_served_document_states_this_servers_configured_bounds() {
         "/demo?delay_ms=8",
         "/demo/upstream?delay_ms=8",
     ] {
-        common::expect_problem(app.get(path).await, 400).await;
+        expect_problem(app.get(path).await, 400).await;
     }
     let report: Value = app
         .get("/demo?requests=3&delay_ms=7")
@@ -126,7 +125,7 @@ async fn the_served_document_states_this_servers_configured_bounds() {
     );
 
     let short = serde_json::json!({ "limit": 1, "ttl_ms": 499 });
-    let problem = common::expect_problem(app.acquire("bounded", short).await, 400).await;
+    let problem = expect_problem(app.acquire("bounded", short).await, 400).await;
     assert_eq!(problem["detail"], "ttl_ms must be between 500 and 5000");
     let enough = serde_json::json!({ "limit": 1, "ttl_ms": 500 });
     assert_eq!(app.acquire("bounded", enough).await.status(), 201);
@@ -231,7 +230,7 @@ fn every_endpoint_is_documented_with_its_problems_and_headers() {
 /// first one refused).
 #[tokio::test]
 async fn what_the_document_allows_is_accepted_whole_numbers_and_a_null_body() {
-    let app = spawn_app_with(Settings::for_tests(None)).await;
+    let app = spawn_app(Store::Memory).await;
     let created = app
         .put_json("/semaphores/lenient", serde_json::json!({ "limit": 2.0 }))
         .await;
@@ -251,9 +250,9 @@ async fn what_the_document_allows_is_accepted_whole_numbers_and_a_null_body() {
         serde_json::json!({ "limit": -2.0 }),
         serde_json::json!({ "limit": 1e30 }),
     ] {
-        common::expect_problem(app.put_json("/semaphores/lenient", bad).await, 400).await;
+        expect_problem(app.put_json("/semaphores/lenient", bad).await, 400).await;
     }
-    common::expect_problem(app.put_json("/semaphores/lenient", Value::Null).await, 400).await;
+    expect_problem(app.put_json("/semaphores/lenient", Value::Null).await, 400).await;
     // A body is an object: serde alone would read `[]` as "all defaults"
     // (schemathesis found a PATCH with `[]` accepted).
     let permit: Value = app
@@ -271,8 +270,8 @@ async fn what_the_document_allows_is_accepted_whole_numbers_and_a_null_body() {
         serde_json::json!([30000]),
         serde_json::json!(5),
     ] {
-        common::expect_problem(app.patch_json(&at, body.clone()).await, 400).await;
-        common::expect_problem(
+        expect_problem(app.patch_json(&at, body.clone()).await, 400).await;
+        expect_problem(
             app.post_json("/semaphores/lenient-2/permits", body).await,
             400,
         )

@@ -5,39 +5,16 @@
 //! bounds are one-sided where the machine's load could only make things
 //! slower, and generous where it could make them faster than they should be.
 
-mod common;
-
 use std::time::Duration;
 
-use common::browser::{render_dom, screenshot};
-use common::{Backend, RedisServer, TestApp, expect_problem, spawn_app, spawn_app_with};
-use permitd::config::Settings;
+use crate::browser::{render_dom, screenshot};
+use crate::helpers::{
+    ApiClient, Store, expect_problem, free_port, on_each_store, permitd_command, spawn_app,
+    spawn_app_with,
+};
 use serde_json::Value;
 
-macro_rules! on_both_stores {
-    ($($scenario:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let backend = super::Backend::memory().await;
-                    super::$scenario(&backend.app, "memory").await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let backend = super::Backend::redis().await;
-                    super::$scenario(&backend.app, "redis").await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+on_each_store!(
     limit_one_serialises_the_requests,
     limit_equal_to_requests_runs_them_at_once,
     concurrency_never_exceeds_the_limit,
@@ -45,7 +22,7 @@ on_both_stores!(
     the_page_draws_one_bar_per_request_in_a_real_browser,
 );
 
-async fn demo(app: &TestApp, query: &str) -> Value {
+async fn demo(app: &ApiClient, query: &str) -> Value {
     let response = app.get(&format!("/demo?{query}")).await;
     assert_eq!(response.status(), 200, "GET /demo?{query}");
     assert_eq!(
@@ -87,9 +64,10 @@ fn check_report(report: &Value, requests: u64, limit: u64, store: &str) {
     );
 }
 
-async fn limit_one_serialises_the_requests(app: &TestApp, store: &str) {
+async fn limit_one_serialises_the_requests(store: Store) {
+    let app = &spawn_app(store).await;
     let report = demo(app, "requests=5&limit=1&delay_ms=100").await;
-    check_report(&report, 5, 1, store);
+    check_report(&report, 5, 1, store.kind());
     assert_eq!(report["max_concurrency"], 1);
     assert_eq!(report["ideal_seconds"], 0.5);
     let total = report["total_seconds"].as_f64().unwrap();
@@ -112,9 +90,10 @@ async fn limit_one_serialises_the_requests(app: &TestApp, store: &str) {
     }
 }
 
-async fn limit_equal_to_requests_runs_them_at_once(app: &TestApp, store: &str) {
+async fn limit_equal_to_requests_runs_them_at_once(store: Store) {
+    let app = &spawn_app(store).await;
     let report = demo(app, "requests=5&limit=5&delay_ms=100").await;
-    check_report(&report, 5, 5, store);
+    check_report(&report, 5, 5, store.kind());
     assert_eq!(report["ideal_seconds"], 0.1);
     let total = report["total_seconds"].as_f64().unwrap();
     assert!(total >= 0.1, "took {total} s, less than one call");
@@ -123,10 +102,11 @@ async fn limit_equal_to_requests_runs_them_at_once(app: &TestApp, store: &str) {
     assert!(total < 0.4, "5 × 100 ms at limit 5 took {total} s");
 }
 
-async fn concurrency_never_exceeds_the_limit(app: &TestApp, store: &str) {
+async fn concurrency_never_exceeds_the_limit(store: Store) {
+    let app = &spawn_app(store).await;
     for limit in [1u64, 2, 3, 5, 8] {
         let report = demo(app, &format!("requests=12&limit={limit}&delay_ms=40")).await;
-        check_report(&report, 12, limit, store);
+        check_report(&report, 12, limit, store.kind());
         let rounds = 12u64.div_ceil(limit) as f64;
         let total = report["total_seconds"].as_f64().unwrap();
         assert!(
@@ -157,7 +137,8 @@ async fn concurrency_never_exceeds_the_limit(app: &TestApp, store: &str) {
     }
 }
 
-async fn the_demo_semaphore_is_gone_afterwards(app: &TestApp, _store: &str) {
+async fn the_demo_semaphore_is_gone_afterwards(store: Store) {
+    let app = &spawn_app(store).await;
     let report = demo(app, "requests=3&limit=2&delay_ms=10").await;
     let name = report["semaphore"].as_str().unwrap();
     assert!(name.starts_with("demo-"), "{name}");
@@ -165,7 +146,8 @@ async fn the_demo_semaphore_is_gone_afterwards(app: &TestApp, _store: &str) {
     expect_problem(response, 404).await;
 }
 
-async fn the_page_draws_one_bar_per_request_in_a_real_browser(app: &TestApp, store: &str) {
+async fn the_page_draws_one_bar_per_request_in_a_real_browser(store: Store) {
+    let app = &spawn_app(store).await;
     let url = app.url("/demo?requests=6&limit=2&delay_ms=50");
     let dom = render_dom(&url, Duration::from_secs(5)).await;
     assert_eq!(
@@ -179,13 +161,13 @@ async fn the_page_draws_one_bar_per_request_in_a_real_browser(app: &TestApp, sto
         "headline in {dom}"
     );
     assert!(dom.contains("<form"), "the parameter form is there");
-    assert!(dom.contains(&format!("<dd>{store}</dd>")), "{dom}");
+    assert!(dom.contains(&format!("<dd>{}</dd>", store.kind())), "{dom}");
     assert!(!dom.contains("<script"), "the page has no scripts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_gets_html_and_everyone_else_json() {
-    let app = spawn_app(None).await;
+    let app = spawn_app(Store::Memory).await;
     let html = app
         .client
         .get(app.url("/demo?requests=2&limit=1&delay_ms=0"))
@@ -220,7 +202,7 @@ async fn a_browser_gets_html_and_everyone_else_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defaults_are_five_requests_at_limit_one_against_the_built_in_upstream() {
-    let app = spawn_app(None).await;
+    let app = spawn_app(Store::Memory).await;
     let report = demo(&app, "").await;
     check_report(&report, 5, 1, "memory");
     assert_eq!(report["ideal_seconds"], 0.5);
@@ -237,7 +219,7 @@ async fn defaults_are_five_requests_at_limit_one_against_the_built_in_upstream()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_parameters_and_disallowed_urls_are_400_problems() {
-    let app = spawn_app(None).await;
+    let app = spawn_app(Store::Memory).await;
     for query in [
         "requests=0",
         "requests=101",
@@ -273,7 +255,7 @@ async fn bad_parameters_and_disallowed_urls_are_400_problems() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_built_in_upstream_answers_after_its_delay() {
-    let app = spawn_app(None).await;
+    let app = spawn_app(Store::Memory).await;
     let started = std::time::Instant::now();
     let response = app.get("/demo/upstream?delay_ms=150").await;
     assert_eq!(response.status(), 200);
@@ -301,9 +283,11 @@ async fn spawn_upstream() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allowed_host_is_called_without_relaying_bodies_or_following_redirects() {
     let upstream = spawn_upstream().await;
-    let mut settings = Settings::for_tests(None);
-    settings.demo_allowed_hosts = vec![format!("127.0.0.1:{}", upstream.port())];
-    let app = spawn_app_with(settings).await;
+    let allowed = format!("127.0.0.1:{}", upstream.port());
+    let app = spawn_app_with(Store::Memory, move |s| {
+        s.demo_allowed_hosts = vec![allowed.clone()];
+    })
+    .await;
 
     let ok = format!("http://{upstream}/ok");
     let response = app.get(&format!("/demo?requests=3&limit=2&url={ok}")).await;
@@ -329,14 +313,11 @@ async fn an_allowed_host_is_called_without_relaying_bodies_or_following_redirect
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_allowed_host_is_reported_per_request() {
     // A port that was free a moment ago: connecting is refused.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut settings = Settings::for_tests(None);
-    settings.demo_allowed_hosts = vec!["127.0.0.1".into()];
-    let app = spawn_app_with(settings).await;
+    let port = free_port();
+    let app = spawn_app_with(Store::Memory, |s| {
+        s.demo_allowed_hosts = vec!["127.0.0.1".into()];
+    })
+    .await;
     let report = demo(
         &app,
         &format!("requests=2&limit=1&url=http://127.0.0.1:{port}/"),
@@ -350,7 +331,7 @@ async fn an_unreachable_allowed_host_is_reported_per_request() {
 
 #[tokio::test]
 async fn the_terminal_prints_one_line_per_request_and_the_headline() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_permitd"))
+    let output = permitd_command()
         .args([
             "demo",
             "--requests",
@@ -360,7 +341,6 @@ async fn the_terminal_prints_one_line_per_request_and_the_headline() {
             "--delay-ms",
             "30",
         ])
-        .env_remove("REDIS_URL")
         .output()
         .await
         .unwrap();
@@ -385,9 +365,8 @@ async fn the_terminal_prints_one_line_per_request_and_the_headline() {
 
 #[tokio::test]
 async fn the_terminal_refuses_bad_bounds() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_permitd"))
+    let output = permitd_command()
         .args(["demo", "--limit", "0"])
-        .env_remove("REDIS_URL")
         .output()
         .await
         .unwrap();
@@ -402,12 +381,7 @@ async fn the_terminal_refuses_bad_bounds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_terminal_applies_the_configured_demo_bounds() {
     let run = |args: &'static [&'static str]| async move {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_permitd"))
-            .args(args)
-            .env_remove("REDIS_URL")
-            .output()
-            .await
-            .unwrap()
+        permitd_command().args(args).output().await.unwrap()
     };
     // The default of 5 requests is lowered to the configured maximum.
     let output = run(&["demo", "--demo-max-requests", "2", "--delay-ms", "1"]).await;
@@ -427,11 +401,11 @@ async fn the_terminal_applies_the_configured_demo_bounds() {
 }
 
 /// Not a check: saves `target/demo.png` for a person to look at. Run with
-/// `cargo test --test demo -- --ignored`.
+/// `cargo test --test api demo:: -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "writes a screenshot for people, asserts nothing"]
 async fn save_a_screenshot_of_the_page() {
-    let app = spawn_app(None).await;
+    let app = spawn_app(Store::Memory).await;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/demo.png");
     screenshot(
         &app.url("/demo?requests=8&limit=2&delay_ms=100"),
@@ -444,18 +418,16 @@ async fn save_a_screenshot_of_the_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_redis_the_demo_leaves_no_key_behind() {
-    let redis = RedisServer::start();
-    let app = spawn_app(Some(&redis)).await;
+    let app = spawn_app(Store::Redis).await;
     let report = demo(&app, "requests=4&limit=2&delay_ms=20").await;
     assert_eq!(report["store"], "redis");
-    let keys = redis.command("KEYS *").unwrap();
-    assert_eq!(keys.trim(), "*0", "keys left in Redis: {keys}");
+    let keys = app.redis().command(&["KEYS", "*"]).strings();
+    assert!(keys.is_empty(), "keys left in Redis: {keys:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_mid_run_leaves_no_semaphore_behind() {
-    let redis = RedisServer::start();
-    let app = spawn_app(Some(&redis)).await;
+    let app = spawn_app(Store::Redis).await;
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(400))
         .build()
@@ -474,22 +446,21 @@ async fn a_client_that_hangs_up_mid_run_leaves_no_semaphore_behind() {
     // outlive it.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let keys = redis.command("KEYS *").unwrap();
+        let keys = app.redis().command(&["KEYS", "*"]).strings();
         let lasting = keys
-            .lines()
-            .filter(|line| line.contains('{') && !line.ends_with(":left"))
+            .iter()
+            .filter(|key| key.contains('{') && !key.ends_with(":left"))
             .count();
         if lasting == 0 {
-            for tombstone in keys.lines().filter(|line| line.ends_with(":left")) {
-                let ttl = redis.command(&format!("PTTL {tombstone}")).unwrap();
-                let ms: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
-                assert!(ms > 0, "{tombstone} does not expire: {ttl}");
+            for tombstone in keys.iter().filter(|key| key.ends_with(":left")) {
+                let ms = app.redis().command(&["PTTL", tombstone]).integer();
+                assert!(ms > 0, "{tombstone} does not expire: {ms}");
             }
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "keys left in Redis: {keys}"
+            "keys left in Redis: {keys:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -497,7 +468,7 @@ async fn a_client_that_hangs_up_mid_run_leaves_no_semaphore_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_four_runs_at_once_then_429() {
-    let app = std::sync::Arc::new(spawn_app(None).await);
+    let app = std::sync::Arc::new(spawn_app(Store::Memory).await);
     let mut running = Vec::new();
     for _ in 0..4 {
         let app = std::sync::Arc::clone(&app);

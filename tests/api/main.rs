@@ -1,0 +1,21 @@
+//! permitd's black-box test suite, as one test binary: every module below
+//! starts permitd (in-process or as the real binary) through `helpers` and
+//! talks to it over HTTP, except `store_contract`, which checks both stores
+//! at the `SemaphoreStore` trait.
+//!
+//! Scenarios that must hold on both stores are written once and run as
+//! `<module>::memory::<name>` and `<module>::redis::<name>`; each test has its
+//! own Redis where it matters, so tests run in parallel.
+//! `TEST_LOG=1 cargo test` shows the logs of the apps under test.
+
+mod browser;
+mod contract;
+mod demo;
+mod docs;
+mod helpers;
+mod layout;
+mod openapi;
+mod operations;
+mod redis_store;
+mod store_contract;
+mod waiting;
