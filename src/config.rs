@@ -148,9 +148,11 @@ pub struct Settings {
     pub max_wait_ms: u64,
 
     /// Longest a waiting acquire sleeps between two checks when no wake
-    /// arrives: the bound on a lost notification. On Redis, waiters are
-    /// dropped from the queue after three of these without a check (their
-    /// permitd instance died).
+    /// arrives: the bound on a lost notification. On Redis, a waiter keeps its
+    /// place in the queue for its waiter lease, the longer of 3 x this and
+    /// this + 2 x --redis-timeout-ms, without a check: a waiter whose permitd
+    /// instance died drops out after that, while a Redis stall shorter than
+    /// the Redis timeout costs no waiter its place.
     #[arg(
         long,
         global = true,
@@ -304,9 +306,19 @@ impl Settings {
                 pool_size: self.redis_pool_size.max(1),
                 connect_timeout: Duration::from_millis(self.redis_connect_timeout_ms),
                 timeout: Duration::from_millis(self.redis_timeout_ms),
-                waiter_lease: self.wait_recheck().saturating_mul(3),
+                waiter_lease: self.waiter_lease(),
             }),
         }
+    }
+
+    /// How long the Redis queue keeps a waiter without a check (see
+    /// `--wait-recheck-ms`): three re-checks, and never less than a re-check
+    /// plus two Redis timeouts, so that a stall Redis is allowed (one timed-out
+    /// call, then the next check) does not drop live waiters.
+    pub fn waiter_lease(&self) -> Duration {
+        let recheck = self.wait_recheck();
+        let stall = Duration::from_millis(self.redis_timeout_ms).saturating_mul(2);
+        recheck.saturating_mul(3).max(recheck + stall)
     }
 
     /// See `--wait-recheck-ms`; at least 10 ms.
@@ -476,6 +488,15 @@ mod tests {
         // Blank entries (a trailing comma in the environment) are skipped.
         let cli = Cli::parse_from(["permitd", "--api-token", " "]);
         assert!(cli.settings.api_tokens().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_waiter_lease_outlasts_a_redis_stall_within_the_timeout() {
+        let settings = Cli::parse_from(["permitd", "--wait-recheck-ms", "100"]).settings;
+        // 3 x 100 ms would drop waiters during a 2 s stall of Redis.
+        assert_eq!(settings.waiter_lease(), Duration::from_millis(4_100));
+        let settings = Cli::parse_from(["permitd", "--wait-recheck-ms", "5000"]).settings;
+        assert_eq!(settings.waiter_lease(), Duration::from_secs(15));
     }
 
     #[test]

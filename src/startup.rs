@@ -148,13 +148,20 @@ pub async fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn Semaphor
             let shown = redact_url(redis.url.expose());
             let store = RedisStore::new(&redis).map_err(|e| anyhow::anyhow!("{e}"))?;
             // The seed's "check the Redis connection at start", without making a
-            // Redis outage at deploy time a crash loop.
-            match store.ping().await {
-                Ok(()) => tracing::info!(redis = %shown, "connected to Redis"),
-                Err(e) => tracing::warn!(
+            // Redis outage at deploy time a crash loop; a Redis that cannot run
+            // permitd at all (too old) stops the start.
+            match store.ping().await.and(store.warnings().await) {
+                Ok(warnings) => {
+                    tracing::info!(redis = %shown, "connected to Redis");
+                    for warning in warnings {
+                        tracing::warn!(redis = %shown, "{warning}");
+                    }
+                }
+                Err(e) if e.is_transient() => tracing::warn!(
                     redis = %shown, error = %e,
                     "Redis is not answering yet; requests get 503 until it does"
                 ),
+                Err(e) => anyhow::bail!("{e}"),
             }
             Ok(Arc::new(store))
         }

@@ -16,8 +16,11 @@
 //!   queue and reports `Unavailable`;
 //! - shutdown, answered with 503 after leaving the queue.
 //!
-//! If the request is dropped mid-wait (the client disconnected), or a store
-//! call fails or times out (it may have run all the same), a guard hands
+//! A store call that fails transiently while the ticket waits (a stall, a
+//! dropped connection) is tried again until the wait is over: the ticket
+//! keeps its place meanwhile. If the request is dropped mid-wait (the client
+//! disconnected), or a store call fails for good or at the end of the wait
+//! (it may have run all the same), a guard hands
 //! `leave` to a spawned task, since `Drop` cannot await: the ticket leaves the
 //! queue and, if it had just been granted, its permit is released.
 
@@ -97,7 +100,26 @@ pub async fn acquire(
     let wake = store.wakeups().register(ticket);
     let mut last_try = false;
     loop {
-        match store.attempt(request, ticket, !last_try).await? {
+        let attempt = match store.attempt(request, ticket, !last_try).await {
+            // The store stalled or dropped a connection while this ticket
+            // waits: the ticket keeps its place (its waiter lease outlasts a
+            // stall within the store's timeout), so try again rather than
+            // giving up a place in the queue, until the wait is over.
+            Err(e) if e.is_transient() && !last_try && Instant::now() < deadline => {
+                tracing::debug!(error = %e, "store call failed while waiting; trying again");
+                let until = deadline.min(Instant::now() + settings.recheck);
+                tokio::select! {
+                    () = tokio::time::sleep_until(until.into()) => {}
+                    () = settings.shutdown.cancelled() => {
+                        return Err(StoreError::Unavailable("permitd is shutting down".into()));
+                    }
+                }
+                last_try = Instant::now() >= deadline;
+                continue;
+            }
+            attempt => attempt?,
+        };
+        match attempt {
             Attempt::Done { outcome, clock_us } => {
                 guard.armed = false;
                 if let AcquireOutcome::Granted(_) = &outcome {

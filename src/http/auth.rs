@@ -69,12 +69,23 @@ impl AccessControl {
     /// Whether `presented` is one of the tokens. Compares with all of them,
     /// whatever matches, so the time taken depends only on how many there are.
     pub fn accepts(&self, presented: &str) -> bool {
+        self.caller(presented).is_some()
+    }
+
+    /// Who presented `presented`, when it is one of the tokens: a name derived
+    /// from the token's digest (stable across restarts and token order,
+    /// telling nothing of the token). Constant time, like [`Self::accepts`].
+    pub fn caller(&self, presented: &str) -> Option<Caller> {
         let presented = digest(presented);
         let mut any = Choice::from(0);
         for accepted in &self.digests {
             any |= accepted.ct_eq(&presented);
         }
-        any.into()
+        // Only the presented token's own digest is named, after the match.
+        bool::from(any).then(|| {
+            let name: String = presented[..8].iter().map(|b| format!("{b:02x}")).collect();
+            Caller(name)
+        })
     }
 
     /// Routes anyone may call, tokens or not (also used to mark the OpenAPI
@@ -88,6 +99,11 @@ impl AccessControl {
             || (path == "/metrics" && self.metrics_public)
     }
 }
+
+/// The caller a request's token names, for scoping what it may see of other
+/// callers' state (`Idempotency-Key`). Only present with access control on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller(pub String);
 
 /// The token of an `Authorization: Bearer <token>` header; the scheme is
 /// case-insensitive (RFC 9110).
@@ -115,9 +131,14 @@ pub async fn require_token(
     if !access.is_enabled() || access.is_open(request.uri().path()) {
         return next.run(request).await;
     }
-    match bearer_token(&request) {
-        Some(token) if access.accepts(token) => next.run(request).await,
-        Some(_) => ApiError::Unauthorized { presented: true }.into_response(),
+    let caller = bearer_token(&request).map(|token| access.caller(token));
+    match caller {
+        Some(Some(caller)) => {
+            let mut request = request;
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Some(None) => ApiError::Unauthorized { presented: true }.into_response(),
         None => ApiError::Unauthorized { presented: false }.into_response(),
     }
 }

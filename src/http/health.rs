@@ -25,6 +25,11 @@ pub struct Readiness {
     /// Which store this instance uses: `redis` or `memory`.
     #[schema(pattern = "^(redis|memory)$")]
     pub store: &'static str,
+    /// What the operator should change in the store's configuration (for
+    /// Redis: an eviction policy other than `noeviction`). Left out when
+    /// nothing; the instance serves either way.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `GET /healthz`: the process answers HTTP. Never touches the store, so a
@@ -41,7 +46,7 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// `GET /readyz`: the store answers (Redis `PING`); 503 problem when not.
+/// `GET /readyz`: the store answers (Redis `TIME`); 503 problem when not.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -49,7 +54,7 @@ pub async fn healthz() -> Json<Health> {
     operation_id = "readyz",
     summary = "Readiness: the store answers",
     responses(
-        (status = 200, description = "The store answers (Redis `PING`).", body = Readiness),
+        (status = 200, description = "The store answers (Redis `TIME`); `warnings` lists store settings to change.", body = Readiness),
         (status = 503, response = Unavailable),
     ),
 )]
@@ -58,6 +63,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
     Ok(Json(Readiness {
         status: "ready",
         store: state.store.kind(),
+        warnings: state.store.warnings().await?,
     }))
 }
 

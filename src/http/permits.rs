@@ -1,11 +1,12 @@
 //! Handlers of `/semaphores/{name}/permits`: acquire, look up, refresh, release.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 
 use super::AppState;
+use super::auth::Caller;
 use super::extract::{JsonBody, PermitPath, SemaphorePath};
 use super::models::{AcquireBody, PermitView, RefreshBody};
 use crate::error::{ApiError, PayloadTooLarge, Problem, Unavailable};
@@ -20,14 +21,23 @@ fn permit_not_found() -> ApiError {
     )
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+/// The request's `Idempotency-Key`, scoped to the caller's token when access
+/// control is on.
+fn idempotency_key(
+    headers: &HeaderMap,
+    caller: Option<&Caller>,
+) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
     let text = value.to_str().map_err(|_| {
         ApiError::BadRequest("Idempotency-Key must be visible ASCII characters".into())
     })?;
-    Ok(Some(IdempotencyKey::parse(text)?))
+    let key = IdempotencyKey::parse(text)?;
+    Ok(Some(match caller {
+        Some(Caller(scope)) => key.scoped(scope),
+        None => key,
+    }))
 }
 
 fn permit_response(status: StatusCode, permit: &Permit) -> Response {
@@ -60,7 +70,8 @@ fn permit_response(status: StatusCode, permit: &Permit) -> Response {
         ("Idempotency-Key" = Option<String>, Header,
          description = "Makes a retried acquire safe: while the permit it made is held, the \
             same key with the same body returns that permit (200) instead of taking another. \
-            The same key with a different body is a 409. 1–255 visible ASCII characters.",
+            The same key with a different body is a 409. With API tokens, a key is scoped to \
+            the token that sent it. 1–255 visible ASCII characters.",
          nullable = false, pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255, example = "order-42"),
     ),
     request_body(content = Option<AcquireBody>, content_type = "application/json"),
@@ -89,11 +100,12 @@ fn permit_response(status: StatusCode, permit: &Permit) -> Response {
 pub async fn acquire_permit(
     State(state): State<AppState>,
     path: Result<SemaphorePath, ApiError>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Result<JsonBody<AcquireBody>, ApiError>,
 ) -> Result<Response, ApiError> {
     let parsed = path.and_then(|SemaphorePath(name)| {
-        let key = idempotency_key(&headers)?;
+        let key = idempotency_key(&headers, caller.as_ref().map(|Extension(c)| c))?;
         let JsonBody(body) = body?;
         body.into_request(name, key, &state.bounds)
     });

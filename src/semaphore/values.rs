@@ -213,6 +213,15 @@ impl IdempotencyKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The key as seen by one caller (`scope`, e.g. which API token sent it),
+    /// so two callers that pick the same key neither share nor learn each
+    /// other's permits. `/` cannot start a scope's own text, so scoped keys of
+    /// different callers never collide.
+    #[must_use]
+    pub fn scoped(&self, scope: &str) -> Self {
+        Self(format!("{scope}/{}", self.0))
+    }
 }
 
 /// A permit's id: a random UUID v4 (122 random bits). Holding it is the

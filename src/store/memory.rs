@@ -48,6 +48,9 @@ struct PermitRecord {
     holder: Option<String>,
     /// The idempotency key and request fingerprint this permit was made for.
     idempotency: Option<(String, String)>,
+    /// An idempotent retry (another ticket) was handed this permit: the
+    /// ticket that made it may no longer release it by withdrawing.
+    claimed: bool,
 }
 
 struct SemaphoreState {
@@ -62,6 +65,9 @@ struct SemaphoreState {
     idempotency: HashMap<String, PermitId>,
     /// Waiting tickets and their counts, in arrival order.
     queue: VecDeque<(PermitId, u32)>,
+    /// The head of the queue left since the last wake: the new head must be
+    /// told it is head (see `wake_heads`).
+    head_left: bool,
 }
 
 impl SemaphoreState {
@@ -74,6 +80,7 @@ impl SemaphoreState {
             expiries: BTreeSet::new(),
             idempotency: HashMap::new(),
             queue: VecDeque::new(),
+            head_left: false,
         }
     }
 
@@ -99,6 +106,7 @@ impl SemaphoreState {
         match self.queue.iter().position(|&(t, _)| t == ticket) {
             Some(at) => {
                 self.queue.remove(at);
+                self.head_left |= at == 0;
                 true
             }
             None => false,
@@ -122,15 +130,18 @@ impl SemaphoreState {
     }
 
     /// Wakes the waiters at the head of the queue whose counts fit now, in
-    /// order; the first that does not fit blocks the rest (strict FIFO).
-    fn wake_heads(&self, wakeups: &Wakeups) {
+    /// order; the first that does not fit blocks the rest (strict FIFO). When
+    /// the old head left, a new head that does not fit is woken all the same,
+    /// so it learns it is head and aims its timer at the next lease end.
+    fn wake_heads(&mut self, wakeups: &Wakeups) {
+        let head_left = std::mem::take(&mut self.head_left);
         let mut free = self.limit.saturating_sub(self.held);
-        if self.queue.is_empty() || free == 0 {
-            return;
-        }
         let cause = now_micros();
-        for &(ticket, count) in &self.queue {
+        for (n, &(ticket, count)) in self.queue.iter().enumerate() {
             if count > free {
+                if n == 0 && head_left {
+                    wakeups.wake(ticket, Some(cause));
+                }
                 break;
             }
             free -= count;
@@ -179,12 +190,14 @@ impl MemoryStore {
 
     /// The attempt's decision, under the lock.
     fn decide(&self, request: &AcquireRequest, ticket: PermitId, queue: bool) -> Attempt {
+        let mut map = self.lock();
+        // Read under the lock, so the order of `acquired_at` is the order of
+        // the fencing tokens.
         let now = Millis::now();
         let done = |outcome| Attempt::Done {
             outcome,
             clock_us: now_micros(),
         };
-        let mut map = self.lock();
         let state = match (map.get_mut(&request.name), request.limit) {
             (None, None) => return done(AcquireOutcome::NotFound),
             (Some(state), Some(limit)) if state.limit != limit.get() => {
@@ -208,12 +221,18 @@ impl MemoryStore {
             && let Some(&id) = state.idempotency.get(key.as_str())
         {
             let left = state.dequeue(ticket);
-            let record = &state.permits[&id];
+            let record = state
+                .permits
+                .get_mut(&id)
+                .expect("an idempotency key names a live permit");
             let same = record
                 .idempotency
                 .as_ref()
                 .is_some_and(|(_, fp)| *fp == request.fingerprint());
             let outcome = if same {
+                // Handed to a retry: withdrawing the ticket that made it must
+                // not release it now.
+                record.claimed |= id != ticket;
                 AcquireOutcome::Replayed(to_permit(&request.name, id, record))
             } else {
                 AcquireOutcome::IdempotencyMismatch
@@ -261,7 +280,8 @@ impl MemoryStore {
         }
 
         state.dequeue(ticket);
-        state.fence += 1;
+        // Never below the clock, as in the Redis scripts (see `store`).
+        state.fence = (state.fence + 1).max(now_micros());
         let record = PermitRecord {
             count,
             fencing_token: state.fence,
@@ -272,6 +292,7 @@ impl MemoryStore {
                 .idempotency_key
                 .as_ref()
                 .map(|k| (k.as_str().to_owned(), request.fingerprint())),
+            claimed: false,
         };
         if let Some((key, _)) = &record.idempotency {
             state.idempotency.insert(key.clone(), ticket);
@@ -336,6 +357,8 @@ impl SemaphoreStore for MemoryStore {
             Some(state) if state.limit == limit.get() => Ok(SetLimitOutcome::Unchanged),
             Some(state) => {
                 let previous = std::mem::replace(&mut state.limit, limit.get());
+                // The head is told even if it no longer fits: it re-aims.
+                state.head_left = true;
                 // Swept first, as set_limit.lua does: an expired permit must
                 // not hold back the waiters a raise lets in.
                 state.expire(Millis::now());
@@ -397,7 +420,8 @@ impl SemaphoreStore for MemoryStore {
         if let Some(state) = map.get_mut(name) {
             let expired = state.expire(Millis::now());
             let left = state.dequeue(ticket);
-            let released = state.remove(ticket).is_some();
+            let claimed = state.permits.get(&ticket).is_some_and(|r| r.claimed);
+            let released = !claimed && state.remove(ticket).is_some();
             if expired || left || released {
                 state.wake_heads(&self.wakeups);
             }

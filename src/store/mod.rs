@@ -17,10 +17,13 @@
 //!   in `permitd_lease_expiries_total`, once each (the sign of a crashed
 //!   holder).
 //! - **Fencing tokens** strictly increase across all permits of a name, also when
-//!   the semaphore is deleted and created again: a new semaphore's counter starts
-//!   at the store clock in microseconds, which is ahead of any counter an earlier
-//!   semaphore of that name could have reached (that would need more than one
-//!   permit per microsecond for its whole life).
+//!   the semaphore is deleted and created again, and when the store's state
+//!   rolled back (a restart from an older snapshot, a failover to a replica
+//!   that missed the last writes): every new token is `max(last + 1, now_us)`,
+//!   floored at the store clock in microseconds. Tokens handed out before a
+//!   rollback were all below the clock of their time, so they stay below every
+//!   later token as long as the store's clocks agree to within the time the
+//!   restart or failover takes.
 //! - **Ids are capabilities.** A permit id is only ever returned by the acquire
 //!   that created it (or its idempotent replay).
 //! - **First come, first served.** Acquires that wait form one queue per
@@ -111,11 +114,22 @@ pub trait SemaphoreStore: Send + Sync + 'static {
     /// A short name for logs and `/readyz`: `"redis"` or `"memory"`.
     fn kind(&self) -> &'static str;
 
-    /// Checks that the store answers (Redis `PING`).
+    /// Checks that the store answers (Redis `TIME`).
     ///
     /// # Errors
     /// `Unavailable` when it does not answer in time.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// What an operator should change in the store's own configuration for
+    /// these semantics to hold (Redis: an eviction policy other than
+    /// `noeviction`), in words for logs and `/readyz`. Empty when nothing.
+    ///
+    /// # Errors
+    /// `Unavailable` when the store does not answer; `Internal` when it cannot
+    /// run permitd at all (a Redis older than the scripts need).
+    async fn warnings(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
 
     /// Creates the semaphore, or changes its limit. Lowering a limit never
     /// revokes held permits; setting the current limit changes nothing.

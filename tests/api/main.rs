@@ -12,6 +12,7 @@ mod browser;
 mod contract;
 mod demo;
 mod docs;
+mod faults;
 mod helpers;
 mod layout;
 mod openapi;

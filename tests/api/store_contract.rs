@@ -29,6 +29,8 @@ on_each_store!(
     queued_tickets_keep_their_order_and_a_try_once_attempt_does_not_overtake,
     leaving_withdraws_a_queued_ticket_and_releases_a_granted_one,
     delete_says_whether_the_semaphore_existed,
+    withdrawing_never_takes_a_permit_a_retry_was_handed,
+    a_new_token_is_never_below_the_store_clock,
 );
 
 /// A fresh store of this kind; keep the harness (its Redis) while using it.
@@ -477,4 +479,56 @@ async fn delete_says_whether_the_semaphore_existed(store: Store) {
     // Created again, it carries none of the old permits.
     store.set_limit(&doomed, limit(1).unwrap()).await.unwrap();
     assert_eq!(held_and_waiting(&store, "doomed").await, (0, 0));
+}
+
+async fn withdrawing_never_takes_a_permit_a_retry_was_handed(store: Store) {
+    let (_redis, store) = open(store);
+    let keyed = AcquireRequest {
+        limit: limit(1),
+        idempotency_key: Some(IdempotencyKey::parse("retried").unwrap()),
+        ..request("retry")
+    };
+    // The first request's ticket is granted, but its caller (on instance A)
+    // times out; the client retries on instance B and is handed the permit.
+    let first = PermitId::random();
+    let permit = match done(store.attempt(&keyed, first, false).await.unwrap()) {
+        AcquireOutcome::Granted(permit) => permit,
+        other => panic!("expected a grant, got {other:?}"),
+    };
+    let retry = PermitId::random();
+    assert_eq!(
+        done(store.attempt(&keyed, retry, false).await.unwrap()),
+        AcquireOutcome::Replayed(permit.clone())
+    );
+    // A's late withdrawal of its own ticket must leave the retry's permit.
+    store.leave(&name("retry"), first).await.unwrap();
+    assert_eq!(
+        store.permit(&name("retry"), permit.id).await.unwrap(),
+        Some(permit.clone()),
+        "the permit handed to the retry is still live"
+    );
+    assert_eq!(held_and_waiting(&store, "retry").await, (1, 0));
+}
+
+async fn a_new_token_is_never_below_the_store_clock(store: Store) {
+    let (_redis, store) = open(store);
+    let first = granted(
+        &store,
+        &AcquireRequest {
+            limit: limit(5),
+            ..request("clock")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = granted(&store, &request("clock")).await;
+    // Not just last + 1: the counter is floored at the clock (µs), which
+    // moved on by at least 20 ms, so a state rolled back to before `first`
+    // could not hand out `second`'s token again.
+    assert!(
+        second.fencing_token >= first.fencing_token + 20_000,
+        "{} then {}",
+        first.fencing_token,
+        second.fencing_token
+    );
 }

@@ -224,6 +224,8 @@ async fn waiters_of_a_killed_instance_leave_the_queue_within_the_bound() {
         .binary()
         .arg("--wait-recheck-ms")
         .arg("200")
+        .arg("--redis-timeout-ms")
+        .arg("300")
         .start()
         .await;
     // Two waiters on the doomed instance, then one here behind them.
@@ -247,7 +249,7 @@ async fn waiters_of_a_killed_instance_leave_the_queue_within_the_bound() {
     assert_eq!(app.delete(&held).await.status(), 204);
     let survivor = survivor.await.unwrap();
     assert_eq!(survivor.status, 201);
-    // Their leases (3 x 200 ms) end; the survivor's own re-checks are 30 s
+    // Their leases (200 ms + 2 x 300 ms) end; the survivor's own re-checks are 30 s
     // apart, so the release or the lease sweep must have woken it.
     assert!(
         released_at.elapsed() < Duration::from_secs(3),

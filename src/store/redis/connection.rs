@@ -113,11 +113,7 @@ impl Pool {
     /// Classifies a command error; a connection-level one also drops the
     /// connection and makes every other pooled connection suspect.
     pub(super) fn failed(&self, pooled: Connection, e: redis::RedisError) -> StoreError {
-        if e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_timeout()
-        {
+        if is_unusable(&e) {
             self.0.manager().failures.fetch_add(1, Ordering::Relaxed);
             drop(Object::take(pooled));
         }
@@ -135,7 +131,39 @@ impl Pool {
     }
 }
 
+/// Server answers that mean "not now" rather than "never": a demoted master
+/// (`READONLY`), a restart loading its data (`LOADING`), a long script
+/// (`BUSY`), a full or unwritable Redis (`OOM`, `MISCONF`), too few replicas
+/// for `min-replicas-to-write` (`NOREPLICAS`), a replica without its master
+/// (`MASTERDOWN`) and a cluster between states (`CLUSTERDOWN`, `TRYAGAIN`).
+/// Each is a 503 with `Retry-After`, never a 500.
+const TRANSIENT_CODES: [&str; 9] = [
+    "READONLY",
+    "LOADING",
+    "BUSY",
+    "OOM",
+    "MISCONF",
+    "NOREPLICAS",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+];
+
+/// Whether this connection must not be used again: it broke, or it reaches a
+/// Redis that is no longer the master (`READONLY`), so a new connection may
+/// find the current one.
+fn is_unusable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.code() == Some("READONLY")
+}
+
 fn classify(e: redis::RedisError) -> StoreError {
+    if e.code().is_some_and(|code| TRANSIENT_CODES.contains(&code)) {
+        return StoreError::Unavailable(e.to_string());
+    }
     match e.retry_method() {
         RetryMethod::NoRetry => StoreError::Internal(e.to_string()),
         _ => StoreError::Unavailable(e.to_string()),

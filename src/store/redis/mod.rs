@@ -42,9 +42,11 @@
 //! error (a generation counter). A connection that failed is dropped from the
 //! pool, so the store recovers by itself when Redis comes back.
 
+mod clock;
 mod connection;
 mod reply;
 mod scripts;
+mod server;
 mod subscriber;
 
 use std::future::Future;
@@ -54,6 +56,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use deadpool_redis::redis;
 
+use self::clock::StoreClock;
 use self::connection::Pool;
 use self::reply::{Reply, unexpected};
 use self::scripts::{
@@ -91,6 +94,8 @@ pub struct RedisStore {
     /// can be in flight (the call timeout) and than a waiter lease.
     withdrawal_ms: String,
     wake_channel: String,
+    /// The Redis clock as last seen, for the deadlines passed to attempts.
+    clock: StoreClock,
     wakeups: Arc<Wakeups>,
     subscriber: tokio::task::JoinHandle<()>,
 }
@@ -130,6 +135,7 @@ impl RedisStore {
                 .as_millis()
                 .to_string(),
             wake_channel,
+            clock: StoreClock::default(),
             wakeups,
             subscriber,
         })
@@ -207,15 +213,29 @@ impl SemaphoreStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        // TIME rather than PING: as cheap, and it also tells the Redis clock.
         let call = async {
             let mut pooled = self.pool.get().await?;
-            let reply = redis::cmd("PING")
+            let reply = redis::cmd("TIME")
+                .query_async::<(u64, u64)>(&mut pooled.connection)
+                .await;
+            reply.map_err(|e| self.pool.failed(pooled, e))
+        };
+        let (secs, micros) = self.timed("ping", call).await?;
+        self.clock.observe(secs * 1_000_000 + micros);
+        Ok(())
+    }
+
+    async fn warnings(&self) -> Result<Vec<String>, StoreError> {
+        let call = async {
+            let mut pooled = self.pool.get().await?;
+            let reply = redis::cmd("INFO")
                 .query_async::<String>(&mut pooled.connection)
                 .await;
             reply.map_err(|e| self.pool.failed(pooled, e))
         };
-        self.timed("ping", call).await?;
-        Ok(())
+        let info = self.timed("info", call).await?;
+        server::check(&info)
     }
 
     fn pool_status(&self) -> Option<PoolStatus> {
@@ -307,11 +327,18 @@ impl SemaphoreStore for RedisStore {
             if queue { "1" } else { "0" },
             &self.waiter_lease_ms,
             &self.wake_channel,
+            &self.clock.deadline_ms(self.timeout),
         ];
         let mut reply = Reply::new(self.run(&ACQUIRE, &request.name, &args).await?);
         let tag = reply.string()?;
         let clock_us = reply.uint()?;
+        self.clock.observe(clock_us);
         let outcome = match tag.as_str() {
+            "late" => {
+                return Err(StoreError::Unavailable(
+                    "the attempt reached Redis after its caller gave up".into(),
+                ));
+            }
             "granted" => AcquireOutcome::Granted(reply.permit(&request.name)?),
             "replayed" => AcquireOutcome::Replayed(reply.permit(&request.name)?),
             "not_found" => AcquireOutcome::NotFound,

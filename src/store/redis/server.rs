@@ -74,7 +74,10 @@ mod tests {
     fn a_redis_older_than_5_is_refused_with_the_version_needed() {
         let error = check(&INFO.replace("7.0.15", "4.0.14")).unwrap_err();
         let message = error.to_string();
-        assert!(message.contains("4.0.14") && message.contains("5.0"), "{message}");
+        assert!(
+            message.contains("4.0.14") && message.contains("5.0"),
+            "{message}"
+        );
         assert!(check(&INFO.replace("7.0.15", "5.0.0")).is_ok());
         assert_eq!(major_minor("6.2"), Some((6, 2)));
         assert_eq!(major_minor("x"), None);

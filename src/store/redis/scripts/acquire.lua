@@ -12,9 +12,13 @@ ARGV[8] '1' to join (or stay in) the queue when the units do not fit, '0' to
 ARGV[9] waiter lease in ms: how long the queue keeps this ticket unless the
         instance renews it with another attempt
 ARGV[10] wake channel of the calling permitd instance
+ARGV[11] deadline on the Redis clock (ms), or '': the caller has given up by
+         then, so an attempt that reaches Redis later (a stalled or
+         partitioned link delivered it late) must grant nothing
 
 Returns one of:
   {'not_found', now_us}
+  {'late', now_us}                   past the deadline: nothing was changed
   {'unavailable', now_us, 0, 0, -1}  the ticket was withdrawn (leave.lua)
   {'conflict', now_us, current_limit}
   {'mismatch', now_us}               key names a permit made by another body
@@ -33,12 +37,15 @@ local ticket = ARGV[7]
 if redis.call('ZSCORE', left_key, ticket) then
   return { 'unavailable', now_us, 0, 0, -1 }
 end
+if ARGV[11] ~= '' and now_ms > tonumber(ARGV[11]) then
+  return { 'late', now_us }
+end
 local limit = redis.call('HGET', meta_key, 'limit')
 if not limit then
   if ARGV[1] == '' then
     return { 'not_found', now_us }
   end
-  redis.call('HSET', meta_key, 'limit', ARGV[1], 'held', 0, 'fence', int(now_us))
+  create(ARGV[1])
   limit = ARGV[1]
 elseif ARGV[1] ~= '' and ARGV[1] ~= limit then
   if dequeue(ticket) then
@@ -53,19 +60,36 @@ local changed = expire() + drop_dead_waiters() > 0
 
 if ARGV[5] ~= '' then
   local existing = redis.call('HGET', idem_key, ARGV[5])
-  if existing then
+  local record = existing and redis.call('HGET', permits_key, existing)
+  local p = record and decode(record)
+  local expires = p and lease_end(existing, p)
+  if existing and not (expires and expires > now_ms) then
+    -- The key outlived its permit (the record or its lease was lost): the
+    -- permit is gone, and this attempt is a new acquire.
+    if record then
+      remove_permit(existing)
+      changed = true
+    end
+    redis.call('HDEL', idem_key, ARGV[5])
+  elseif existing then
     if dequeue(ticket) then
       changed = true
     end
     if changed then
       wake_heads()
     end
-    local record = redis.call('HGET', permits_key, existing)
-    if decode(record).fingerprint ~= ARGV[6] then
+    if p.fingerprint ~= ARGV[6] then
       return { 'mismatch', now_us }
     end
-    local reply = permit_reply('replayed', existing, record,
-      tonumber(redis.call('ZSCORE', expiry_key, existing)))
+    if existing ~= ticket and p.claimed ~= '1' then
+      -- Handed to a retry: the request that made it may still withdraw its
+      -- own ticket (it timed out elsewhere), and must not release it then.
+      p.claimed = '1'
+      p.expires = expires
+      record = encode(p)
+      redis.call('HSET', permits_key, existing, record)
+    end
+    local reply = permit_reply('replayed', existing, record, expires)
     table.insert(reply, 2, now_us)
     return reply
   end
@@ -79,7 +103,16 @@ if count > limit then
   return { 'too_large', now_us, limit }
 end
 
-if not fits(ticket, count) then
+local fit = fits(ticket, count)
+if not fit and permits_damaged() then
+  -- Looks full, but the permit keys disagree: units may be stuck behind
+  -- entries a lost key left behind. Rebuild, then look again.
+  repair()
+  changed = true
+  fit = fits(ticket, count)
+end
+
+if not fit then
   if ARGV[8] == '1' then
     if not redis.call('ZSCORE', queue_key, ticket) then
       local number = redis.call('HINCRBY', meta_key, 'qseq', 1)
@@ -87,6 +120,7 @@ if not fits(ticket, count) then
       redis.call('HSET', waiters_key, ticket, ARGV[2] .. '\n' .. ARGV[10])
     end
     redis.call('ZADD', wleases_key, now_ms + tonumber(ARGV[9]), ticket)
+    lease_orphans(tonumber(ARGV[9]))
     if changed then
       wake_heads()
     end
@@ -105,12 +139,13 @@ if not fits(ticket, count) then
 end
 
 dequeue(ticket)
-local fence = redis.call('HINCRBY', meta_key, 'fence', 1)
+local fence = next_fence()
 local expires = now_ms + tonumber(ARGV[3])
-local record = encode(ARGV[2], int(fence), int(now_ms), ARGV[5], ARGV[6], ARGV[4])
+local record = encode({ count = ARGV[2], fence = int(fence), acquired = int(now_ms),
+  idem = ARGV[5], fingerprint = ARGV[6], expires = expires, claimed = '0', holder = ARGV[4] })
 redis.call('HSET', permits_key, ticket, record)
 redis.call('ZADD', expiry_key, expires, ticket)
-redis.call('HINCRBY', meta_key, 'held', count)
+add_held(count)
 if ARGV[5] ~= '' then
   redis.call('HSET', idem_key, ARGV[5], ticket)
 end

@@ -5,7 +5,8 @@ ARGV[2] ms to remember the withdrawal (longer than any call can be in flight)
 Returns 1 if the ticket was queued or held a permit, 0 otherwise.
 
 The ticket leaves the queue; if it was granted a moment ago (the client left
-before hearing so) its permit is released. Atomic so the waiters behind it
+before hearing so) its permit is released, unless an idempotent retry was
+handed that permit meanwhile (then it is the retry's). Atomic so the waiters behind it
 are woken in the same step that unblocks them.
 
 The withdrawal is also remembered in `left`: the caller may have given up
@@ -21,7 +22,9 @@ if redis.call('EXISTS', meta_key) == 0 then
 end
 local swept = expire() + drop_dead_waiters() > 0
 local left = dequeue(ARGV[1])
-local released = remove_permit(ARGV[1])
+-- A permit an idempotent retry was handed is that retry's now: keep it.
+local record = redis.call('HGET', permits_key, ARGV[1])
+local released = record and decode(record).claimed ~= '1' and remove_permit(ARGV[1])
 if left or released or swept then
   wake_heads()
 end

@@ -10,8 +10,9 @@ local record = redis.call('HGET', permits_key, ARGV[1])
 if not record then
   return { 'gone' }
 end
-local expires = tonumber(redis.call('ZSCORE', expiry_key, ARGV[1]))
-if expires <= now_ms then
+-- From the record when the expiry entry was lost (see prelude's repair()).
+local expires = lease_end(ARGV[1], decode(record))
+if not expires or expires <= now_ms then
   return { 'gone' }
 end
 return permit_reply('live', ARGV[1], record, expires)

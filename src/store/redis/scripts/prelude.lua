@@ -25,6 +25,14 @@ reply; the Rust side unwraps the envelope and counts `swept` as lease expiries
 (the sign that a holder crashed or forgot to release). Read-only scripts never
 sweep, so their `swept` is 0.
 
+Lost keys: under a maxmemory eviction policy (or after a careless DEL) any
+of these keys may vanish on its own. No script fails on a missing key, and
+none lets more than `limit` units be held because of one: a re-created meta
+recounts `held` from the permit records, permit records and expiry entries
+rebuild each other (repair()), a waiter without its record or its lease is
+dropped or given one. What cannot be rebuilt is lost safely: a lost `idem`
+makes a retry take a new permit, a lost queue makes waiters queue again.
+
 Waking: when a change may let waiters proceed, the script PUBLISHes
 "ticket \n now_us" on the channel of the permitd instance where that ticket
 waits; that instance then runs acquire for it again. Only waiters that fit are
@@ -44,10 +52,17 @@ local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 
 -- A permit record: count, fence, acquired_at, idempotency key, request
--- fingerprint, holder, joined by newlines. Holder is last and validated to
--- hold no control characters, so splitting is unambiguous.
-local function encode(count, fence, acquired, idem, fingerprint, holder)
-  return table.concat({ count, fence, acquired, idem, fingerprint, holder }, '\n')
+-- fingerprint, lease end, claimed, holder, joined by newlines. Holder is last
+-- and validated to hold no control characters, so splitting is unambiguous.
+-- The lease end is kept here as well as in `expiry`, so that either key can
+-- be rebuilt from the other if one vanishes (see repair()). `claimed` is '1'
+-- once an idempotent retry (another ticket) was handed this permit: from then
+-- on, withdrawing the ticket that made it must not release it (leave.lua).
+-- Records written before these two fields were kept have six fields; decode
+-- reads both shapes.
+local function encode(p)
+  return table.concat({ p.count, p.fence, p.acquired, p.idem, p.fingerprint, int(p.expires),
+    p.claimed, p.holder }, '\n')
 end
 
 local function decode(record)
@@ -55,8 +70,33 @@ local function decode(record)
   for field in string.gmatch(record .. '\n', '([^\n]*)\n') do
     f[#f + 1] = field
   end
+  if #f < 8 then
+    return { count = tonumber(f[1]), fence = f[2], acquired = tonumber(f[3]),
+             idem = f[4], fingerprint = f[5], claimed = '0', holder = f[6] }
+  end
   return { count = tonumber(f[1]), fence = f[2], acquired = tonumber(f[3]),
-           idem = f[4], fingerprint = f[5], holder = f[6] }
+           idem = f[4], fingerprint = f[5], expires = tonumber(f[6]), claimed = f[7],
+           holder = f[8] }
+end
+
+-- A permit's lease end: from `expiry`, or from its record when that entry is
+-- missing. nil when neither knows (a record from before lease ends were kept
+-- whose entry vanished: it is treated as ended).
+local function lease_end(id, p)
+  local score = redis.call('ZSCORE', expiry_key, id)
+  if score then
+    return tonumber(score)
+  end
+  return p.expires
+end
+
+-- Adds `delta` to held, never below 0: a count that drifted (keys lost to
+-- eviction) must not turn into extra capacity.
+local function add_held(delta)
+  local held = redis.call('HINCRBY', meta_key, 'held', delta)
+  if held < 0 then
+    redis.call('HSET', meta_key, 'held', 0)
+  end
 end
 
 -- Removes one permit and gives its units back. Returns false if unknown.
@@ -68,7 +108,7 @@ local function remove_permit(id)
   local p = decode(record)
   redis.call('HDEL', permits_key, id)
   redis.call('ZREM', expiry_key, id)
-  redis.call('HINCRBY', meta_key, 'held', -p.count)
+  add_held(-p.count)
   if p.idem ~= '' then
     redis.call('HDEL', idem_key, p.idem)
   end
@@ -79,24 +119,107 @@ end
 -- envelope (see the header).
 local swept = 0
 
+-- Rebuilds the permit state from the records after a key vanished
+-- (eviction under maxmemory, a careless DEL): every live record gets its
+-- `expiry` entry back, records whose lease ended are removed, and `held` is
+-- recounted from the live records. An expiry entry whose record was lost
+-- keeps its place until its lease ends: its count is unknown, so while any
+-- such entry lives, `held` stays at least what it was (never less than is
+-- truly held). O(n), so it runs only when a cheap check finds the keys
+-- disagree. Only call it when meta exists.
+local function repair()
+  local known = 0
+  local records = redis.call('HGETALL', permits_key)
+  for i = 1, #records, 2 do
+    local id, p = records[i], decode(records[i + 1])
+    local expires = lease_end(id, p)
+    if expires and expires > now_ms then
+      redis.call('ZADD', expiry_key, expires, id)
+      known = known + p.count
+    else
+      redis.call('HDEL', permits_key, id)
+      redis.call('ZREM', expiry_key, id)
+      if p.idem ~= '' then
+        redis.call('HDEL', idem_key, p.idem)
+      end
+      swept = swept + 1
+    end
+  end
+  local held = known
+  if redis.call('ZCARD', expiry_key) > redis.call('HLEN', permits_key) then
+    local meta = redis.call('HMGET', meta_key, 'limit', 'held')
+    local before = math.min(tonumber(meta[2]) or 0, tonumber(meta[1]) or 0)
+    if before > held then
+      held = before
+    end
+  end
+  redis.call('HSET', meta_key, 'held', held)
+end
+
+-- Whether the permit keys disagree (one of them lost entries): two O(1)
+-- calls, for the paths where lost units would hurt (the semaphore looks full).
+local function permits_damaged()
+  return redis.call('ZCARD', expiry_key) ~= redis.call('HLEN', permits_key)
+end
+
 -- Drops every permit whose lease has ended. Only call it when meta exists:
--- HINCRBY on a missing meta would create a semaphore without a limit.
+-- HINCRBY on a missing meta would create a semaphore without a limit. An
+-- ended entry without its record means the records were lost: the units it
+-- held are unknown, so everything is recounted.
 local function expire()
   local ended = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', now_ms)
+  local lost = false
   for i = 1, #ended do
-    remove_permit(ended[i])
+    if not remove_permit(ended[i]) then
+      redis.call('ZREM', expiry_key, ended[i])
+      lost = true
+    end
   end
   swept = swept + #ended
+  if lost then
+    repair()
+  end
   return #ended
 end
 
+-- The next fencing token: one more than the last, and never below the store
+-- clock in microseconds, so tokens keep increasing even when the state rolled
+-- back (a restart from an older snapshot, a failover to a replica that missed
+-- the last writes) as long as the clocks of the Redis nodes agree to within
+-- the time such a restart or failover takes.
+local function next_fence()
+  local last = tonumber(redis.call('HGET', meta_key, 'fence')) or 0
+  local fence = math.max(last + 1, now_us)
+  redis.call('HSET', meta_key, 'fence', int(fence))
+  return fence
+end
+
+-- Creates the semaphore's meta. Permits may outlive a lost meta: then `held`
+-- is recounted from them, so they still count against the limit.
+local function create(limit)
+  redis.call('HSET', meta_key, 'limit', limit, 'held', 0)
+  if redis.call('HLEN', permits_key) > 0 or redis.call('ZCARD', expiry_key) > 0 then
+    repair()
+  end
+end
+
+-- Whether this call took the head of the queue out: the new head must then
+-- be told it is head (see wake_heads), or it would wait for its periodic
+-- re-check instead of aiming a timer at the next lease end.
+local head_left = false
+
 -- Takes a ticket out of the queue. Returns whether it was there.
 local function dequeue(ticket)
-  if redis.call('ZREM', queue_key, ticket) == 0 then
+  local rank = redis.call('ZRANK', queue_key, ticket)
+  if not rank then
     return false
   end
+  redis.call('ZREM', queue_key, ticket)
   redis.call('HDEL', waiters_key, ticket)
   redis.call('ZREM', wleases_key, ticket)
+  if rank == 0 then
+    head_left = true
+  end
   return true
 end
 
@@ -110,15 +233,35 @@ local function drop_dead_waiters()
   return #dead
 end
 
+-- Gives every queued ticket without a waiter lease one (the lease set was
+-- lost): a live waiter renews it with its next attempt, a dead one is then
+-- dropped like any other. O(n), only when the queue and the leases disagree.
+local function lease_orphans(lease_ms)
+  if redis.call('ZCARD', queue_key) == redis.call('ZCARD', wleases_key) then
+    return
+  end
+  local queued = redis.call('ZRANGE', queue_key, 0, -1)
+  for i = 1, #queued do
+    redis.call('ZADD', wleases_key, 'NX', now_ms + lease_ms, queued[i])
+  end
+end
+
+-- A waiter's count and wake channel. A queued ticket whose record vanished
+-- is taken out of the queue (it cannot be woken, and must not block those
+-- behind it; its next attempt queues it again): nil then.
 local function waiter(ticket)
   local record = redis.call('HGET', waiters_key, ticket)
+  if not record then
+    dequeue(ticket)
+    return nil
+  end
   local newline = string.find(record, '\n', 1, true)
   return tonumber(string.sub(record, 1, newline - 1)), string.sub(record, newline + 1)
 end
 
 local function free_units()
   local meta = redis.call('HMGET', meta_key, 'limit', 'held')
-  local free = tonumber(meta[1]) - tonumber(meta[2])
+  local free = (tonumber(meta[1]) or 0) - (tonumber(meta[2]) or 0)
   if free < 0 then
     return 0
   end
@@ -137,36 +280,57 @@ local function fits(ticket, count)
     if #batch == 0 then
       break
     end
+    local gone = 0
     for i = 1, #batch do
       if batch[i] == ticket or needed > free then
         return needed <= free
       end
-      needed = needed + waiter(batch[i])
+      local ahead = waiter(batch[i])
+      if ahead then
+        needed = needed + ahead
+      else
+        gone = gone + 1
+      end
     end
-    at = at + 16
+    at = at + #batch - gone
   end
   return needed <= free
 end
 
+local function wake(ticket, channel)
+  redis.call('PUBLISH', channel, ticket .. '\n' .. int(now_us))
+end
+
 -- Wakes the waiters at the head of the queue whose counts fit now, in order;
--- the first that does not fit blocks the rest (strict FIFO).
+-- the first that does not fit blocks the rest (strict FIFO). When this call
+-- took the old head out, a new head that does not fit is woken all the same,
+-- so it learns it is head and aims its timer at the next lease end.
 local function wake_heads()
   local free = free_units()
   local at = 0
-  while free > 0 do
+  local woken = 0
+  while true do
     local batch = redis.call('ZRANGE', queue_key, at, at + 15)
     if #batch == 0 then
       return
     end
+    local gone = 0
     for i = 1, #batch do
       local count, channel = waiter(batch[i])
-      if count > free then
+      if not count then
+        gone = gone + 1
+      elseif count > free then
+        if woken == 0 and head_left then
+          wake(batch[i], channel)
+        end
         return
+      else
+        free = free - count
+        woken = woken + 1
+        wake(batch[i], channel)
       end
-      free = free - count
-      redis.call('PUBLISH', channel, batch[i] .. '\n' .. int(now_us))
     end
-    at = at + 16
+    at = at + #batch - gone
   end
 end
 
@@ -175,7 +339,9 @@ local function wake_first()
   local head = redis.call('ZRANGE', queue_key, 0, 0)
   if head[1] then
     local _, channel = waiter(head[1])
-    redis.call('PUBLISH', channel, head[1] .. '\n' .. int(now_us))
+    if channel then
+      wake(head[1], channel)
+    end
   end
 end
 

@@ -19,11 +19,21 @@ local record = redis.call('HGET', permits_key, ARGV[1])
 if not record then
   return { 'gone' }
 end
+-- A lease that ended is never brought back, also when only its record knew
+-- when it ends (the expiry entry was lost).
+local p = decode(record)
+local ends = lease_end(ARGV[1], p)
+if not ends or ends <= now_ms then
+  remove_permit(ARGV[1])
+  wake_heads()
+  return { 'gone' }
+end
 local soonest_before = soonest_expiry_in_ms()
 local expires = now_ms + tonumber(ARGV[2])
-redis.call('ZADD', expiry_key, 'XX', expires, ARGV[1])
--- With this permit among them, the soonest expiry moved earlier exactly
--- when the new lease ends before the old soonest did.
+p.expires = expires
+record = encode(p)
+redis.call('HSET', permits_key, ARGV[1], record)
+redis.call('ZADD', expiry_key, expires, ARGV[1])
 if tonumber(ARGV[2]) < soonest_before then
   wake_first()
 end

@@ -8,6 +8,12 @@ Atomic so the held count and the permit record can never disagree, and the
 next waiter is woken in the same step that frees its units.
 ]]
 if redis.call('EXISTS', meta_key) == 0 then
+  -- The semaphore's meta was lost (eviction) while this permit lived on:
+  -- drop the record so its units do not come back with a re-created one.
+  if redis.call('HDEL', permits_key, ARGV[1]) == 1 then
+    redis.call('ZREM', expiry_key, ARGV[1])
+    return 1
+  end
   return -1
 end
 local swept = expire() + drop_dead_waiters() > 0

@@ -10,7 +10,7 @@ so tokens keep increasing across a delete and re-create.
 ]]
 local current = redis.call('HGET', meta_key, 'limit')
 if not current then
-  redis.call('HSET', meta_key, 'limit', ARGV[1], 'held', 0, 'fence', int(now_us))
+  create(ARGV[1])
   return { 'created' }
 end
 if current == ARGV[1] then
@@ -19,5 +19,8 @@ end
 redis.call('HSET', meta_key, 'limit', ARGV[1])
 expire()
 drop_dead_waiters()
+-- Wake the head even if it no longer fits (a lowered limit): it re-aims
+-- its timer at the next lease end.
+head_left = true
 wake_heads()
 return { 'changed', tonumber(current) }

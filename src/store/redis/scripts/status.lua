@@ -9,11 +9,13 @@ with holders soonest expiry first. Permit ids are never returned.
 Expired permits that no write has swept yet are left out of both `held` and
 the holders, so status agrees with what the next acquire will see.
 ]]
-local limit = redis.call('HGET', meta_key, 'limit')
-if not limit then
+local meta = redis.call('HMGET', meta_key, 'limit', 'held')
+if not meta[1] then
   return { 'not_found' }
 end
-local held = tonumber(redis.call('HGET', meta_key, 'held'))
+-- Read-only: ended leases are subtracted, not removed. A record lost to
+-- eviction is skipped (the next write recounts).
+local held = tonumber(meta[2]) or 0
 local ended = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', now_ms)
 for i = 1, #ended do
   local record = redis.call('HGET', permits_key, ended[i])
@@ -21,17 +23,25 @@ for i = 1, #ended do
     held = held - decode(record).count
   end
 end
+if held < 0 then
+  held = 0
+end
 local live = redis.call('ZRANGEBYSCORE', expiry_key, '(' .. int(now_ms), '+inf',
   'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
--- Waiters whose lease ran out are as good as gone.
 local waiting = redis.call('ZCOUNT', wleases_key, '(' .. int(now_ms), '+inf')
-local reply = { 'found', tonumber(limit), held, waiting, #live / 2 }
+local reply = { 'found', tonumber(meta[1]), held, waiting, 0 }
+local listed = 0
 for i = 1, #live, 2 do
-  local p = decode(redis.call('HGET', permits_key, live[i]))
-  reply[#reply + 1] = p.count
-  reply[#reply + 1] = p.fence
-  reply[#reply + 1] = p.acquired
-  reply[#reply + 1] = tonumber(live[i + 1])
-  reply[#reply + 1] = p.holder
+  local record = redis.call('HGET', permits_key, live[i])
+  if record then
+    local p = decode(record)
+    reply[#reply + 1] = p.count
+    reply[#reply + 1] = p.fence
+    reply[#reply + 1] = p.acquired
+    reply[#reply + 1] = tonumber(live[i + 1])
+    reply[#reply + 1] = p.holder
+    listed = listed + 1
+  end
 end
+reply[5] = listed
 return reply
