@@ -6,6 +6,10 @@
 
 use std::time::{Duration, Instant};
 
+use permitd::semaphore::{
+    AcquireOutcome, AcquireRequest, Count, Limit, PermitId, SemaphoreName, Ttl, WaitTime,
+};
+use permitd::store::Attempt;
 use serde_json::{Value, json};
 
 use crate::helpers::{
@@ -159,26 +163,39 @@ async fn losing_any_key_of_a_semaphore_never_over_grants_nor_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_that_reaches_redis_after_its_caller_gave_up_grants_nothing() {
-    let harness = Harness::new(Store::Redis).configure(|settings| {
-        settings.redis_timeout_ms = 300;
-        settings.redis_connect_timeout_ms = 200;
-    });
+    let harness = Harness::new(Store::Redis);
     let app = &harness.spawn().await;
     let created = app
         .put_json("/semaphores/late", json!({ "limit": 1 }))
         .await;
     assert_eq!(created.status(), 201);
-    // The link stalls: Redis reads nothing until it is resumed, long after
-    // the caller gave up on the attempt (and on withdrawing it).
+    // One acquire first, so Redis has the script cached and the stalled
+    // EVALSHA below runs as soon as it is read.
+    acquire_when_back(app, "warm", json!({ "limit": 1 }), Duration::ZERO).await;
+    // The instance that sends the attempt gives up on it after 300 ms.
+    let mut sender = harness
+        .binary()
+        .arg("--redis-timeout-ms")
+        .arg("300")
+        .start()
+        .await;
+    // The link stalls: Redis reads nothing until it is resumed.
     app.redis().pause();
-    let started = Instant::now();
-    let gave_up = app.acquire("late", json!({ "ttl_ms": 60_000 })).await;
-    expect_problem(gave_up, 503).await;
-    assert!(started.elapsed() < Duration::from_secs(2), "it hung");
+    let attempt = sender
+        .client
+        .post(sender.url("/semaphores/late/permits"))
+        .json(&json!({ "ttl_ms": 60_000 }))
+        .send();
+    let attempt = tokio::spawn(attempt);
+    // The attempt is on its way; its sender dies before it could withdraw
+    // it, as a crashed or partitioned instance would.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    sender.kill();
+    assert!(attempt.await.unwrap().is_err(), "the sender died");
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     app.redis().resume();
-    // The attempt, delivered now, must not make a permit nobody holds.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Delivered now, long after its deadline: it must not make a permit
+    // that nobody holds.
     let deadline = Instant::now() + Duration::from_secs(3);
     let status = loop {
         let response = app.get("/semaphores/late").await;
@@ -218,29 +235,58 @@ async fn a_new_head_of_the_queue_is_served_at_the_next_lease_end(store: Store) {
 }
 
 async fn acquired_at_follows_the_fencing_order_under_contention(store: Store) {
-    let app = &spawn_app(store).await;
-    let created = app
-        .put_json("/semaphores/order", json!({ "limit": 200 }))
-        .await;
-    assert_eq!(created.status(), 201);
-    let grants: Vec<_> = (0..100)
-        .map(|_| app.acquire_in_background("order", json!({ "ttl_ms": 60_000 })))
+    let harness = Harness::new(store);
+    let semaphores = harness.semaphore_store();
+    // Many grants from two threads at once, so that many millisecond
+    // boundaries fall between one grant's clock reading and the next.
+    let rounds = if store == Store::Memory {
+        50_000
+    } else {
+        1_000
+    };
+    let request = AcquireRequest {
+        name: SemaphoreName::parse("order").unwrap(),
+        limit: Some(Limit::new(1_000_000).unwrap()),
+        count: Count::ONE,
+        ttl: Ttl::new(600_000, 3_600_000).unwrap(),
+        wait: WaitTime::NONE,
+        holder: None,
+        idempotency_key: None,
+    };
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let (semaphores, request) = (semaphores.clone(), request.clone());
+            tokio::spawn(async move {
+                let mut permits = Vec::with_capacity(rounds);
+                for _ in 0..rounds {
+                    match semaphores
+                        .attempt(&request, PermitId::random(), false)
+                        .await
+                    {
+                        Ok(Attempt::Done {
+                            outcome: AcquireOutcome::Granted(permit),
+                            ..
+                        }) => permits.push((permit.fencing_token, permit.acquired_at)),
+                        other => panic!("expected a grant, got {other:?}"),
+                    }
+                }
+                permits
+            })
+        })
         .collect();
     let mut permits = Vec::new();
-    for grant in grants {
-        let grant = grant.await.unwrap();
-        assert_eq!(grant.status, 201);
-        permits.push(grant.body);
+    for task in tasks {
+        permits.extend(task.await.unwrap());
     }
-    permits.sort_by_key(token);
+    permits.sort();
     for pair in permits.windows(2) {
         assert!(
-            pair[0]["acquired_at"].as_str() <= pair[1]["acquired_at"].as_str(),
-            "token {} at {} but token {} at {}",
-            pair[0]["fencing_token"],
-            pair[0]["acquired_at"],
-            pair[1]["fencing_token"],
-            pair[1]["acquired_at"]
+            pair[0].1 <= pair[1].1,
+            "token {} acquired at {:?}, but the later token {} at {:?}",
+            pair[0].0,
+            pair[0].1,
+            pair[1].0,
+            pair[1].1
         );
     }
 }
