@@ -268,32 +268,45 @@ local function free_units()
   return free
 end
 
+-- Calls visit(ticket, count, channel) for each waiter in queue order, in
+-- batches, until it returns false or the queue ends. Waiters whose record
+-- vanished are dropped on the way (see waiter()).
+local function each_waiter(visit)
+  local at = 0
+  while true do
+    local batch = redis.call('ZRANGE', queue_key, at, at + 15)
+    if #batch == 0 then
+      return
+    end
+    local gone = 0
+    for i = 1, #batch do
+      local count, channel = waiter(batch[i])
+      if not count then
+        gone = gone + 1
+      elseif not visit(batch[i], count, channel) then
+        return
+      end
+    end
+    at = at + #batch - gone
+  end
+end
+
 -- Whether `count` units for `ticket` fit after every waiter ahead of it (the
 -- whole queue when the ticket is not in it). The walk stops as soon as the
 -- units ahead exceed what is free, so it is short whatever the queue length.
 local function fits(ticket, count)
   local free = free_units()
   local needed = count
-  local at = 0
-  while needed <= free do
-    local batch = redis.call('ZRANGE', queue_key, at, at + 15)
-    if #batch == 0 then
-      break
-    end
-    local gone = 0
-    for i = 1, #batch do
-      if batch[i] == ticket or needed > free then
-        return needed <= free
-      end
-      local ahead = waiter(batch[i])
-      if ahead then
-        needed = needed + ahead
-      else
-        gone = gone + 1
-      end
-    end
-    at = at + #batch - gone
+  if needed > free then
+    return false
   end
+  each_waiter(function(waiting, ahead)
+    if waiting == ticket then
+      return false
+    end
+    needed = needed + ahead
+    return needed <= free
+  end)
   return needed <= free
 end
 
@@ -307,31 +320,22 @@ end
 -- so it learns it is head and aims its timer at the next lease end.
 local function wake_heads()
   local free = free_units()
-  local at = 0
-  local woken = 0
-  while true do
-    local batch = redis.call('ZRANGE', queue_key, at, at + 15)
-    if #batch == 0 then
-      return
-    end
-    local gone = 0
-    for i = 1, #batch do
-      local count, channel = waiter(batch[i])
-      if not count then
-        gone = gone + 1
-      elseif count > free then
-        if woken == 0 and head_left then
-          wake(batch[i], channel)
-        end
-        return
-      else
-        free = free - count
-        woken = woken + 1
-        wake(batch[i], channel)
-      end
-    end
-    at = at + #batch - gone
+  if free == 0 and not head_left then
+    return
   end
+  local woken = 0
+  each_waiter(function(ticket, count, channel)
+    if count > free then
+      if woken == 0 and head_left then
+        wake(ticket, channel)
+      end
+      return false
+    end
+    free = free - count
+    woken = woken + 1
+    wake(ticket, channel)
+    return true
+  end)
 end
 
 -- Wakes the head waiter whatever it needs (it re-aims its expiry timer).
