@@ -15,7 +15,7 @@ use crate::demo::DemoBounds;
 use crate::http::RequestBounds;
 use crate::secret::Secret;
 use crate::semaphore::{Ttl, WaitTime};
-use crate::store::redis::RedisSettings;
+use crate::store::redis::{RedisSettings, RedisTls};
 use crate::telemetry::LogFormat;
 
 /// The command line: server settings, and optionally a subcommand. With no
@@ -103,6 +103,21 @@ pub struct Settings {
     /// it permitd uses its embedded store, which is not shared between instances.
     #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret>,
+
+    /// PEM file of the certificate authority that signed the Redis server's
+    /// certificate, for a `rediss://` URL to a Redis with a private CA.
+    /// Without it, the system's trusted roots are used.
+    #[arg(long, global = true, env = "PERMITD_REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
+
+    /// PEM file of a client certificate, for a Redis that requires one
+    /// (`tls-auth-clients yes`); give --redis-tls-key-file with it.
+    #[arg(long, global = true, env = "PERMITD_REDIS_TLS_CERT_FILE")]
+    pub redis_tls_cert_file: Option<PathBuf>,
+
+    /// PEM file of the client certificate's private key.
+    #[arg(long, global = true, env = "PERMITD_REDIS_TLS_KEY_FILE")]
+    pub redis_tls_key_file: Option<PathBuf>,
 
     /// Prefix of every Redis key permitd writes, so several deployments can
     /// share one Redis.
@@ -302,6 +317,11 @@ impl Settings {
             None => StoreChoice::Memory,
             Some(url) => StoreChoice::Redis(RedisSettings {
                 url: url.clone(),
+                tls: RedisTls {
+                    ca_file: self.redis_tls_ca_file.clone(),
+                    cert_file: self.redis_tls_cert_file.clone(),
+                    key_file: self.redis_tls_key_file.clone(),
+                },
                 key_prefix: self.key_prefix.clone(),
                 pool_size: self.redis_pool_size.max(1),
                 connect_timeout: Duration::from_millis(self.redis_connect_timeout_ms),

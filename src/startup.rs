@@ -157,6 +157,7 @@ pub async fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn Semaphor
                         tracing::warn!(redis = %shown, "{warning}");
                     }
                 }
+                Err(e) if e.is_refusal() => anyhow::bail!("{e}"),
                 Err(e) if e.is_transient() => tracing::warn!(
                     redis = %shown, error = %e,
                     "Redis is not answering yet; requests get 503 until it does"

@@ -62,6 +62,12 @@ pub enum StoreError {
     /// later may succeed (HTTP 503 with `Retry-After`).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store refuses this instance: a TLS certificate not trusted, wrong
+    /// credentials. A 503 like `Unavailable` while serving (it can be fixed
+    /// on the store's side without restarting permitd), but it stops a start,
+    /// where it is almost always a configuration mistake.
+    #[error("store refused the connection: {0}")]
+    Refused(String),
     /// The store answered something this version does not understand, or a
     /// script failed: a bug or an incompatible deployment (HTTP 500).
     #[error("store failed: {0}")]
@@ -71,7 +77,12 @@ pub enum StoreError {
 impl StoreError {
     /// Whether the same request may succeed if retried later.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable(_) | StoreError::Refused(_))
+    }
+
+    /// Whether the store refused this instance (see [`StoreError::Refused`]).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, StoreError::Refused(_))
     }
 }
 

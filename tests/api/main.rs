@@ -19,4 +19,5 @@ mod openapi;
 mod operations;
 mod redis_store;
 mod store_contract;
+mod tls;
 mod waiting;

@@ -5,13 +5,16 @@
 //! The one place that opens connections, so the other ways of reaching
 //! Redis (Sentinel, Cluster, TLS) slot in here behind the same `Pool`.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool::Runtime;
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use deadpool_redis::redis::aio::MultiplexedConnection;
-use deadpool_redis::redis::{self, AsyncConnectionConfig, RetryMethod};
+use deadpool_redis::redis::{
+    self, AsyncConnectionConfig, ClientTlsConfig, RetryMethod, TlsCertificates,
+};
 
 use super::RedisSettings;
 use crate::store::{PoolStatus, StoreError};
@@ -71,6 +74,69 @@ impl managed::Manager for Connector {
         pooled.checked_in_generation = generation;
         Ok(())
     }
+}
+
+/// Certificate files for TLS (`rediss://`), beyond the system's roots.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// The CA that signed the server's certificate (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for `tls-auth-clients yes`.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl RedisTls {
+    fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+}
+
+fn read_pem(flag: &str, path: &PathBuf) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path)
+        .map_err(|e| StoreError::Internal(format!("cannot read {flag} {}: {e}", path.display())))
+}
+
+/// The client for `url`, with the TLS certificates when given.
+///
+/// # Errors
+/// When the URL cannot be parsed, certificate files are given for a URL
+/// that is not `rediss://`, only one of the client certificate and key is
+/// given, or a file cannot be read or parsed.
+pub(super) fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, StoreError> {
+    if !tls.is_set() {
+        return redis::Client::open(url)
+            .map_err(|e| StoreError::Internal(format!("bad Redis URL: {e}")));
+    }
+    if !url.starts_with("rediss://") {
+        return Err(StoreError::Internal(
+            "--redis-tls-* files are for TLS: use a rediss:// URL".into(),
+        ));
+    }
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: read_pem("--redis-tls-cert-file", cert)?,
+            client_key: read_pem("--redis-tls-key-file", key)?,
+        }),
+        _ => {
+            return Err(StoreError::Internal(
+                "--redis-tls-cert-file and --redis-tls-key-file go together".into(),
+            ));
+        }
+    };
+    let root_cert = match &tls.ca_file {
+        Some(ca) => Some(read_pem("--redis-tls-ca-file", ca)?),
+        None => None,
+    };
+    redis::Client::build_with_tls(
+        url,
+        TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| StoreError::Internal(format!("bad Redis TLS configuration: {e}")))
 }
 
 /// The pool every script call checks a connection out of.
@@ -161,6 +227,18 @@ fn is_unusable(e: &redis::RedisError) -> bool {
 }
 
 fn classify(e: redis::RedisError) -> StoreError {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        return StoreError::Refused(format!("{e}; check the user and password of the Redis URL"));
+    }
+    // rustls says why it does not trust the server's certificate in its
+    // message (UnknownIssuer, NotValidForName, Expired, ...).
+    let text = e.to_string();
+    if text.contains("certificate") {
+        return StoreError::Refused(format!(
+            "{text}; the Redis server's TLS certificate is not trusted: give the CA that \
+             signed it with --redis-tls-ca-file"
+        ));
+    }
     if e.code().is_some_and(|code| TRANSIENT_CODES.contains(&code)) {
         return StoreError::Unavailable(e.to_string());
     }

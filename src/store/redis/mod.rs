@@ -58,6 +58,7 @@ use deadpool_redis::redis;
 
 use self::clock::StoreClock;
 use self::connection::Pool;
+pub use self::connection::RedisTls;
 use self::reply::{Reply, unexpected};
 use self::scripts::{
     ACQUIRE, DELETE, LEAVE, NamedScript, PERMIT, REFRESH, RELEASE, SET_LIMIT, STATUS,
@@ -75,6 +76,8 @@ use crate::telemetry;
 pub struct RedisSettings {
     /// May hold a password: `Debug` prints `***`.
     pub url: Secret,
+    /// Certificates for `rediss://` beyond the system's trusted roots.
+    pub tls: RedisTls,
     pub key_prefix: String,
     pub pool_size: usize,
     /// Bound on establishing one new connection.
@@ -115,8 +118,7 @@ impl RedisStore {
     /// # Errors
     /// When the URL cannot be parsed.
     pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
-        let client = redis::Client::open(settings.url.expose())
-            .map_err(|e| StoreError::Internal(format!("bad Redis URL: {e}")))?;
+        let client = connection::client(settings.url.expose(), &settings.tls)?;
         let pool = Pool::new(client.clone(), settings)?;
         let wake_channel = format!("{}wake:{}", settings.key_prefix, uuid::Uuid::new_v4());
         let wakeups = Wakeups::new();
