@@ -2,7 +2,8 @@
 //!
 //! There are no config files: `permitd --help` lists every knob, and the
 //! README's configuration table mirrors it. The store is chosen here, as an
-//! enum, from whether a Redis URL is given.
+//! enum: memory when no Redis is given, else exactly one of a Redis URL, a
+//! cluster's seed nodes, or sentinels with their master's name.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use crate::demo::DemoBounds;
 use crate::http::RequestBounds;
 use crate::secret::Secret;
 use crate::semaphore::{Ttl, WaitTime};
-use crate::store::redis::{RedisSettings, RedisTls};
+use crate::store::redis::{RedisSettings, RedisTarget, RedisTls};
 use crate::telemetry::LogFormat;
 
 /// The command line: server settings, and optionally a subcommand. With no
@@ -103,6 +104,58 @@ pub struct Settings {
     /// it permitd uses its embedded store, which is not shared between instances.
     #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret>,
+
+    /// A Redis Cluster instead of one Redis: seed node URLs, comma-separated
+    /// (redis://h1:7000,redis://h2:7001, or rediss:// for TLS). The rest of
+    /// the cluster is discovered from them.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_REDIS_CLUSTER",
+        hide_env_values = true
+    )]
+    pub redis_cluster: Option<Secret>,
+
+    /// Redis behind Sentinel instead of one Redis: sentinel URLs,
+    /// comma-separated (redis://:sentinel-password@h1:26379,...), with
+    /// --redis-sentinel-master naming the monitored master.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_REDIS_SENTINELS",
+        hide_env_values = true
+    )]
+    pub redis_sentinels: Option<Secret>,
+
+    /// The name of the master the sentinels monitor (`sentinel monitor <name>`).
+    #[arg(long, global = true, env = "PERMITD_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// Sentinel mode: the ACL user of the data nodes (master and replicas),
+    /// when it differs from the sentinel URL's.
+    #[arg(long, global = true, env = "PERMITD_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+
+    /// Sentinel mode: the password of the data nodes, when it differs from
+    /// the sentinel URL's (sentinels often have none, or their own).
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_REDIS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub redis_password: Option<Secret>,
+
+    /// After each write, wait until this many replicas of the semaphore's
+    /// master have it (Redis `WAIT`, pipelined with the script), within
+    /// --redis-timeout-ms; fewer acknowledgements answer 503. 0: do not wait.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_REDIS_WAIT_REPLICAS",
+        default_value_t = 0
+    )]
+    pub redis_wait_replicas: u32,
 
     /// PEM file of the certificate authority that signed the Redis server's
     /// certificate, for a `rediss://` URL to a Redis with a private CA.
@@ -299,7 +352,7 @@ pub enum StoreChoice {
     /// Embedded, this process only.
     Memory,
     /// Redis, shared by every instance pointed at it.
-    Redis(RedisSettings),
+    Redis(Box<RedisSettings>),
 }
 
 impl Settings {
@@ -312,23 +365,65 @@ impl Settings {
         settings
     }
 
-    pub fn store(&self) -> StoreChoice {
-        match &self.redis_url {
-            None => StoreChoice::Memory,
-            Some(url) => StoreChoice::Redis(RedisSettings {
-                url: url.clone(),
-                tls: RedisTls {
-                    ca_file: self.redis_tls_ca_file.clone(),
-                    cert_file: self.redis_tls_cert_file.clone(),
-                    key_file: self.redis_tls_key_file.clone(),
-                },
-                key_prefix: self.key_prefix.clone(),
-                pool_size: self.redis_pool_size.max(1),
-                connect_timeout: Duration::from_millis(self.redis_connect_timeout_ms),
-                timeout: Duration::from_millis(self.redis_timeout_ms),
-                waiter_lease: self.waiter_lease(),
-            }),
+    /// The store these settings choose: memory without any Redis flag,
+    /// otherwise exactly one of --redis-url, --redis-cluster and
+    /// --redis-sentinels.
+    ///
+    /// # Errors
+    /// When more than one Redis mode is given, Sentinel without its master's
+    /// name (or the reverse), or an empty list of URLs.
+    pub fn store(&self) -> anyhow::Result<StoreChoice> {
+        let target = match (&self.redis_url, &self.redis_cluster, &self.redis_sentinels) {
+            (None, None, None) => {
+                if self.redis_sentinel_master.is_some() {
+                    anyhow::bail!("--redis-sentinel-master needs --redis-sentinels");
+                }
+                return Ok(StoreChoice::Memory);
+            }
+            (Some(url), None, None) => RedisTarget::Standalone(url.clone()),
+            (None, Some(seeds), None) => RedisTarget::Cluster(url_list("--redis-cluster", seeds)?),
+            (None, None, Some(sentinels)) => RedisTarget::Sentinel {
+                sentinels: url_list("--redis-sentinels", sentinels)?,
+                master: self
+                    .redis_sentinel_master
+                    .clone()
+                    .filter(|m| !m.is_empty())
+                    .context("--redis-sentinels needs --redis-sentinel-master")?,
+                username: self.redis_username.clone(),
+                password: self.redis_password.clone(),
+            },
+            _ => anyhow::bail!(
+                "give exactly one of --redis-url (REDIS_URL), --redis-cluster \
+                 (PERMITD_REDIS_CLUSTER) and --redis-sentinels (PERMITD_REDIS_SENTINELS)"
+            ),
+        };
+        if !matches!(target, RedisTarget::Sentinel { .. })
+            && (self.redis_username.is_some() || self.redis_password.is_some())
+        {
+            anyhow::bail!(
+                "--redis-username and --redis-password are for Sentinel mode; \
+                 otherwise put the credentials in the Redis URLs"
+            );
         }
+        Ok(StoreChoice::Redis(Box::new(RedisSettings {
+            target,
+            tls: RedisTls {
+                ca_file: self.redis_tls_ca_file.clone(),
+                cert_file: self.redis_tls_cert_file.clone(),
+                key_file: self.redis_tls_key_file.clone(),
+            },
+            key_prefix: self.key_prefix.clone(),
+            pool_size: self.redis_pool_size.max(1),
+            connect_timeout: Duration::from_millis(self.redis_connect_timeout_ms),
+            timeout: Duration::from_millis(self.redis_timeout_ms),
+            waiter_lease: self.waiter_lease(),
+            wait_replicas: self.redis_wait_replicas,
+        })))
+    }
+
+    /// Whether any Redis mode is configured.
+    pub fn uses_redis(&self) -> bool {
+        self.redis_url.is_some() || self.redis_cluster.is_some() || self.redis_sentinels.is_some()
     }
 
     /// How long the Redis queue keeps a waiter without a check (see
@@ -413,14 +508,73 @@ impl Settings {
     }
 }
 
+/// A comma-separated list of URLs, each trimmed; empty entries are refused.
+fn url_list(flag: &str, list: &Secret) -> anyhow::Result<Vec<Secret>> {
+    let urls: Vec<Secret> = list
+        .expose()
+        .split(',')
+        .map(str::trim)
+        .map(Secret::new)
+        .collect();
+    if urls.iter().any(|url| url.expose().is_empty()) {
+        anyhow::bail!("{flag} is a comma-separated list of Redis URLs, without empty entries");
+    }
+    Ok(urls)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn store_error(args: &[&str]) -> String {
+        let settings = Cli::parse_from([&["permitd"], args].concat()).settings;
+        match settings.store() {
+            Ok(choice) => panic!("{args:?} chose {choice:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn exactly_one_redis_mode_is_chosen_with_what_it_needs() {
+        let two = store_error(&["--redis-url", "redis://a", "--redis-cluster", "redis://b"]);
+        assert!(two.contains("exactly one"), "{two}");
+        let nameless = store_error(&["--redis-sentinels", "redis://s1,redis://s2"]);
+        assert!(nameless.contains("--redis-sentinel-master"), "{nameless}");
+        let alone = store_error(&["--redis-sentinel-master", "m"]);
+        assert!(alone.contains("--redis-sentinels"), "{alone}");
+        let empty = store_error(&["--redis-cluster", "redis://a,,redis://b"]);
+        assert!(empty.contains("empty"), "{empty}");
+        let misplaced = store_error(&["--redis-url", "redis://a", "--redis-password", "pw"]);
+        assert!(misplaced.contains("Sentinel"), "{misplaced}");
+
+        let settings = Cli::parse_from([
+            "permitd",
+            "--redis-sentinels",
+            "redis://:s-pw@s1:26379, redis://s2:26379",
+            "--redis-sentinel-master",
+            "data",
+            "--redis-password",
+            "d-pw",
+        ])
+        .settings;
+        let Ok(StoreChoice::Redis(redis)) = settings.store() else {
+            panic!("Sentinel mode")
+        };
+        let RedisTarget::Sentinel {
+            sentinels, master, ..
+        } = &redis.target
+        else {
+            panic!("{:?}", redis.target)
+        };
+        assert_eq!((sentinels.len(), master.as_str()), (2, "data"));
+        let shown = format!("{redis:?} {}", redis.target.describe());
+        assert!(!shown.contains("s-pw") && !shown.contains("d-pw"), "{shown}");
+    }
+
     #[test]
     fn defaults_choose_the_memory_store() {
         let settings = Cli::parse_from(["permitd"]).settings;
-        assert!(matches!(settings.store(), StoreChoice::Memory));
+        assert!(matches!(settings.store().unwrap(), StoreChoice::Memory));
         assert_eq!(settings.listen.port(), 8080);
         assert!(settings.request_bounds().is_ok());
     }
@@ -482,7 +636,7 @@ mod tests {
             "--api-token",
             "tok-two-secret",
         ]);
-        let shown = format!("{cli:?} {:?}", cli.settings.store());
+        let shown = format!("{cli:?} {:?}", cli.settings.store().unwrap());
         for secret in ["hunter2-pw", "tok-one-secret", "tok-two-secret"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }

@@ -15,7 +15,6 @@ use tokio::net::TcpListener;
 use crate::config::{Settings, StoreChoice};
 use crate::demo::{AllowedHosts, DemoConfig};
 use crate::http::{AccessControl, AppState, HttpLimits, StateParts, router};
-use crate::secret::redact_url;
 use crate::store::SemaphoreStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -55,8 +54,7 @@ impl Application {
             waiting.clone(),
         )?
         .with_upstream_token(tokens.first().cloned());
-        if settings.redis_url.is_some() && settings.request_timeout_ms <= settings.redis_timeout_ms
-        {
+        if settings.uses_redis() && settings.request_timeout_ms <= settings.redis_timeout_ms {
             // The request timeout would cut store calls short mid-script, where
             // the store's own timeout would have answered a clear 503.
             tracing::warn!(
@@ -136,7 +134,7 @@ impl Application {
 /// # Errors
 /// When the Redis URL is malformed (an unreachable Redis is only logged).
 pub async fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn SemaphoreStore>> {
-    match settings.store() {
+    match settings.store()? {
         StoreChoice::Memory => {
             tracing::warn!(
                 "no Redis configured: using the embedded memory store, which is NOT shared \
@@ -145,15 +143,20 @@ pub async fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn Semaphor
             Ok(Arc::new(MemoryStore::new()))
         }
         StoreChoice::Redis(redis) => {
-            let shown = redact_url(redis.url.expose());
+            let shown = redis.target.describe();
             let store = RedisStore::new(&redis).map_err(|e| anyhow::anyhow!("{e}"))?;
             // The seed's "check the Redis connection at start", without making a
             // Redis outage at deploy time a crash loop; a Redis that cannot run
             // permitd at all (too old) stops the start.
-            match store.ping().await.and(store.warnings().await) {
-                Ok(warnings) => {
-                    tracing::info!(redis = %shown, "connected to Redis");
-                    for warning in warnings {
+            match store.ping().await.and(store.report().await) {
+                Ok(report) => {
+                    tracing::info!(
+                        redis = %shown,
+                        mode = report.mode.unwrap_or("standalone"),
+                        masters = report.masters,
+                        "connected to Redis"
+                    );
+                    for warning in report.warnings {
                         tracing::warn!(redis = %shown, "{warning}");
                     }
                 }

@@ -164,10 +164,10 @@ fn rendering(headers: &HeaderMap) -> Rendering {
             }
             let mut q = 1.0;
             for param in parts {
-                if let Some((key, value)) = param.split_once('=') {
-                    if key.trim().eq_ignore_ascii_case("q") {
-                        q = value.trim().parse::<f32>().unwrap_or(0.0).clamp(0.0, 1.0);
-                    }
+                if let Some((key, value)) = param.split_once('=')
+                    && key.trim().eq_ignore_ascii_case("q")
+                {
+                    q = value.trim().parse::<f32>().unwrap_or(0.0).clamp(0.0, 1.0);
                 }
             }
             Some((media, q))

@@ -18,13 +18,20 @@ pub struct Health {
 
 /// The body of `GET /readyz`.
 #[derive(Serialize, ToSchema)]
-#[schema(example = json!({ "status": "ready", "store": "redis" }))]
+#[schema(example = json!({ "status": "ready", "store": "redis", "mode": "cluster", "masters": 3 }))]
 pub struct Readiness {
     #[schema(pattern = "^ready$")]
     pub status: &'static str,
     /// Which store this instance uses: `redis` or `memory`.
     #[schema(pattern = "^(redis|memory)$")]
     pub store: &'static str,
+    /// Redis only: `standalone`, `sentinel` or `cluster`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(standalone|sentinel|cluster)$")]
+    pub mode: Option<&'static str>,
+    /// Redis Cluster only: how many masters serve its slots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub masters: Option<usize>,
     /// What the operator should change in the store's configuration (for
     /// Redis: an eviction policy other than `noeviction`). Left out when
     /// nothing; the instance serves either way.
@@ -54,16 +61,19 @@ pub async fn healthz() -> Json<Health> {
     operation_id = "readyz",
     summary = "Readiness: the store answers",
     responses(
-        (status = 200, description = "The store answers (Redis `TIME`); `warnings` lists store settings to change.", body = Readiness),
+        (status = 200, description = "The store answers (Redis `TIME`); `mode` and `masters` say how Redis is deployed, `warnings` lists store settings to change.", body = Readiness),
         (status = 503, response = Unavailable),
     ),
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
     state.store.ping().await?;
+    let report = state.store.report().await?;
     Ok(Json(Readiness {
         status: "ready",
         store: state.store.kind(),
-        warnings: state.store.warnings().await?,
+        mode: report.mode,
+        masters: report.masters,
+        warnings: report.warnings,
     }))
 }
 

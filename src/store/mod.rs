@@ -118,6 +118,18 @@ pub struct PoolStatus {
     pub waiting: usize,
 }
 
+/// How a store is deployed, as `/readyz` and the startup log tell it.
+#[derive(Debug, Clone, Default)]
+pub struct StoreReport {
+    /// Redis: `standalone`, `sentinel` or `cluster`.
+    pub mode: Option<&'static str>,
+    /// Redis Cluster: how many masters serve slots.
+    pub masters: Option<usize>,
+    /// What the operator should change (Redis: an eviction policy other than
+    /// `noeviction`), in words. Empty when nothing.
+    pub warnings: Vec<String>,
+}
+
 /// Where semaphores and permits live. See the module docs for the semantics
 /// every method keeps.
 #[async_trait]
@@ -131,15 +143,14 @@ pub trait SemaphoreStore: Send + Sync + 'static {
     /// `Unavailable` when it does not answer in time.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// What an operator should change in the store's own configuration for
-    /// these semantics to hold (Redis: an eviction policy other than
-    /// `noeviction`), in words for logs and `/readyz`. Empty when nothing.
+    /// How the store is deployed and what an operator should change in its
+    /// configuration for these semantics to hold, for logs and `/readyz`.
     ///
     /// # Errors
     /// `Unavailable` when the store does not answer; `Internal` when it cannot
     /// run permitd at all (a Redis older than the scripts need).
-    async fn warnings(&self) -> Result<Vec<String>, StoreError> {
-        Ok(Vec::new())
+    async fn report(&self) -> Result<StoreReport, StoreError> {
+        Ok(StoreReport::default())
     }
 
     /// Creates the semaphore, or changes its limit. Lowering a limit never

@@ -11,7 +11,9 @@
 mod browser;
 mod contract;
 mod demo;
+mod deployments;
 mod docs;
+mod failover;
 mod faults;
 mod helpers;
 mod layout;

@@ -1,6 +1,7 @@
 //! The store contract: the semantics written on `SemaphoreStore`, checked
-//! at the trait itself (no HTTP) on both stores, so a third store can be
-//! held to the same scenarios. What the HTTP layer makes of each outcome is
+//! at the trait itself (no HTTP) on both stores, and on Redis in each of its
+//! deployments (standalone, Cluster, Sentinel), so a third store can be held
+//! to the same scenarios. What the HTTP layer makes of each outcome is
 //! `contract`'s business.
 
 use std::sync::Arc;
@@ -12,9 +13,9 @@ use permitd::semaphore::{
 };
 use permitd::store::{Attempt, SemaphoreStore};
 
-use crate::helpers::{Harness, Store, on_each_store};
+use crate::helpers::{Harness, Store, on_every_deployment};
 
-on_each_store!(
+on_every_deployment!(
     set_limit_creates_then_leaves_alone_or_changes,
     status_of_an_unknown_semaphore_is_none,
     attempts_are_granted_until_the_limit_then_unavailable,

@@ -5,7 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{ApiClient, Harness, Store, TestApp, expect_problem, on_each_store};
+use crate::helpers::{
+    ApiClient, Harness, Store, TestApp, expect_problem, on_each_store, on_every_deployment,
+};
 use serde_json::{Value, json};
 
 /// `instances` apps on one fresh store (several only make sense on Redis),
@@ -17,13 +19,22 @@ async fn apps(store: Store, instances: usize, recheck_ms: u64) -> Vec<TestApp> {
         .await
 }
 
+/// Push wakes, on a cluster (the wake is published on the semaphore's master
+/// and relayed to the subscriber's node) and behind Sentinel too.
+mod push {
+    use super::*;
+
+    on_every_deployment!(
+        a_waiter_is_granted_when_a_permit_is_released,
+        waiters_are_served_in_arrival_order,
+        raising_the_limit_wakes_waiters_at_once,
+    );
+}
+
 on_each_store!(
-    a_waiter_is_granted_when_a_permit_is_released,
     a_waiter_is_granted_when_a_lease_expires_without_any_recheck,
     a_wait_that_runs_out_is_429_after_about_wait_ms,
-    waiters_are_served_in_arrival_order,
     a_newcomer_never_overtakes_a_queued_waiter,
-    raising_the_limit_wakes_waiters_at_once,
     a_client_that_disconnects_leaves_the_queue,
     shutdown_answers_waiting_requests_with_503,
 );

@@ -1,142 +1,122 @@
-//! Connections to one Redis: a deadpool pool of multiplexed connections with
-//! our own manager (see the module docs of `store::redis` for when it PINGs),
-//! and the classification of what Redis answers into `StoreError`.
-//!
-//! The one place that opens connections, so the other ways of reaching
-//! Redis (Sentinel, Cluster, TLS) slot in here behind the same `Pool`.
+//! Connections to one master at a time (standalone, or the one Sentinel
+//! names): a deadpool pool of multiplexed connections with our own manager
+//! (see the module docs of `store::redis` for when it PINGs), and the
+//! classification of what Redis answers into `StoreError`, for every mode.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool::Runtime;
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use deadpool_redis::redis::aio::MultiplexedConnection;
-use deadpool_redis::redis::{
-    self, AsyncConnectionConfig, ClientTlsConfig, RetryMethod, TlsCertificates,
-};
+use deadpool_redis::redis::{self, AsyncConnectionConfig, RetryMethod};
 
 use super::RedisSettings;
+use super::sentinel::{NodeAddr, Sentinel};
 use crate::store::{PoolStatus, StoreError};
 
 /// Connections idle longer than this are PINGed before reuse: Redis may have
 /// restarted, or a middlebox dropped the connection, while nobody used it.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
 
-/// One pooled connection and the failure generation it was last checked in.
+/// One pooled connection, the failure generation it was last checked in,
+/// and (Sentinel) the master it was opened to.
 pub(super) struct Pooled {
     pub(super) connection: MultiplexedConnection,
     checked_in_generation: u64,
+    master: Option<NodeAddr>,
+}
+
+/// Where new connections go.
+pub(super) enum Source {
+    /// One Redis, at the URL given.
+    Direct(Box<redis::Client>),
+    /// Whichever master the sentinels name now.
+    Sentinel(Arc<Sentinel>),
 }
 
 /// Opens multiplexed connections with our timeouts; see the module docs for
 /// when it PINGs.
 pub(super) struct Connector {
-    client: redis::Client,
+    source: Source,
     config: AsyncConnectionConfig,
-    /// Bumped on every connection error: connections checked before it are
-    /// suspect and get PINGed on their next checkout.
-    failures: AtomicU64,
+    /// Bumped on every connection error and every master switch: connections
+    /// checked before it are suspect and get checked on their next checkout.
+    failures: Arc<AtomicU64>,
 }
 
 impl managed::Manager for Connector {
     type Type = Pooled;
-    type Error = redis::RedisError;
+    type Error = StoreError;
 
-    async fn create(&self) -> Result<Pooled, redis::RedisError> {
+    async fn create(&self) -> Result<Pooled, StoreError> {
         let generation = self.failures.load(Ordering::Relaxed);
-        let connection = self
-            .client
+        let (client, master) = match &self.source {
+            Source::Direct(client) => (client.as_ref().clone(), None),
+            Source::Sentinel(sentinel) => {
+                let (client, addr) = sentinel.master().await?;
+                (client, Some(addr))
+            }
+        };
+        let mut connection = client
             .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
+            .await
+            .map_err(classify)?;
+        if master.is_some() {
+            // The sentinels may name a master that has not taken the role
+            // yet, or one that was just demoted: only a master is used.
+            ensure_master(&mut connection).await?;
+        }
         Ok(Pooled {
             connection,
             checked_in_generation: generation,
+            master,
         })
     }
 
-    async fn recycle(
-        &self,
-        pooled: &mut Pooled,
-        metrics: &Metrics,
-    ) -> RecycleResult<redis::RedisError> {
+    async fn recycle(&self, pooled: &mut Pooled, metrics: &Metrics) -> RecycleResult<StoreError> {
+        if let (Source::Sentinel(sentinel), Some(master)) = (&self.source, &pooled.master)
+            && !sentinel.is_current(master)
+        {
+            // The sentinels switched masters: the old one may still accept
+            // writes for a while, which its demotion then throws away.
+            return Err(RecycleError::message("the master has changed"));
+        }
         let generation = self.failures.load(Ordering::Relaxed);
         if pooled.checked_in_generation == generation && metrics.last_used() < IDLE_BEFORE_PING {
             return Ok(());
         }
-        let pong: String = redis::cmd("PING")
-            .query_async(&mut pooled.connection)
-            .await
-            .map_err(RecycleError::Backend)?;
-        if pong != "PONG" {
-            return Err(RecycleError::message("unexpected PING reply"));
+        if pooled.master.is_some() {
+            ensure_master(&mut pooled.connection)
+                .await
+                .map_err(RecycleError::Backend)?;
+        } else {
+            let pong: String = redis::cmd("PING")
+                .query_async(&mut pooled.connection)
+                .await
+                .map_err(|e| RecycleError::Backend(classify(e)))?;
+            if pong != "PONG" {
+                return Err(RecycleError::message("unexpected PING reply"));
+            }
         }
         pooled.checked_in_generation = generation;
         Ok(())
     }
 }
 
-/// Certificate files for TLS (`rediss://`), beyond the system's roots.
-#[derive(Debug, Clone, Default)]
-pub struct RedisTls {
-    /// The CA that signed the server's certificate (PEM).
-    pub ca_file: Option<PathBuf>,
-    /// A client certificate and its key (PEM), for `tls-auth-clients yes`.
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-}
-
-impl RedisTls {
-    fn is_set(&self) -> bool {
-        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+/// `ROLE` says `master`, or the connection is not used.
+async fn ensure_master(connection: &mut MultiplexedConnection) -> Result<(), StoreError> {
+    let role: Vec<redis::Value> = redis::cmd("ROLE")
+        .query_async(connection)
+        .await
+        .map_err(classify)?;
+    match role.first() {
+        Some(redis::Value::BulkString(role)) if role.as_slice() == b"master" => Ok(()),
+        _ => Err(StoreError::Unavailable(
+            "the node Sentinel names is not a master (yet): a failover is under way".into(),
+        )),
     }
-}
-
-fn read_pem(flag: &str, path: &PathBuf) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path)
-        .map_err(|e| StoreError::Internal(format!("cannot read {flag} {}: {e}", path.display())))
-}
-
-/// The client for `url`, with the TLS certificates when given.
-///
-/// # Errors
-/// When the URL cannot be parsed, certificate files are given for a URL
-/// that is not `rediss://`, only one of the client certificate and key is
-/// given, or a file cannot be read or parsed.
-pub(super) fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, StoreError> {
-    if !tls.is_set() {
-        return redis::Client::open(url)
-            .map_err(|e| StoreError::Internal(format!("bad Redis URL: {e}")));
-    }
-    if !url.starts_with("rediss://") {
-        return Err(StoreError::Internal(
-            "--redis-tls-* files are for TLS: use a rediss:// URL".into(),
-        ));
-    }
-    let client_tls = match (&tls.cert_file, &tls.key_file) {
-        (None, None) => None,
-        (Some(cert), Some(key)) => Some(ClientTlsConfig {
-            client_cert: read_pem("--redis-tls-cert-file", cert)?,
-            client_key: read_pem("--redis-tls-key-file", key)?,
-        }),
-        _ => {
-            return Err(StoreError::Internal(
-                "--redis-tls-cert-file and --redis-tls-key-file go together".into(),
-            ));
-        }
-    };
-    let root_cert = match &tls.ca_file {
-        Some(ca) => Some(read_pem("--redis-tls-ca-file", ca)?),
-        None => None,
-    };
-    redis::Client::build_with_tls(
-        url,
-        TlsCertificates {
-            client_tls,
-            root_cert,
-        },
-    )
-    .map_err(|e| StoreError::Internal(format!("bad Redis TLS configuration: {e}")))
 }
 
 /// The pool every script call checks a connection out of.
@@ -146,17 +126,22 @@ pub(super) struct Pool(managed::Pool<Connector>);
 pub(super) type Connection = Object<Connector>;
 
 impl Pool {
-    /// Builds the pool; no connection is made yet.
+    /// Builds the pool; no connection is made yet. `failures` is shared with
+    /// whoever else may make every connection suspect (the Sentinel watcher).
     ///
     /// # Errors
-    /// When the URL cannot be parsed.
-    pub(super) fn new(client: redis::Client, settings: &RedisSettings) -> Result<Self, StoreError> {
+    /// When the pool's settings are invalid.
+    pub(super) fn new(
+        source: Source,
+        failures: Arc<AtomicU64>,
+        settings: &RedisSettings,
+    ) -> Result<Self, StoreError> {
         let connector = Connector {
-            client,
+            source,
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(settings.connect_timeout))
                 .set_response_timeout(Some(settings.timeout)),
-            failures: AtomicU64::new(0),
+            failures,
         };
         let pool = managed::Pool::builder(connector)
             .max_size(settings.pool_size)
@@ -218,7 +203,7 @@ const TRANSIENT_CODES: [&str; 9] = [
 /// Whether this connection must not be used again: it broke, or it reaches a
 /// Redis that is no longer the master (`READONLY`), so a new connection may
 /// find the current one.
-fn is_unusable(e: &redis::RedisError) -> bool {
+pub(super) fn is_unusable(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
@@ -226,7 +211,8 @@ fn is_unusable(e: &redis::RedisError) -> bool {
         || e.code() == Some("READONLY")
 }
 
-fn classify(e: redis::RedisError) -> StoreError {
+/// What a Redis error means to a caller: retry later, refused, or a bug.
+pub(super) fn classify(e: redis::RedisError) -> StoreError {
     if e.kind() == redis::ErrorKind::AuthenticationFailed {
         return StoreError::Refused(format!("{e}; check the user and password of the Redis URL"));
     }
@@ -248,9 +234,9 @@ fn classify(e: redis::RedisError) -> StoreError {
     }
 }
 
-fn classify_pool(e: PoolError<redis::RedisError>) -> StoreError {
+fn classify_pool(e: PoolError<StoreError>) -> StoreError {
     match e {
-        PoolError::Backend(e) => classify(e),
+        PoolError::Backend(e) => e,
         PoolError::Timeout(_) => StoreError::Unavailable("no Redis connection in time".into()),
         other => StoreError::Unavailable(other.to_string()),
     }

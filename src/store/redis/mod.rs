@@ -1,11 +1,16 @@
 //! The Redis store: semaphores shared by every permitd instance on one Redis.
 //!
 //! Each operation is one Lua script from `scripts/` (a shared prelude plus a
-//! body), run with EVALSHA through a deadpool connection pool. The scripts own
-//! the semantics; this module only passes keys and arguments and decodes
-//! replies. Its parts: `connection` (the pool, and how Redis answers are
-//! classified), `scripts` (the script registry and the key list), `subscriber`
-//! (the wake subscription) and `reply` (decoding). Every reply comes wrapped as `{swept, reply}`, where `swept` counts
+//! body), run with EVALSHA on the semaphore's master. The scripts own the
+//! semantics; this module only passes keys and arguments and decodes replies.
+//! Three deployments (`RedisTarget`): one Redis, Redis behind Sentinel, or a
+//! Redis Cluster; every script touches only its own semaphore's slot, so all
+//! three run the same scripts. Its parts: `nodes` (where a call goes, per
+//! mode), `connection` (the pool to one master, and how Redis answers are
+//! classified), `sentinel` (which master, and the switches), `cluster` (the
+//! cluster connection), `tls`, `scripts` (the script registry and the key
+//! list), `subscriber` (the wake subscription) and `reply` (decoding).
+//! Every reply comes wrapped as `{swept, reply}`, where `swept` counts
 //! the expired leases the call removed, so lease expiries (the sign of a
 //! crashed holder) are counted in [`RedisStore::run`] like the round-trip
 //! latency and errors. Data model, per semaphore `name` under the configured prefix `p`:
@@ -43,39 +48,95 @@
 //! pool, so the store recovers by itself when Redis comes back.
 
 mod clock;
+mod cluster;
 mod connection;
+mod nodes;
 mod reply;
 mod scripts;
+mod sentinel;
 mod server;
 mod subscriber;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_redis::redis;
 
 use self::clock::StoreClock;
-use self::connection::Pool;
-pub use self::connection::RedisTls;
+use self::cluster::Cluster;
+use self::connection::{Pool, Source};
+use self::nodes::{Nodes, Wait};
 use self::reply::{Reply, unexpected};
 use self::scripts::{
     ACQUIRE, DELETE, LEAVE, NamedScript, PERMIT, REFRESH, RELEASE, SET_LIMIT, STATUS,
 };
-use super::{Attempt, PoolStatus, SemaphoreStore, StoreError, Wakeups};
-use crate::secret::Secret;
+use self::sentinel::{NodeAuth, Sentinel};
+use self::subscriber::WakeSource;
+pub use self::tls::RedisTls;
+use super::{Attempt, PoolStatus, SemaphoreStore, StoreError, StoreReport, Wakeups};
+use crate::secret::{Secret, redact_url};
 use crate::semaphore::{
     AcquireOutcome, AcquireRequest, HolderInfo, Limit, MAX_LISTED_HOLDERS, Millis, Permit,
     PermitId, ReleaseOutcome, SemaphoreName, SemaphoreStatus, SetLimitOutcome, Ttl,
 };
 use crate::telemetry;
 
+/// Which Redis deployment: exactly one of the three. URLs may hold passwords:
+/// `Debug` prints them as `***`.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    /// One Redis (`--redis-url`).
+    Standalone(Secret),
+    /// A Redis Cluster, found from these seed nodes (`--redis-cluster`).
+    Cluster(Vec<Secret>),
+    /// The master that these sentinels name `master` (`--redis-sentinels`);
+    /// the data nodes' credentials when they differ from the sentinels'.
+    Sentinel {
+        sentinels: Vec<Secret>,
+        master: String,
+        username: Option<String>,
+        password: Option<Secret>,
+    },
+}
+
+impl RedisTarget {
+    /// Every URL given: the one Redis, the seeds or the sentinels.
+    fn urls(&self) -> impl Iterator<Item = &Secret> {
+        match self {
+            Self::Standalone(url) => std::slice::from_ref(url).iter(),
+            Self::Cluster(urls)
+            | Self::Sentinel {
+                sentinels: urls, ..
+            } => urls.iter(),
+        }
+    }
+
+    /// The URLs, passwords redacted, for logs.
+    pub fn describe(&self) -> String {
+        let list = |urls: &[Secret]| {
+            urls.iter()
+                .map(|url| redact_url(url.expose()))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match self {
+            Self::Standalone(url) => redact_url(url.expose()),
+            Self::Cluster(seeds) => list(seeds),
+            Self::Sentinel {
+                sentinels, master, ..
+            } => format!("{master} via {}", list(sentinels)),
+        }
+    }
+}
+
 /// How to reach Redis and how long to wait for it.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// May hold a password: `Debug` prints `***`.
-    pub url: Secret,
+    pub target: RedisTarget,
     /// Certificates for `rediss://` beyond the system's trusted roots.
     pub tls: RedisTls,
     pub key_prefix: String,
@@ -86,10 +147,16 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// How long the queue keeps a waiter its instance stopped renewing.
     pub waiter_lease: Duration,
+    /// Replicas that must acknowledge each write (`WAIT`); 0: none.
+    pub wait_replicas: u32,
 }
 
 pub struct RedisStore {
-    pool: Pool,
+    nodes: Nodes,
+    /// Whether the scripts go with their `#!lua` line (Redis 7 on), read
+    /// from the masters' version before the first script.
+    flags: tokio::sync::OnceCell<bool>,
+    wait: Option<Wait>,
     prefix: String,
     timeout: Duration,
     waiter_lease_ms: String,
@@ -100,36 +167,104 @@ pub struct RedisStore {
     /// The Redis clock as last seen, for the deadlines passed to attempts.
     clock: StoreClock,
     wakeups: Arc<Wakeups>,
-    subscriber: tokio::task::JoinHandle<()>,
+    /// The wake subscriber, and (Sentinel) the watch on the sentinels.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for RedisStore {
     fn drop(&mut self) {
-        self.subscriber.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
 impl RedisStore {
-    /// Builds the pool and starts the subscriber task (so it must be called
-    /// inside a Tokio runtime). No pooled connection is made yet: an
+    /// Builds the connections and starts the subscriber task (so it must be
+    /// called inside a Tokio runtime). No connection is made yet: an
     /// unreachable Redis at start is reported by `ping` (and `/readyz`), not
     /// by a failed start.
     ///
     /// # Errors
-    /// When the URL cannot be parsed.
+    /// When a URL cannot be parsed, or a certificate file read.
     pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
-        let client = connection::client(settings.url.expose(), &settings.tls)?;
-        let pool = Pool::new(client.clone(), settings)?;
+        let certificates = settings
+            .tls
+            .certificates(settings.target.urls().map(Secret::expose))?;
+        let failures = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        let (nodes, wake_source) = match &settings.target {
+            RedisTarget::Standalone(url) => {
+                let client = tls::client(url.expose(), certificates.as_ref())?;
+                let pool = Pool::new(Source::Direct(Box::new(client.clone())), failures, settings)?;
+                let nodes = Nodes::Single {
+                    pool,
+                    sentinel: None,
+                };
+                (nodes, WakeSource::Direct(Box::new(client)))
+            }
+            RedisTarget::Cluster(seeds) => {
+                let clients = seeds
+                    .iter()
+                    .map(|seed| tls::client(seed.expose(), certificates.as_ref()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let cluster = Cluster::new(
+                    seeds,
+                    certificates,
+                    settings.connect_timeout,
+                    settings.timeout,
+                )?;
+                (
+                    Nodes::Cluster(Box::new(cluster)),
+                    WakeSource::AnyOf(clients),
+                )
+            }
+            RedisTarget::Sentinel {
+                sentinels,
+                master,
+                username,
+                password,
+            } => {
+                let auth = NodeAuth {
+                    username: username.clone(),
+                    password: password.clone(),
+                    certificates,
+                };
+                let sentinel = Arc::new(Sentinel::new(
+                    sentinels,
+                    master,
+                    auth,
+                    failures.clone(),
+                    settings.connect_timeout,
+                )?);
+                tasks.push(tokio::spawn(sentinel.clone().watch()));
+                let pool = Pool::new(Source::Sentinel(sentinel.clone()), failures, settings)?;
+                let nodes = Nodes::Single {
+                    pool,
+                    sentinel: Some(sentinel.clone()),
+                };
+                (nodes, WakeSource::Sentinel(sentinel))
+            }
+        };
         let wake_channel = format!("{}wake:{}", settings.key_prefix, uuid::Uuid::new_v4());
         let wakeups = Wakeups::new();
-        let subscriber = tokio::spawn(subscriber::subscribe(
-            client,
+        tasks.push(tokio::spawn(subscriber::subscribe(
+            wake_source,
             wake_channel.clone(),
             wakeups.clone(),
             settings.connect_timeout,
-        ));
+        )));
         Ok(Self {
-            pool,
+            nodes,
+            flags: tokio::sync::OnceCell::new(),
+            // WAIT answers within half the call's bound, so that a shortfall
+            // is reported as such rather than as a timeout.
+            wait: (settings.wait_replicas > 0).then(|| Wait {
+                replicas: settings.wait_replicas,
+                timeout_ms: u64::try_from(settings.timeout.as_millis() / 2)
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            }),
             prefix: settings.key_prefix.clone(),
             timeout: settings.timeout,
             waiter_lease_ms: settings.waiter_lease.as_millis().to_string(),
@@ -139,8 +274,28 @@ impl RedisStore {
             wake_channel,
             clock: StoreClock::default(),
             wakeups,
-            subscriber,
+            tasks,
         })
+    }
+
+    /// The masters' `INFO`, checked: the warnings, and whether every master
+    /// reads script flags (Redis 7 on).
+    async fn checked_infos(&self) -> Result<(usize, Vec<String>), StoreError> {
+        let infos = self.nodes.infos().await?;
+        let mut warnings = Vec::new();
+        let mut flags = true;
+        for info in &infos {
+            for warning in server::check(info)? {
+                if !warnings.contains(&warning) {
+                    warnings.push(warning);
+                }
+            }
+            flags &= server::reads_script_flags(info);
+        }
+        // Set once: a later answer (an upgrade) changes nothing that matters,
+        // since a Redis that reads flags also runs the plain text.
+        let _ = self.flags.set(flags);
+        Ok((infos.len(), warnings))
     }
 
     /// Runs one script: the one place every script call goes through, so it
@@ -153,18 +308,18 @@ impl RedisStore {
         args: &[&str],
     ) -> Result<T, StoreError> {
         let call = async {
-            let mut pooled = self.pool.get().await?;
-            let mut invocation = named.script.prepare_invoke();
-            for key in scripts::keys(&self.prefix, name) {
-                invocation.key(key);
-            }
-            for arg in args {
-                invocation.arg(*arg);
-            }
-            let reply = invocation
-                .invoke_async::<(u64, T)>(&mut pooled.connection)
-                .await;
-            reply.map_err(|e| self.pool.failed(pooled, e))
+            let flags = match self.flags.get() {
+                Some(flags) => *flags,
+                None => {
+                    self.checked_infos().await?;
+                    self.flags.get().copied().unwrap_or(false)
+                }
+            };
+            let keys = scripts::keys(&self.prefix, name);
+            let wait = self.wait.filter(|_| named.writes);
+            self.nodes
+                .eval::<(u64, T)>(named.lua(flags), &keys, args, wait)
+                .await
         };
         let (swept, reply) = self.timed(named.name, call).await?;
         if swept > 0 {
@@ -216,32 +371,25 @@ impl SemaphoreStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         // TIME rather than PING: as cheap, and it also tells the Redis clock.
-        let call = async {
-            let mut pooled = self.pool.get().await?;
-            let reply = redis::cmd("TIME")
-                .query_async::<(u64, u64)>(&mut pooled.connection)
-                .await;
-            reply.map_err(|e| self.pool.failed(pooled, e))
-        };
-        let (secs, micros) = self.timed("ping", call).await?;
+        let time = redis::cmd("TIME");
+        let call = self.nodes.command(&time);
+        let (secs, micros): (u64, u64) = self.timed("ping", call).await?;
         self.clock.observe(secs * 1_000_000 + micros);
         Ok(())
     }
 
-    async fn warnings(&self) -> Result<Vec<String>, StoreError> {
-        let call = async {
-            let mut pooled = self.pool.get().await?;
-            let reply = redis::cmd("INFO")
-                .query_async::<String>(&mut pooled.connection)
-                .await;
-            reply.map_err(|e| self.pool.failed(pooled, e))
-        };
-        let info = self.timed("info", call).await?;
-        server::check(&info)
+    async fn report(&self) -> Result<StoreReport, StoreError> {
+        let (masters, warnings) = self.timed("info", self.checked_infos()).await?;
+        let mode = self.nodes.mode();
+        Ok(StoreReport {
+            mode: Some(mode),
+            masters: (mode == "cluster").then_some(masters),
+            warnings,
+        })
     }
 
     fn pool_status(&self) -> Option<PoolStatus> {
-        Some(self.pool.status())
+        self.nodes.pool_status()
     }
 
     async fn set_limit(

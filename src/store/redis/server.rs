@@ -24,6 +24,14 @@ fn major_minor(version: &str) -> Option<(u32, u32)> {
     Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
 }
 
+/// Whether this Redis reads a script's `#!lua` flags line (7.0 on); older
+/// ones cannot parse it. An unreadable version counts as old.
+pub fn reads_script_flags(info: &str) -> bool {
+    field(info, "redis_version")
+        .and_then(major_minor)
+        .is_some_and(|v| v >= (7, 0))
+}
+
 /// The warnings for an `INFO` reply (see `SemaphoreStore::warnings`).
 ///
 /// # Errors
@@ -81,5 +89,12 @@ mod tests {
         assert!(check(&INFO.replace("7.0.15", "5.0.0")).is_ok());
         assert_eq!(major_minor("6.2"), Some((6, 2)));
         assert_eq!(major_minor("x"), None);
+    }
+
+    #[test]
+    fn script_flags_are_for_redis_7_on() {
+        assert!(reads_script_flags(INFO));
+        assert!(!reads_script_flags(&INFO.replace("7.0.15", "6.2.14")));
+        assert!(!reads_script_flags("# Server\r\n"));
     }
 }

@@ -3,6 +3,12 @@
 //! there when it may proceed; this task wakes it through `Wakeups`. Messages
 //! published while unsubscribed are lost, so every local waiter re-checks
 //! whenever the subscription comes back.
+//!
+//! Where it subscribes: the one Redis; behind Sentinel, the current master
+//! (and again on the new one after a switch); on a cluster, any node, since
+//! a classic `PUBLISH` reaches every node over the cluster bus. The cluster
+//! subscriber tries the seed nodes in turn, so a seed that fails over or
+//! dies only moves it to the next.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +16,7 @@ use std::time::Duration;
 use deadpool_redis::redis::{self, Value};
 use futures::StreamExt;
 
+use super::sentinel::Sentinel;
 use crate::semaphore::PermitId;
 use crate::store::Wakeups;
 use crate::telemetry;
@@ -17,17 +24,43 @@ use crate::telemetry;
 /// How often the wake subscription is PINGed to notice a dead connection.
 const SUBSCRIBER_PING_EVERY: Duration = Duration::from_secs(5);
 
+/// Which node the subscription goes to.
+pub(super) enum WakeSource {
+    Direct(Box<redis::Client>),
+    Sentinel(Arc<Sentinel>),
+    /// Cluster nodes, tried in turn.
+    AnyOf(Vec<redis::Client>),
+}
+
 /// Keeps this instance subscribed to its wake channel, reconnecting with
 /// backoff, and turns each message ("ticket \n cause µs") into a wake.
 pub(super) async fn subscribe(
-    client: redis::Client,
+    source: WakeSource,
     channel: String,
     wakeups: Arc<Wakeups>,
     connect_timeout: Duration,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut switches = match &source {
+        WakeSource::Sentinel(sentinel) => Some(sentinel.switches()),
+        _ => None,
+    };
+    let mut turn = 0usize;
     loop {
+        if let Some(switches) = switches.as_mut() {
+            switches.mark_unchanged();
+        }
         let connected = tokio::time::timeout(connect_timeout, async {
+            let client = match &source {
+                WakeSource::Direct(client) => client.as_ref().clone(),
+                WakeSource::Sentinel(sentinel) => {
+                    sentinel.master().await.map_err(to_redis_error)?.0
+                }
+                WakeSource::AnyOf(clients) => {
+                    turn = turn.wrapping_add(1);
+                    clients[turn % clients.len()].clone()
+                }
+            };
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
@@ -75,10 +108,20 @@ pub(super) async fn subscribe(
                         break;
                     }
                 }
+                // Sentinel switched masters: what the scripts publish now
+                // goes to the new one.
+                Ok(()) = async { match switches.as_mut() {
+                    Some(switches) => switches.changed().await,
+                    None => std::future::pending().await,
+                } } => break,
             }
         }
         metrics::gauge!(telemetry::REDIS_WAKE_SUBSCRIBED).set(0.0);
         tracing::warn!("wake subscription lost; waiting acquires re-check");
         wakeups.wake_all();
     }
+}
+
+fn to_redis_error(e: crate::store::StoreError) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, "no master", e.to_string()))
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use permitd::config::{Settings, StoreChoice};
+use permitd::secret::Secret;
 use permitd::startup::Application;
 use permitd::store::SemaphoreStore;
 use permitd::store::memory::MemoryStore;
@@ -20,6 +21,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::cluster::RedisCluster;
+use super::sentinel::{self, SentinelSetup};
 use super::{RedisServer, Store, die_with_parent, free_port, init_logs, logs_wanted};
 
 /// HTTP calls to one permitd, whichever way it was started.
@@ -144,10 +147,22 @@ pub struct Waited {
 
 type Configure = Arc<dyn Fn(&mut Settings) + Send + Sync>;
 
+/// A Redis deployment of several servers that apps keep alive.
+#[derive(Clone)]
+enum Deployment {
+    None,
+    Cluster(Arc<RedisCluster>),
+    Sentinel(Arc<SentinelSetup>),
+}
+
 /// One store, and the permitd instances a test starts on it.
 pub struct Harness {
     store: Store,
     redis: Option<Arc<RedisServer>>,
+    deployment: Deployment,
+    /// Keys of this harness's semaphores start with it: on a shared cluster
+    /// or Sentinel setup, every harness has its own.
+    key_prefix: Option<String>,
     configure: Vec<Configure>,
     spawned: AtomicUsize,
 }
@@ -155,25 +170,57 @@ pub struct Harness {
 impl Harness {
     /// A fresh store of this kind: for Redis, a private server with the
     /// default configuration.
+    /// A fresh store of this kind: for Redis, a private server with the
+    /// default configuration; for a cluster or Sentinel, the shared one with
+    /// a key prefix of this harness's own.
     pub fn new(store: Store) -> Self {
         match store {
-            Store::Memory => Self::with(Store::Memory, None),
+            Store::Memory => Self::with(Store::Memory, None, Deployment::None),
             Store::Redis => Self::on(RedisServer::start()),
+            Store::Cluster => Self::on_cluster(RedisCluster::shared()),
+            Store::Sentinel => Self::on_sentinel(SentinelSetup::shared()),
         }
     }
 
     /// Redis, on a server the test configured itself.
     pub fn on(redis: RedisServer) -> Self {
-        Self::with(Store::Redis, Some(Arc::new(redis)))
+        Self::with(Store::Redis, Some(Arc::new(redis)), Deployment::None)
     }
 
-    fn with(store: Store, redis: Option<Arc<RedisServer>>) -> Self {
+    /// Redis Cluster mode, on this cluster.
+    pub fn on_cluster(cluster: Arc<RedisCluster>) -> Self {
+        Self::with(Store::Cluster, None, Deployment::Cluster(cluster))
+    }
+
+    /// Sentinel mode, on this setup.
+    pub fn on_sentinel(setup: Arc<SentinelSetup>) -> Self {
+        Self::with(Store::Sentinel, None, Deployment::Sentinel(setup))
+    }
+
+    fn with(store: Store, redis: Option<Arc<RedisServer>>, deployment: Deployment) -> Self {
+        let key_prefix = (!matches!(deployment, Deployment::None))
+            .then(|| format!("t{}:", &uuid::Uuid::new_v4().simple().to_string()[..12]));
         Self {
             store,
             redis,
+            deployment,
+            key_prefix,
             configure: Vec::new(),
             spawned: AtomicUsize::new(0),
         }
+    }
+
+    /// The cluster this harness runs on; panics in other modes.
+    pub fn cluster(&self) -> &RedisCluster {
+        match &self.deployment {
+            Deployment::Cluster(cluster) => cluster,
+            _ => panic!("this harness is not on a cluster"),
+        }
+    }
+
+    /// The key prefix its semaphores are stored under.
+    pub fn key_prefix(&self) -> String {
+        self.settings().key_prefix
     }
 
     /// Changes the settings of every instance started from now on (after
@@ -187,6 +234,20 @@ impl Harness {
     /// this store, then every `configure` closure.
     pub fn settings(&self) -> Settings {
         let mut settings = Settings::for_tests(self.redis.as_ref().map(|r| r.url()));
+        match &self.deployment {
+            Deployment::None => {}
+            Deployment::Cluster(cluster) => {
+                settings.redis_cluster = Some(Secret::new(cluster.seeds()));
+            }
+            Deployment::Sentinel(setup) => {
+                settings.redis_sentinels = Some(Secret::new(setup.sentinel_urls()));
+                settings.redis_sentinel_master = Some(sentinel::MASTER_NAME.into());
+                settings.redis_password = Some(Secret::new(sentinel::DATA_PASSWORD));
+            }
+        }
+        if let Some(prefix) = &self.key_prefix {
+            settings.key_prefix = prefix.clone();
+        }
         for change in &self.configure {
             change(&mut settings);
         }
@@ -210,13 +271,14 @@ impl Harness {
             api: ApiClient::new(addr),
             shutdown: Some(tx),
             _redis: self.redis.clone(),
+            _deployment: self.deployment.clone(),
         }
     }
 
     fn count_instance(&self) {
         let before = self.spawned.fetch_add(1, Ordering::Relaxed);
         assert!(
-            self.store == Store::Redis || before == 0,
+            self.store != Store::Memory || before == 0,
             "instances on the memory store share nothing; start several on Redis"
         );
     }
@@ -240,6 +302,24 @@ impl Harness {
             binary = binary.arg("--redis-url").arg(&redis.url());
             binary.redis = Some(redis.clone());
         }
+        match &self.deployment {
+            Deployment::None => {}
+            Deployment::Cluster(cluster) => {
+                binary = binary.arg("--redis-cluster").arg(&cluster.seeds());
+            }
+            Deployment::Sentinel(setup) => {
+                binary = binary
+                    .arg("--redis-sentinels")
+                    .arg(&setup.sentinel_urls())
+                    .arg("--redis-sentinel-master")
+                    .arg(sentinel::MASTER_NAME)
+                    .env("PERMITD_REDIS_PASSWORD", sentinel::DATA_PASSWORD);
+            }
+        }
+        if let Some(prefix) = &self.key_prefix {
+            binary = binary.arg("--key-prefix").arg(prefix);
+        }
+        binary.deployment = self.deployment.clone();
         binary
     }
 
@@ -247,7 +327,7 @@ impl Harness {
     /// counts as an instance: on Redis it shares the data with the others.
     pub fn semaphore_store(&self) -> Arc<dyn SemaphoreStore> {
         self.count_instance();
-        match self.settings().store() {
+        match self.settings().store().expect("one store mode") {
             StoreChoice::Memory => Arc::new(MemoryStore::new()),
             StoreChoice::Redis(redis) => {
                 Arc::new(RedisStore::new(&redis).expect("a valid Redis URL"))
@@ -275,6 +355,7 @@ pub struct TestApp {
     shutdown: Option<oneshot::Sender<()>>,
     /// Kept alive as long as any app on it runs.
     _redis: Option<Arc<RedisServer>>,
+    _deployment: Deployment,
 }
 
 impl TestApp {
@@ -312,6 +393,7 @@ pub struct BinaryBuilder {
     env: Vec<(String, String)>,
     log: Option<std::fs::File>,
     redis: Option<Arc<RedisServer>>,
+    deployment: Deployment,
 }
 
 impl BinaryBuilder {
@@ -323,6 +405,7 @@ impl BinaryBuilder {
             env: Vec::new(),
             log: None,
             redis: None,
+            deployment: Deployment::None,
         }
     }
 
@@ -374,6 +457,7 @@ impl BinaryBuilder {
                     api,
                     child,
                     _redis: self.redis,
+                    _deployment: self.deployment,
                 };
             }
         }
@@ -386,6 +470,7 @@ pub struct BinaryApp {
     api: ApiClient,
     child: Child,
     _redis: Option<Arc<RedisServer>>,
+    _deployment: Deployment,
 }
 
 impl BinaryApp {

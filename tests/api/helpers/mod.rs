@@ -6,6 +6,9 @@
 //!   `async fn name(store: Store)` runs as `memory::name` and `redis::name`.
 //! - [`RedisServer`]: a real `redis-server` on a free port, in its own
 //!   directory, that a test may kill, restart, pause or configure.
+//! - [`cluster::RedisCluster`] (3 masters + 3 replicas) and
+//!   [`sentinel::SentinelSetup`] (master, replica, 3 sentinels): real ones,
+//!   shared per binary or private to a test that fails them over.
 //! - [`Harness`]: one store and the permitd instances started on it, with
 //!   settings customised by a closure; [`spawn_app`] for the common case.
 //! - [`BinaryApp`]: the `permitd` binary as a child process, for crashes and
@@ -15,14 +18,16 @@
 //! by `RUST_LOG` as usual).
 
 mod app;
+pub mod cluster;
 mod redis_server;
+pub mod sentinel;
 
-pub use app::{ApiClient, BinaryBuilder, Harness, TestApp, spawn_app, spawn_app_with};
+pub use app::{ApiClient, BinaryBuilder, Harness, TestApp, Waited, spawn_app, spawn_app_with};
 // The crate paths that are expected to move live here only, so a move is
 // one line to change.
 pub use permitd::http::RequestBounds;
 pub use permitd::secret::Secret;
-pub use redis_server::RedisServer;
+pub use redis_server::{RedisServer, Reply};
 
 use std::net::TcpListener;
 use std::sync::Once;
@@ -36,6 +41,10 @@ pub enum Store {
     Memory,
     /// A private `redis-server`, started for the test.
     Redis,
+    /// Cluster mode, on the binary's shared 3+3 cluster (own key prefix).
+    Cluster,
+    /// Sentinel mode, on the binary's shared Sentinel setup (own prefix).
+    Sentinel,
 }
 
 impl Store {
@@ -43,7 +52,7 @@ impl Store {
     pub fn kind(self) -> &'static str {
         match self {
             Store::Memory => "memory",
-            Store::Redis => "redis",
+            Store::Redis | Store::Cluster | Store::Sentinel => "redis",
         }
     }
 }
@@ -67,6 +76,32 @@ macro_rules! on_each_store {
     };
 }
 pub(crate) use on_each_store;
+
+/// Like [`on_each_store!`], and also on a Redis Cluster and behind Sentinel
+/// (`cluster::scenario`, `sentinel::scenario`): for what every deployment
+/// must keep.
+macro_rules! on_every_deployment {
+    ($($scenario:ident),* $(,)?) => {
+        $crate::helpers::on_each_store!($($scenario),*);
+        $crate::helpers::on_each_store!(@store cluster Cluster $($scenario),*);
+        $crate::helpers::on_each_store!(@store sentinel Sentinel $($scenario),*);
+    };
+}
+pub(crate) use on_every_deployment;
+
+/// Runs `start` on a thread that then parks for the rest of the test binary,
+/// and returns what it made: servers started there die with the binary (see
+/// [`die_with_parent`]), not with the test thread that first asked.
+fn on_a_parked_thread<T: Send + 'static>(start: fn() -> T) -> T {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(start());
+        loop {
+            std::thread::park();
+        }
+    });
+    receiver.recv().expect("the servers started")
+}
 
 /// A port that was free on 127.0.0.1 a moment ago. Whoever binds it may
 /// lose a race to another process, so callers retry on a failed start.

@@ -27,6 +27,11 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct RedisServerBuilder {
     /// `redis.conf` directives as `(name, value)`, passed as `--name value`.
     config: Vec<(String, String)>,
+    /// Sentinel mode: `sentinel ...` lines of its config file (Sentinel needs
+    /// a file it can rewrite).
+    sentinel: Option<Vec<String>>,
+    /// A cluster node: its bus port (+10000) must be free as well.
+    cluster_bus: bool,
 }
 
 impl RedisServerBuilder {
@@ -39,16 +44,43 @@ impl RedisServerBuilder {
         self
     }
 
+    /// A Sentinel, monitoring as these `sentinel ...` lines say.
+    pub fn sentinel(mut self, lines: &[String]) -> Self {
+        self.sentinel = Some(lines.to_vec());
+        self.config
+            .retain(|(n, _)| n != "save" && n != "appendonly");
+        self
+    }
+
+    /// A Redis Cluster node (on a port whose bus port is free too).
+    pub fn cluster_node(mut self, node_timeout_ms: u64) -> Self {
+        self.cluster_bus = true;
+        self.config("cluster-enabled", "yes")
+            .config("cluster-node-timeout", &node_timeout_ms.to_string())
+    }
+
     /// Starts the server; panics if it does not answer `PING`.
     pub fn start(self) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("permitd-redis-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("a temporary directory for redis-server");
         // A port found free may be taken before redis-server binds it; retry.
         for _ in 0..5 {
+            let port = if self.cluster_bus {
+                free_cluster_port()
+            } else {
+                free_port()
+            };
+            let password = self
+                .config
+                .iter()
+                .find(|(n, _)| n == "requirepass")
+                .map(|(_, v)| v.clone());
             let server = RedisServer {
-                port: free_port(),
+                port,
                 dir: dir.clone(),
                 config: self.config.clone(),
+                sentinel: self.sentinel.clone(),
+                password,
                 child: Mutex::new(None),
             };
             if server.launch() {
@@ -59,11 +91,24 @@ impl RedisServerBuilder {
     }
 }
 
+/// A port free on 127.0.0.1 whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A running `redis-server`, killed (and its directory removed) when dropped.
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     config: Vec<(String, String)>,
+    sentinel: Option<Vec<String>>,
+    /// Its `requirepass`, sent with every `command`.
+    password: Option<String>,
     child: Mutex<Option<Child>>,
 }
 
@@ -80,11 +125,31 @@ impl RedisServer {
                 ("save".into(), String::new()),
                 ("appendonly".into(), "no".into()),
             ],
+            sentinel: None,
+            cluster_bus: false,
         }
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL with its `requirepass`, if it has one.
+    pub fn authed_url(&self) -> String {
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => self.url(),
+        }
+    }
+
+    /// `field:value` of its `INFO` (the whole reply's lines).
+    pub fn info_field(&self, section: &str, name: &str) -> Option<String> {
+        let Reply::Bulk(info) = self.command(&["INFO", section]) else {
+            return None;
+        };
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
     }
 
     pub fn port(&self) -> u16 {
@@ -111,13 +176,13 @@ impl RedisServer {
         let stream = TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        // Sent as a RESP array of bulk strings, so arguments may hold spaces.
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        let mut reader = BufReader::new(&stream);
+        if let Some(password) = &self.password {
+            send(&stream, &["AUTH", password])?;
+            Reply::read(&mut reader)?;
         }
-        (&stream).write_all(request.as_bytes())?;
-        Reply::read(&mut BufReader::new(&stream))
+        send(&stream, args)?;
+        Reply::read(&mut reader)
     }
 
     /// Kills the server with SIGKILL, like a crash: no save, no goodbye.
@@ -163,6 +228,14 @@ impl RedisServer {
     /// loading its snapshot answers `-LOADING` and is waited for).
     fn launch(&self) -> bool {
         let mut command = Command::new("redis-server");
+        if let Some(lines) = &self.sentinel {
+            // Written once: on a restart Sentinel finds what it rewrote.
+            let file = self.dir.join("sentinel.conf");
+            if !file.exists() {
+                std::fs::write(&file, lines.join("\n") + "\n").expect("sentinel.conf");
+            }
+            command.arg(&file).arg("--sentinel");
+        }
         command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
@@ -200,6 +273,16 @@ impl RedisServer {
         self.kill();
         false
     }
+}
+
+/// Sends one command as a RESP array of bulk strings, so arguments may hold
+/// spaces.
+fn send(mut stream: &TcpStream, args: &[&str]) -> std::io::Result<()> {
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(request.as_bytes())
 }
 
 impl Drop for RedisServer {

@@ -1,0 +1,171 @@
+//! The Redis a store talks to, whatever the mode: one master through the
+//! pool (standalone, or the one Sentinel names), or a cluster through one
+//! cluster connection that routes each script by its semaphore's slot.
+//!
+//! Scripts run as EVALSHA. A node that does not have the script (a restart,
+//! `SCRIPT FLUSH`, a promoted replica: Redis 7.0 does not replicate `SCRIPT
+//! LOAD`) answers `NOSCRIPT`, and the same call is sent once more as EVAL,
+//! to the same node by the same key, which also caches it there. Never
+//! `SCRIPT LOAD` on every node: that fails while any node is down, which is
+//! exactly when a failover needs the script on the new master.
+//!
+//! With `--redis-wait-replicas N` a write is pipelined with `WAIT N`, so it
+//! reaches the semaphore's own master in the same round trip; fewer
+//! acknowledgements in time answer 503 (see `StoreError::Unavailable`).
+
+use std::sync::Arc;
+
+use deadpool_redis::redis::aio::ConnectionLike;
+use deadpool_redis::redis::{self, FromRedisValue, RedisResult, Value};
+
+use super::cluster::Cluster;
+use super::connection::{Pool, classify};
+use super::scripts::Lua;
+use super::sentinel::Sentinel;
+use crate::store::{PoolStatus, StoreError};
+
+pub(super) enum Nodes {
+    /// One master: standalone, or whichever one Sentinel names.
+    Single {
+        pool: Pool,
+        sentinel: Option<Arc<Sentinel>>,
+    },
+    Cluster(Box<Cluster>),
+}
+
+/// Replicas to wait for after a write, and for how long (ms).
+#[derive(Clone, Copy)]
+pub(super) struct Wait {
+    pub(super) replicas: u32,
+    pub(super) timeout_ms: u64,
+}
+
+impl Nodes {
+    /// `standalone`, `sentinel` or `cluster`, for logs and `/readyz`.
+    pub(super) fn mode(&self) -> &'static str {
+        match self {
+            Self::Single { sentinel: None, .. } => "standalone",
+            Self::Single {
+                sentinel: Some(_), ..
+            } => "sentinel",
+            Self::Cluster(_) => "cluster",
+        }
+    }
+
+    /// Runs one script on its keys' node; see the module docs.
+    pub(super) async fn eval<T: FromRedisValue>(
+        &self,
+        lua: &Lua,
+        keys: &[String],
+        args: &[&str],
+        wait: Option<Wait>,
+    ) -> Result<T, StoreError> {
+        let (reply, acked) = match self {
+            Self::Single { pool, .. } => {
+                let mut pooled = pool.get().await?;
+                let reply = eval_on(&mut pooled.connection, lua, keys, args, wait).await;
+                reply.map_err(|e| pool.failed(pooled, e))?
+            }
+            Self::Cluster(cluster) => {
+                let mut connection = cluster.connection().await?;
+                eval_on(&mut connection, lua, keys, args, wait)
+                    .await
+                    .map_err(classify)?
+            }
+        };
+        if let (Some(wait), Some(acked)) = (wait, acked)
+            && acked < wait.replicas
+        {
+            return Err(StoreError::Unavailable(format!(
+                "only {acked} of {} replicas acknowledged the write in time \
+                 (--redis-wait-replicas); it may not survive a failover",
+                wait.replicas
+            )));
+        }
+        Ok(reply)
+    }
+
+    /// One command without keys (`TIME`): to the master, or any cluster node.
+    pub(super) async fn command<T: FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        match self {
+            Self::Single { pool, .. } => {
+                let mut pooled = pool.get().await?;
+                let reply = command.query_async(&mut pooled.connection).await;
+                reply.map_err(|e| pool.failed(pooled, e))
+            }
+            Self::Cluster(cluster) => {
+                let mut connection = cluster.connection().await?;
+                command.query_async(&mut connection).await.map_err(classify)
+            }
+        }
+    }
+
+    /// `INFO` of every master: one, or each cluster master's.
+    pub(super) async fn infos(&self) -> Result<Vec<String>, StoreError> {
+        let reply: Value = self.command(&redis::cmd("INFO")).await?;
+        let texts = match reply {
+            // The cluster connection asks every master and answers with a
+            // map of node address to that node's reply.
+            Value::Map(nodes) => nodes.into_iter().map(|(_, info)| info).collect(),
+            one => vec![one],
+        };
+        texts
+            .into_iter()
+            .map(|info| {
+                String::from_redis_value(info)
+                    .map_err(|e| StoreError::Internal(format!("unexpected INFO reply: {e}")))
+            })
+            .collect()
+    }
+
+    pub(super) fn pool_status(&self) -> Option<PoolStatus> {
+        match self {
+            Self::Single { pool, .. } => Some(pool.status()),
+            Self::Cluster(_) => None,
+        }
+    }
+}
+
+/// EVALSHA, then EVAL when the node does not have the script. The second
+/// value is the replicas' acknowledgements when `wait` asked for them.
+async fn eval_on<C: ConnectionLike + Send, T: FromRedisValue>(
+    connection: &mut C,
+    lua: &Lua,
+    keys: &[String],
+    args: &[&str],
+    wait: Option<Wait>,
+) -> RedisResult<(T, Option<u32>)> {
+    match invoke(connection, "EVALSHA", &lua.hash, keys, args, wait).await {
+        Err(e) if e.code() == Some("NOSCRIPT") => {
+            invoke(connection, "EVAL", &lua.source, keys, args, wait).await
+        }
+        other => other,
+    }
+}
+
+async fn invoke<C: ConnectionLike + Send, T: FromRedisValue>(
+    connection: &mut C,
+    verb: &str,
+    script: &str,
+    keys: &[String],
+    args: &[&str],
+    wait: Option<Wait>,
+) -> RedisResult<(T, Option<u32>)> {
+    let mut command = redis::cmd(verb);
+    command.arg(script).arg(keys.len()).arg(keys).arg(args);
+    let Some(wait) = wait else {
+        return Ok((command.query_async(connection).await?, None));
+    };
+    // The pipeline goes where its first keyed command goes: WAIT has no
+    // key, so it runs on the node that just ran the script.
+    let mut pipe = redis::pipe();
+    pipe.add_command(command)
+        .cmd("WAIT")
+        .arg(wait.replicas)
+        .arg(wait.timeout_ms);
+    let (reply, acked): (T, u32) = pipe.query_async(connection).await?;
+    Ok((reply, Some(acked)))
+}

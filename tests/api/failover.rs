@@ -1,0 +1,483 @@
+//! Failovers on real ones: `CLUSTER FAILOVER` and `kill -9` of a cluster
+//! master, `SENTINEL FAILOVER` and `kill -9` of the Sentinel master, each
+//! under concurrent acquires and waiters, without restarting permitd; the
+//! node a cluster subscriber used killed; a promoted replica that missed
+//! the last writes (fencing tokens stay monotonic). Each test has a private
+//! cluster or Sentinel setup, since it breaks it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+use crate::helpers::cluster::RedisCluster;
+use crate::helpers::sentinel::SentinelSetup;
+use crate::helpers::{ApiClient, Harness, RedisServer, Reply, TestApp, Waited};
+
+/// How long after the new master takes its role permitd must serve again.
+const BACK_WITHIN: Duration = Duration::from_millis(2_500);
+
+/// What one request of the load saw.
+struct Seen {
+    request: &'static str,
+    status: u16,
+    retry_after: bool,
+    took: Duration,
+}
+
+/// Acquire/hold/release cycles from several tasks until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<Vec<Seen>>>,
+}
+
+impl Load {
+    fn start(apps: &[TestApp], name: &str, workers: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = (0..workers)
+            .map(|i| {
+                let api: ApiClient = (*apps[i % apps.len()]).clone();
+                let (stop, name) = (stop.clone(), name.to_owned());
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let started = Instant::now();
+                        let body = json!({ "limit": 2, "wait_ms": 1_000, "ttl_ms": 5_000 });
+                        let response = api.acquire(&name, body).await;
+                        let status = response.status().as_u16();
+                        let retry_after = response.headers().contains_key("retry-after");
+                        let location = response
+                            .headers()
+                            .get("location")
+                            .map(|l| l.to_str().unwrap().to_owned());
+                        seen.push(Seen {
+                            request: "acquire",
+                            status,
+                            retry_after,
+                            took: started.elapsed(),
+                        });
+                        if let Some(location) = location {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            let started = Instant::now();
+                            let response = api.delete(&location).await;
+                            seen.push(Seen {
+                                request: "release",
+                                status: response.status().as_u16(),
+                                retry_after: response.headers().contains_key("retry-after"),
+                                took: started.elapsed(),
+                            });
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        Self { stop, workers }
+    }
+
+    /// Stops the load and checks every answer: a success, a refusal the
+    /// contract allows, or a 503 with `Retry-After`; none slow, none a 500.
+    async fn stop_and_check(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut unavailable = 0;
+        let mut granted = 0;
+        for worker in self.workers {
+            for seen in worker.await.unwrap() {
+                let allowed: &[u16] = match seen.request {
+                    "acquire" => &[201, 429, 503],
+                    // A release lost with the old master's last writes is a 404.
+                    _ => &[204, 404, 503],
+                };
+                assert!(
+                    allowed.contains(&seen.status),
+                    "{} answered {}",
+                    seen.request,
+                    seen.status
+                );
+                if seen.status == 503 {
+                    assert!(seen.retry_after, "a 503 without Retry-After");
+                    unavailable += 1;
+                }
+                granted += usize::from(seen.status == 201);
+                // wait_ms plus a store call's bound twice, and slack: no hang.
+                assert!(
+                    seen.took < Duration::from_secs(6),
+                    "{} took {:?}",
+                    seen.request,
+                    seen.took
+                );
+            }
+        }
+        assert!(granted > 0, "the load never got a permit");
+        unavailable
+    }
+}
+
+/// Try-once acquires on fresh names until one is granted; how long after
+/// `since` that was.
+async fn until_serving(api: &ApiClient, since: Instant) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for attempt in 0.. {
+        let name = format!("probe-{attempt}");
+        let response = api.acquire(&name, json!({ "limit": 5 })).await;
+        match response.status().as_u16() {
+            201 => return since.elapsed(),
+            503 => assert!(Instant::now() < deadline, "permitd never served again"),
+            other => panic!("probe answered {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unreachable!()
+}
+
+/// Waits until `replica` has every write `master` had when asked.
+fn until_replicated(master: &RedisServer, replica: &RedisServer) {
+    let offset = |node: &RedisServer, field: &str| -> u64 {
+        node.info_field("replication", field)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let wanted = offset(master, "master_repl_offset");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while offset(replica, "slave_repl_offset") < wanted {
+        assert!(Instant::now() < deadline, "the replica did not catch up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A holder and three waiters queued behind it, in order, on `name`.
+struct Queue {
+    holder: String,
+    waiters: Vec<JoinHandle<Waited>>,
+}
+
+async fn queue_behind_a_holder(api: &ApiClient, name: &str) -> Queue {
+    let response = api
+        .acquire(
+            name,
+            json!({ "limit": 1, "ttl_ms": 60_000, "holder": "first" }),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let holder = response.headers()["location"].to_str().unwrap().to_owned();
+    let mut waiters = Vec::new();
+    for i in 0..3 {
+        let body = json!({ "wait_ms": 25_000, "ttl_ms": 60_000, "holder": format!("w{i}") });
+        waiters.push(api.acquire_in_background(name, body));
+        api.until_waiting(name, i + 1).await;
+    }
+    Queue { holder, waiters }
+}
+
+/// Releases (retrying 503s) and checks the waiters are served in order,
+/// each promptly after the release before it.
+async fn served_in_order(api: &ApiClient, queue: Queue) {
+    let mut release = queue.holder;
+    for (i, waiter) in queue.waiters.into_iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = api.delete(&release).await.status().as_u16();
+            if status == 204 {
+                break;
+            }
+            assert_eq!(status, 503, "release answered {status}");
+            assert!(Instant::now() < deadline, "release kept failing");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let waited = waiter.await.unwrap();
+        assert_eq!(waited.status, 201, "waiter {i}: {}", waited.body);
+        assert_eq!(
+            waited.body["holder"],
+            format!("w{i}"),
+            "served out of order"
+        );
+        release = format!(
+            "/semaphores/{}/permits/{}",
+            waited.body["semaphore"].as_str().unwrap(),
+            waited.body["id"].as_str().unwrap()
+        );
+    }
+}
+
+/// A semaphore name whose slot `master` serves.
+fn name_on(cluster: &RedisCluster, master: &RedisServer, stem: &str) -> String {
+    (0..)
+        .map(|i| format!("{stem}-{i}"))
+        .find(|name| cluster.master_of(&format!("{{{name}}}")).port() == master.port())
+        .unwrap()
+}
+
+/// A long re-check, so that only push wakes explain prompt grants.
+fn quiet(harness: Harness) -> Harness {
+    harness.configure(|s| s.wait_recheck_ms = 30_000)
+}
+
+/// The whole scenario: load and a queue on the failing master, the failover
+/// itself (`fail` returns when the new master took its role), then permitd
+/// serving again promptly, the waiters in order, every answer well-formed.
+async fn under_load(
+    harness: &Harness,
+    load_name: &str,
+    queue_name: &str,
+    fail: impl FnOnce() -> Instant,
+) {
+    let apps = harness.spawn_many(2).await;
+    let queue = queue_behind_a_holder(&apps[0], queue_name).await;
+    let load = Load::start(&apps, load_name, 4);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let promoted = tokio::task::block_in_place(fail);
+    let back = until_serving(&apps[1], promoted).await;
+    eprintln!("serving again {back:?} after the promotion");
+    assert!(
+        back < BACK_WITHIN,
+        "served again only {back:?} after the promotion"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let unavailable = load.stop_and_check().await;
+    eprintln!("{unavailable} answers were 503 during the failover");
+    served_in_order(&apps[0], queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_failover_under_load() {
+    let cluster = Arc::new(RedisCluster::start());
+    let harness = quiet(Harness::on_cluster(cluster.clone()));
+    let master = cluster.master_of("{load}");
+    let queue = name_on(&cluster, master, "queue");
+    let replica = cluster.replica_of(master);
+    under_load(&harness, "load", &queue, || cluster.failover_to(replica)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_master_killed_under_load() {
+    let cluster = Arc::new(RedisCluster::start());
+    let harness = quiet(Harness::on_cluster(cluster.clone()));
+    let master = cluster.master_of("{load}");
+    let queue = name_on(&cluster, master, "queue");
+    let replica = cluster.replica_of(master);
+    under_load(&harness, "load", &queue, || {
+        until_replicated(master, replica);
+        master.kill();
+        cluster.until_master(replica)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_under_load() {
+    let setup = Arc::new(SentinelSetup::start());
+    let harness = quiet(Harness::on_sentinel(setup.clone()));
+    under_load(&harness, "load", "queue", || setup.failover()).await;
+    // Writes went to the new master at once, not to the old one that still
+    // accepted them for a while after the switch.
+    let apps = harness.spawn_many(1).await;
+    assert_eq!(
+        apps[0]
+            .acquire("after", json!({ "limit": 1 }))
+            .await
+            .status(),
+        201
+    );
+    let key = format!("{}{{after}}:meta", harness.key_prefix());
+    assert_eq!(setup.master().command(&["EXISTS", &key]).integer(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_master_killed_under_load() {
+    let setup = Arc::new(SentinelSetup::start());
+    let harness = quiet(Harness::on_sentinel(setup.clone()));
+    under_load(&harness, "load", "queue", || {
+        let (master, replica) = (setup.master(), setup.replica());
+        until_replicated(master, replica);
+        master.kill();
+        setup.until_master(replica)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_woken_after_the_cluster_node_of_their_subscriber_dies() {
+    let cluster = Arc::new(RedisCluster::start());
+    let harness = Harness::on_cluster(cluster.clone()).configure(|s| s.wait_recheck_ms = 30_000);
+    let app = harness.spawn().await;
+    let subscribed = || {
+        cluster
+            .topology()
+            .into_iter()
+            .filter(|n| !n.failed)
+            .find(|n| {
+                let clients = cluster.node(n.port).try_command(
+                    &["CLIENT", "LIST", "TYPE", "pubsub"],
+                    Duration::from_secs(1),
+                );
+                matches!(clients, Ok(Reply::Bulk(ref list)) if list.contains("sub=1"))
+            })
+            .map(|n| n.port)
+    };
+    let mut port = None;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while port.is_none() {
+        assert!(Instant::now() < deadline, "no node has the wake subscriber");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        port = subscribed();
+    }
+    let node = cluster.node(port.unwrap());
+    // The semaphore lives on another master, so only the subscriber's node
+    // is lost for it.
+    let other = cluster
+        .topology()
+        .into_iter()
+        .find(|n| n.master && n.port != node.port())
+        .unwrap();
+    let name = name_on(&cluster, cluster.node(other.port), "woken");
+    tokio::task::block_in_place(|| {
+        node.kill();
+        cluster.until_healthy(false);
+    });
+    // The subscriber is on another node now, and a release wakes by push.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while subscribed().is_none_or(|p| p == node.port()) {
+        assert!(Instant::now() < deadline, "the subscriber did not move");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = app.acquire(&name, json!({ "limit": 1 })).await;
+    assert_eq!(response.status(), 201);
+    let held = response.headers()["location"].to_str().unwrap().to_owned();
+    let waiter = app.acquire_in_background(&name, json!({ "wait_ms": 20_000 }));
+    app.until_waiting(&name, 1).await;
+    let released_at = Instant::now();
+    assert_eq!(app.delete(&held).await.status(), 204);
+    assert_eq!(waiter.await.unwrap().status, 201);
+    assert!(
+        released_at.elapsed() < Duration::from_millis(500),
+        "woken {:?} after the release",
+        released_at.elapsed()
+    );
+}
+
+/// The leases of the lagging-replica test: longer than the failover takes,
+/// so the lost writes' over-limit window is seen.
+const LEASE: Duration = Duration::from_secs(6);
+
+fn token(permit: &Value) -> u64 {
+    permit["fencing_token"].as_u64().unwrap()
+}
+
+async fn grant(api: &ApiClient, name: &str, holder: &str) -> Value {
+    let body = json!({ "limit": 2, "ttl_ms": LEASE.as_millis() as u64, "holder": holder });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = api.acquire(name, body.clone()).await;
+        match response.status().as_u16() {
+            201 => return response.json().await.unwrap(),
+            429 | 503 => assert!(Instant::now() < deadline, "never granted"),
+            other => panic!("acquire answered {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_stay_monotonic_when_the_promoted_replica_missed_the_last_writes() {
+    let setup = Arc::new(SentinelSetup::start());
+    let harness = Harness::on_sentinel(setup.clone());
+    let app = harness.spawn().await;
+    let (master, replica) = (setup.master(), setup.replica());
+
+    // Two permits the replica has; then, with the replica stopped, both
+    // released and two more granted: writes only the old master has.
+    let first = [
+        grant(&app, "fence", "a").await,
+        grant(&app, "fence", "b").await,
+    ];
+    tokio::task::block_in_place(|| until_replicated(master, replica));
+    replica.pause();
+    // Cut the link too: a stopped replica's socket would still buffer what
+    // the master sends, and it would read it all once resumed.
+    let cut = master.command(&["CLIENT", "KILL", "TYPE", "replica"]);
+    assert_eq!(cut.integer(), 1, "{cut:?}");
+    // Not a race being hidden: the lost writes come a second after the
+    // last replicated ones, so that the over-limit window they open shows.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for permit in &first {
+        let path = format!(
+            "/semaphores/fence/permits/{}",
+            permit["id"].as_str().unwrap()
+        );
+        assert_eq!(app.delete(&path).await.status(), 204);
+    }
+    let lost_at = Instant::now();
+    let lost = [
+        grant(&app, "fence", "c").await,
+        grant(&app, "fence", "d").await,
+    ];
+    let before = first.iter().chain(&lost).map(token).max().unwrap();
+
+    master.kill();
+    replica.resume();
+    tokio::task::block_in_place(|| setup.until_master(replica));
+    // The writes really were lost: the promoted replica holds the first two.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let holders = loop {
+        let response = app.get("/semaphores/fence").await;
+        if response.status() == 200 {
+            let status: Value = response.json().await.unwrap();
+            break status["holders"].as_array().unwrap().clone();
+        }
+        assert!(Instant::now() < deadline, "never served after the failover");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let held: Vec<&str> = holders
+        .iter()
+        .map(|h| h["holder"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        held,
+        ["a", "b"],
+        "the promoted replica should hold what it had"
+    );
+
+    // The promoted replica still counts the first two as held (their
+    // releases are lost) until their leases end; then two newcomers get in
+    // while the lost permits' holders still believe they hold: over the
+    // limit until those leases end.
+    let after = [
+        grant(&app, "fence", "e").await,
+        grant(&app, "fence", "f").await,
+    ];
+    let newcomers_in = lost_at.elapsed();
+    for permit in &after {
+        assert!(
+            token(permit) > before,
+            "token {} handed out after the failover is not above {before}",
+            token(permit)
+        );
+    }
+    // The lost permits' leases run from `lost_at`; the newcomers got in
+    // once the first two leases ended on the promoted replica.
+    let over_limit_for = LEASE.saturating_sub(newcomers_in);
+    eprintln!(
+        "lost writes: {} holders above the limit of 2 for about {over_limit_for:?}, \
+         until the lost permits' leases ended",
+        if over_limit_for.is_zero() {
+            0
+        } else {
+            lost.len()
+        }
+    );
+    for permit in &lost {
+        let path = format!(
+            "/semaphores/fence/permits/{}",
+            permit["id"].as_str().unwrap()
+        );
+        assert_eq!(
+            app.get(&path).await.status(),
+            404,
+            "a lost permit came back"
+        );
+    }
+}
