@@ -19,7 +19,7 @@
 //! Run: `cargo run --release --example loadgen -- --help`
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
@@ -40,6 +40,11 @@ struct Args {
     url: String,
     #[arg(long, default_value = "bench")]
     semaphore: String,
+    /// Spread cycles over this many semaphores (`<semaphore>-0` …), each
+    /// cycle the next one; 1: just `<semaphore>`. Holders are then counted
+    /// over all of them.
+    #[arg(long, default_value_t = 1)]
+    semaphores: u64,
     #[arg(long, default_value_t = 64)]
     clients: usize,
     /// The semaphore's limit (permitd: created with it; throttle: configured).
@@ -69,6 +74,8 @@ struct ClientLog {
 }
 
 struct Shared {
+    /// Cycles started, for `--semaphores`.
+    started: AtomicU64,
     holders: AtomicI64,
     max_holders: AtomicI64,
     stop: AtomicBool,
@@ -105,12 +112,15 @@ async fn permitd_cycle(
     log: &mut ClientLog,
     in_window: impl Fn(Instant) -> bool,
 ) -> Result<(), String> {
+    let name = if args.semaphores > 1 {
+        let n = shared.started.fetch_add(1, Ordering::Relaxed) % args.semaphores;
+        format!("{}-{n}", args.semaphore)
+    } else {
+        args.semaphore.clone()
+    };
     let sent = Instant::now();
     let response = client
-        .post(format!(
-            "{}/semaphores/{}/permits",
-            args.url, args.semaphore
-        ))
+        .post(format!("{}/semaphores/{name}/permits", args.url))
         .json(&json!({ "limit": args.limit, "wait_ms": 60000, "ttl_ms": 60000 }))
         .send()
         .await

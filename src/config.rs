@@ -568,7 +568,10 @@ mod tests {
         };
         assert_eq!((sentinels.len(), master.as_str()), (2, "data"));
         let shown = format!("{redis:?} {}", redis.target.describe());
-        assert!(!shown.contains("s-pw") && !shown.contains("d-pw"), "{shown}");
+        assert!(
+            !shown.contains("s-pw") && !shown.contains("d-pw"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -130,3 +130,18 @@ async fn a_dead_sentinel_is_skipped() {
         201
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_without_the_scripts_gets_them_by_eval() {
+    let harness = Harness::new(Store::Cluster);
+    let app = harness.spawn().await;
+    assert_eq!(
+        app.acquire("flushed", json!({ "limit": 2 })).await.status(),
+        201
+    );
+    // As after a failover to a replica that never loaded them.
+    let master = harness.cluster().master_of("{flushed}");
+    assert!(master.command(&["SCRIPT", "FLUSH"]).is_ok());
+    assert_eq!(app.acquire("flushed", json!({})).await.status(), 201);
+    assert_eq!(app.status("flushed").await["held"], 2);
+}
