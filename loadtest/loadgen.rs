@@ -286,6 +286,7 @@ fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Optio
 async fn main() {
     let args = Arc::new(Args::parse());
     let shared = Arc::new(Shared {
+        started: AtomicU64::new(0),
         holders: AtomicI64::new(0),
         max_holders: AtomicI64::new(0),
         stop: AtomicBool::new(false),

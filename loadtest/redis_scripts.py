@@ -16,7 +16,7 @@ import uuid
 
 import redis.asyncio as aioredis
 
-SCRIPTS = pathlib.Path(__file__).resolve().parent.parent / "src" / "store" / "scripts"
+SCRIPTS = pathlib.Path(__file__).resolve().parent.parent / "src" / "store" / "redis" / "scripts"
 CLIENTS = int(os.environ.get("CLIENTS", 16))
 LIMIT = int(os.environ.get("LIMIT", 16))
 DURATION_S = float(os.environ.get("DURATION_S", 10))
@@ -24,7 +24,7 @@ WARMUP_S = float(os.environ.get("WARMUP_S", 1))
 
 
 def script(body: str) -> str:
-    # Exactly how the Rust store builds each script (src/store/redis.rs): the
+    # Exactly how the Rust store builds each script (src/store/redis/scripts.rs): the
     # prelude, then the body as a function, its reply wrapped with the count
     # of leases it swept.
     return (

@@ -16,7 +16,7 @@ use deadpool_redis::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use deadpool_redis::redis::cluster_async::ClusterConnection;
 use tokio::sync::OnceCell;
 
-use super::connection::classify;
+use super::failure::classify;
 use crate::secret::Secret;
 use crate::store::StoreError;
 

@@ -1,7 +1,6 @@
 //! Connections to one master at a time (standalone, or the one Sentinel
 //! names): a deadpool pool of multiplexed connections with our own manager
-//! (see the module docs of `store::redis` for when it PINGs), and the
-//! classification of what Redis answers into `StoreError`, for every mode.
+//! (see the module docs of `store::redis` for when it PINGs).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,9 +9,10 @@ use std::time::Duration;
 use deadpool::Runtime;
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use deadpool_redis::redis::aio::MultiplexedConnection;
-use deadpool_redis::redis::{self, AsyncConnectionConfig, RetryMethod};
+use deadpool_redis::redis::{self, AsyncConnectionConfig};
 
 use super::RedisSettings;
+use super::failure::{classify, is_unusable};
 use super::sentinel::{NodeAddr, Sentinel};
 use crate::store::{PoolStatus, StoreError};
 
@@ -179,58 +179,6 @@ impl Pool {
             available: status.available,
             waiting: status.waiting,
         }
-    }
-}
-
-/// Server answers that mean "not now" rather than "never": a demoted master
-/// (`READONLY`), a restart loading its data (`LOADING`), a long script
-/// (`BUSY`), a full or unwritable Redis (`OOM`, `MISCONF`), too few replicas
-/// for `min-replicas-to-write` (`NOREPLICAS`), a replica without its master
-/// (`MASTERDOWN`) and a cluster between states (`CLUSTERDOWN`, `TRYAGAIN`).
-/// Each is a 503 with `Retry-After`, never a 500.
-const TRANSIENT_CODES: [&str; 9] = [
-    "READONLY",
-    "LOADING",
-    "BUSY",
-    "OOM",
-    "MISCONF",
-    "NOREPLICAS",
-    "MASTERDOWN",
-    "CLUSTERDOWN",
-    "TRYAGAIN",
-];
-
-/// Whether this connection must not be used again: it broke, or it reaches a
-/// Redis that is no longer the master (`READONLY`), so a new connection may
-/// find the current one.
-pub(super) fn is_unusable(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_timeout()
-        || e.code() == Some("READONLY")
-}
-
-/// What a Redis error means to a caller: retry later, refused, or a bug.
-pub(super) fn classify(e: redis::RedisError) -> StoreError {
-    if e.kind() == redis::ErrorKind::AuthenticationFailed {
-        return StoreError::Refused(format!("{e}; check the user and password of the Redis URL"));
-    }
-    // rustls says why it does not trust the server's certificate in its
-    // message (UnknownIssuer, NotValidForName, Expired, ...).
-    let text = e.to_string();
-    if text.contains("certificate") {
-        return StoreError::Refused(format!(
-            "{text}; the Redis server's TLS certificate is not trusted: give the CA that \
-             signed it with --redis-tls-ca-file"
-        ));
-    }
-    if e.code().is_some_and(|code| TRANSIENT_CODES.contains(&code)) {
-        return StoreError::Unavailable(e.to_string());
-    }
-    match e.retry_method() {
-        RetryMethod::NoRetry => StoreError::Internal(e.to_string()),
-        _ => StoreError::Unavailable(e.to_string()),
     }
 }
 

@@ -6,10 +6,11 @@
 //! Three deployments (`RedisTarget`): one Redis, Redis behind Sentinel, or a
 //! Redis Cluster; every script touches only its own semaphore's slot, so all
 //! three run the same scripts. Its parts: `nodes` (where a call goes, per
-//! mode), `connection` (the pool to one master, and how Redis answers are
-//! classified), `sentinel` (which master, and the switches), `cluster` (the
-//! cluster connection), `tls`, `scripts` (the script registry and the key
-//! list), `subscriber` (the wake subscription) and `reply` (decoding).
+//! mode), `connection` (the pool to one master), `failure` (what Redis
+//! answers mean to a caller), `sentinel` (which master, and the switches),
+//! `cluster` (the cluster connection), `tls`, `scripts` (the script registry
+//! and the key list), `subscriber` (the wake subscription) and `reply`
+//! (decoding).
 //! Every reply comes wrapped as `{swept, reply}`, where `swept` counts
 //! the expired leases the call removed, so lease expiries (the sign of a
 //! crashed holder) are counted in [`RedisStore::run`] like the round-trip
@@ -50,6 +51,7 @@
 mod clock;
 mod cluster;
 mod connection;
+mod failure;
 mod nodes;
 mod reply;
 mod scripts;

@@ -19,7 +19,8 @@ use deadpool_redis::redis::aio::ConnectionLike;
 use deadpool_redis::redis::{self, FromRedisValue, RedisResult, Value};
 
 use super::cluster::Cluster;
-use super::connection::{Pool, classify};
+use super::connection::Pool;
+use super::failure::classify;
 use super::scripts::Lua;
 use super::sentinel::Sentinel;
 use crate::store::{PoolStatus, StoreError};

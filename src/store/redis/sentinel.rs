@@ -17,7 +17,7 @@ use deadpool_redis::redis::{self, IntoConnectionInfo, TlsCertificates};
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::connection::classify;
+use super::failure::classify;
 use super::tls;
 use crate::secret::Secret;
 use crate::store::StoreError;
