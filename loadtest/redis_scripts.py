@@ -31,7 +31,7 @@ def script(body: str) -> str:
         (SCRIPTS / "prelude.lua").read_text()
         + "\nlocal function body()\n"
         + (SCRIPTS / body).read_text()
-        + "\nend\nlocal reply = body()\nreturn { swept, reply }\n"
+        + "\nend\nlocal reply = body()\nflush_meta()\nreturn { swept, reply }\n"
     )
 
 

@@ -65,10 +65,12 @@ impl NamedScript {
 /// replies `{swept, body's reply}`: `swept` is how many expired leases the
 /// prelude's `expire()` removed during the call (see prelude.lua). `run`
 /// counts them, in one place, whatever the body's own reply shape. The body
-/// runs before `swept` is read (a table constructor would read it first).
+/// runs before `swept` is read (a table constructor would read it first),
+/// and the meta hash is written back once after it, whichever `return` the
+/// body took (`flush_meta`, see prelude.lua).
 fn script(name: &'static str, writes: bool, body: &str) -> NamedScript {
     let plain = format!(
-        "{PRELUDE}\nlocal function body()\n{body}\nend\nlocal reply = body()\nreturn {{ swept, reply }}\n"
+        "{PRELUDE}\nlocal function body()\n{body}\nend\nlocal reply = body()\nflush_meta()\nreturn {{ swept, reply }}\n"
     );
     NamedScript {
         name,

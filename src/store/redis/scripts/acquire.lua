@@ -34,13 +34,15 @@ unit must not both win, and nobody may pass a waiter that arrived earlier.
 ]]
 local ticket = ARGV[7]
 -- Withdrawn while this call was in flight: the caller is gone, do nothing.
-if redis.call('ZSCORE', left_key, ticket) then
+-- (Only looked up while a withdrawal may still be remembered; a semaphore
+-- that does not exist has no hint, and then `left` is asked.)
+if (not meta.limit or now_ms <= num('lefts')) and redis.call('ZSCORE', left_key, ticket) then
   return { 'unavailable', now_us, 0, 0, -1 }
 end
 if ARGV[11] ~= '' and now_ms > tonumber(ARGV[11]) then
   return { 'late', now_us }
 end
-local limit = redis.call('HGET', meta_key, 'limit')
+local limit = meta.limit
 if not limit then
   if ARGV[1] == '' then
     return { 'not_found', now_us }
@@ -115,11 +117,14 @@ end
 if not fit then
   if ARGV[8] == '1' then
     if not redis.call('ZSCORE', queue_key, ticket) then
-      local number = redis.call('HINCRBY', meta_key, 'qseq', 1)
+      local number = num('qseq') + 1
+      set_meta('qseq', int(number))
+      set_meta('qlen', num('qlen') + 1)
       redis.call('ZADD', queue_key, number, ticket)
       redis.call('HSET', waiters_key, ticket, ARGV[2] .. '\n' .. ARGV[10])
     end
     redis.call('ZADD', wleases_key, now_ms + tonumber(ARGV[9]), ticket)
+    lower_hint('wsoon', now_ms + tonumber(ARGV[9]))
     lease_orphans(tonumber(ARGV[9]))
     if changed then
       wake_heads()
@@ -134,8 +139,7 @@ if not fit then
   if dequeue(ticket) or changed then
     wake_heads()
   end
-  return { 'unavailable', now_us, limit, tonumber(redis.call('HGET', meta_key, 'held')),
-    soonest_expiry_in_ms() }
+  return { 'unavailable', now_us, limit, num('held'), soonest_expiry_in_ms() }
 end
 
 dequeue(ticket)
@@ -145,6 +149,7 @@ local record = encode({ count = ARGV[2], fence = int(fence), acquired = int(now_
   idem = ARGV[5], fingerprint = ARGV[6], expires = expires, claimed = '0', holder = ARGV[4] })
 redis.call('HSET', permits_key, ticket, record)
 redis.call('ZADD', expiry_key, expires, ticket)
+lower_hint('soon', expires)
 add_held(count)
 if ARGV[5] ~= '' then
   redis.call('HSET', idem_key, ARGV[5], ticket)

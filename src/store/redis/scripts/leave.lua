@@ -17,8 +17,12 @@ nor queue the ticket. The key expires by itself.
 redis.call('ZADD', left_key, now_ms + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', left_key, '-inf', now_ms)
 redis.call('PEXPIRE', left_key, tonumber(ARGV[2]))
-if redis.call('EXISTS', meta_key) == 0 then
+if not meta.limit then
   return 0
+end
+-- Attempts check `left` until this withdrawal is forgotten.
+if now_ms + tonumber(ARGV[2]) > num('lefts') then
+  set_meta('lefts', int(now_ms + tonumber(ARGV[2])))
 end
 local swept = expire() + drop_dead_waiters() > 0
 local left = dequeue(ARGV[1])

@@ -6,6 +6,7 @@ Returns {'gone'} or {'live', id, count, fence, acquired_ms, expires_ms, holder}.
 Read-only so it never needs a write; an expired permit that no write has
 swept yet is reported gone all the same.
 ]]
+read_only = true
 local record = redis.call('HGET', permits_key, ARGV[1])
 if not record then
   return { 'gone' }

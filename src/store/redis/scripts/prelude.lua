@@ -4,7 +4,9 @@ each script body before loading, so each script stays one atomic EVALSHA.
 KEYS (the same eight for every script, all under the semaphore's hash tag
 `{name}` so every script runs on Redis Cluster):
   KEYS[1] meta     hash: limit, held (sum of live counts), fence (last token),
-                   qseq (last queue ticket number)
+                   qseq (last queue ticket number), and hints that let the
+                   common path skip work (see "The meta hash" below): qlen,
+                   soon, wsoon, lefts
   KEYS[2] expiry   zset: permit id -> lease end, ms on the Redis clock
   KEYS[3] permits  hash: permit id -> record (see encode below)
   KEYS[4] idem     hash: Idempotency-Key -> permit id, only for live permits
@@ -33,6 +35,21 @@ rebuild each other (repair()), a waiter without its record or its lease is
 dropped or given one. What cannot be rebuilt is lost safely: a lost `idem`
 makes a retry take a new permit, a lost queue makes waiters queue again.
 
+The meta hash: read once per script (one HMGET, below) into `meta`, changed
+there, and written back once after the body (`flush_meta`, one HSET of the
+fields that changed), so the common path pays two commands for it whatever
+it touches. Its hints are only ever safe to trust:
+  qlen   how many tickets are queued: kept by enqueue and dequeue, recounted
+         when the meta is created; 0 lets an acquire skip the queue walk
+  soon   at most the soonest lease end in `expiry` ('' unknown, '+' none):
+         a grant lowers it, a sweep recomputes it, a release leaves it (still
+         a lower bound); before it, no lease can have ended, so the sweep is
+         skipped
+  wsoon  the same for the waiter leases in `wleases`
+  lefts  when the last withdrawal in `left` is forgotten: before it, an
+         attempt checks `left`; after it, `left` is empty
+A hint that is missing (data written before they existed) is recomputed.
+
 Waking: when a change may let waiters proceed, the script PUBLISHes
 "ticket \n now_us" on the channel of the permitd instance where that ticket
 waits; that instance then runs acquire for it again. Only waiters that fit are
@@ -50,6 +67,85 @@ end
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+
+-- The meta hash (see the header). `meta.limit` is nil when the semaphore
+-- does not exist; `meta_gone` stops the write-back after a delete.
+local META_FIELDS = { 'limit', 'held', 'fence', 'qseq', 'qlen', 'soon', 'wsoon', 'lefts' }
+local meta, dirty, meta_gone = {}, {}, false
+-- Set by the read-only scripts: nothing is written back, not even a hint.
+local read_only = false
+do
+  local values = redis.call('HMGET', meta_key, unpack(META_FIELDS))
+  for i = 1, #META_FIELDS do
+    if values[i] then
+      meta[META_FIELDS[i]] = values[i]
+    end
+  end
+end
+
+local function num(field)
+  return tonumber(meta[field]) or 0
+end
+
+local function set_meta(field, value)
+  meta[field] = value
+  dirty[field] = true
+end
+
+-- Writes back what changed, after the body: never for a semaphore that does
+-- not exist (that would create one without a limit) or was just deleted.
+local function flush_meta()
+  if meta_gone or read_only or not meta.limit then
+    return
+  end
+  local args = {}
+  for field in pairs(dirty) do
+    args[#args + 1] = field
+    args[#args + 1] = meta[field]
+  end
+  if #args > 0 then
+    redis.call('HSET', meta_key, unpack(args))
+  end
+end
+
+-- The soonest score of a sorted set, as a hint value: '+' when it is empty.
+local function soonest_score(key)
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return first[2] or '+'
+end
+
+-- Whether a hint says nothing in its set can have ended yet.
+local function not_due(hint)
+  local value = meta[hint]
+  if value == '+' then
+    return true
+  end
+  return value ~= nil and value ~= '' and now_ms < tonumber(value)
+end
+
+-- A score added to the set behind a hint: the hint stays a lower bound.
+local function lower_hint(hint, score)
+  local value = meta[hint]
+  if value == '+' or (value ~= nil and value ~= '' and score < tonumber(value)) then
+    set_meta(hint, int(score))
+  end
+end
+
+-- The withdrawal hint, from the `left` set itself.
+local function recount_lefts()
+  local last = redis.call('ZRANGE', left_key, -1, -1, 'WITHSCORES')
+  set_meta('lefts', last[2] or '0')
+end
+
+-- Data written before the hints existed: fill them in once.
+if meta.limit then
+  if not meta.qlen then
+    set_meta('qlen', redis.call('ZCARD', queue_key))
+  end
+  if not meta.lefts then
+    recount_lefts()
+  end
+end
 
 -- A permit record: count, fence, acquired_at, idempotency key, request
 -- fingerprint, lease end, claimed, holder, joined by newlines. Holder is last
@@ -93,10 +189,11 @@ end
 -- Adds `delta` to held, never below 0: a count that drifted (keys lost to
 -- eviction) must not turn into extra capacity.
 local function add_held(delta)
-  local held = redis.call('HINCRBY', meta_key, 'held', delta)
+  local held = num('held') + delta
   if held < 0 then
-    redis.call('HSET', meta_key, 'held', 0)
+    held = 0
   end
+  set_meta('held', int(held))
 end
 
 -- Removes one permit and gives its units back. Returns false if unknown.
@@ -147,13 +244,13 @@ local function repair()
   end
   local held = known
   if redis.call('ZCARD', expiry_key) > redis.call('HLEN', permits_key) then
-    local meta = redis.call('HMGET', meta_key, 'limit', 'held')
-    local before = math.min(tonumber(meta[2]) or 0, tonumber(meta[1]) or 0)
+    local before = math.min(num('held'), num('limit'))
     if before > held then
       held = before
     end
   end
-  redis.call('HSET', meta_key, 'held', held)
+  set_meta('held', int(held))
+  set_meta('soon', '')
 end
 
 -- Whether the permit keys disagree (one of them lost entries): two O(1)
@@ -167,6 +264,9 @@ end
 -- ended entry without its record means the records were lost: the units it
 -- held are unknown, so everything is recounted.
 local function expire()
+  if not_due('soon') then
+    return 0
+  end
   local ended = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', now_ms)
   local lost = false
   for i = 1, #ended do
@@ -179,6 +279,7 @@ local function expire()
   if lost then
     repair()
   end
+  set_meta('soon', soonest_score(expiry_key))
   return #ended
 end
 
@@ -188,16 +289,20 @@ end
 -- the last writes) as long as the clocks of the Redis nodes agree to within
 -- the time such a restart or failover takes.
 local function next_fence()
-  local last = tonumber(redis.call('HGET', meta_key, 'fence')) or 0
-  local fence = math.max(last + 1, now_us)
-  redis.call('HSET', meta_key, 'fence', int(fence))
+  local fence = math.max(num('fence') + 1, now_us)
+  set_meta('fence', int(fence))
   return fence
 end
 
 -- Creates the semaphore's meta. Permits may outlive a lost meta: then `held`
 -- is recounted from them, so they still count against the limit.
 local function create(limit)
-  redis.call('HSET', meta_key, 'limit', limit, 'held', 0)
+  set_meta('limit', limit)
+  set_meta('held', 0)
+  set_meta('qlen', redis.call('ZCARD', queue_key))
+  set_meta('soon', '')
+  set_meta('wsoon', '')
+  recount_lefts()
   if redis.call('HLEN', permits_key) > 0 or redis.call('ZCARD', expiry_key) > 0 then
     repair()
   end
@@ -210,11 +315,15 @@ local head_left = false
 
 -- Takes a ticket out of the queue. Returns whether it was there.
 local function dequeue(ticket)
+  if num('qlen') == 0 then
+    return false
+  end
   local rank = redis.call('ZRANK', queue_key, ticket)
   if not rank then
     return false
   end
   redis.call('ZREM', queue_key, ticket)
+  set_meta('qlen', math.max(num('qlen') - 1, 0))
   redis.call('HDEL', waiters_key, ticket)
   redis.call('ZREM', wleases_key, ticket)
   if rank == 0 then
@@ -226,10 +335,16 @@ end
 -- Drops waiters whose lease ran out: their permitd instance stopped renewing
 -- them (it died, or lost Redis). Returns how many.
 local function drop_dead_waiters()
+  if not_due('wsoon') then
+    return 0
+  end
   local dead = redis.call('ZRANGEBYSCORE', wleases_key, '-inf', now_ms)
   for i = 1, #dead do
-    dequeue(dead[i])
+    if not dequeue(dead[i]) then
+      redis.call('ZREM', wleases_key, dead[i])
+    end
   end
+  set_meta('wsoon', soonest_score(wleases_key))
   return #dead
 end
 
@@ -244,6 +359,7 @@ local function lease_orphans(lease_ms)
   for i = 1, #queued do
     redis.call('ZADD', wleases_key, 'NX', now_ms + lease_ms, queued[i])
   end
+  lower_hint('wsoon', now_ms + lease_ms)
 end
 
 -- A waiter's count and wake channel. A queued ticket whose record vanished
@@ -260,8 +376,7 @@ local function waiter(ticket)
 end
 
 local function free_units()
-  local meta = redis.call('HMGET', meta_key, 'limit', 'held')
-  local free = (tonumber(meta[1]) or 0) - (tonumber(meta[2]) or 0)
+  local free = num('limit') - num('held')
   if free < 0 then
     return 0
   end
@@ -272,10 +387,17 @@ end
 -- batches, until it returns false or the queue ends. Waiters whose record
 -- vanished are dropped on the way (see waiter()).
 local function each_waiter(visit)
+  if num('qlen') == 0 then
+    return
+  end
   local at = 0
   while true do
     local batch = redis.call('ZRANGE', queue_key, at, at + 15)
     if #batch == 0 then
+      if at == 0 then
+        -- The queue was lost (eviction): nobody waits.
+        set_meta('qlen', 0)
+      end
       return
     end
     local gone = 0

@@ -9,7 +9,7 @@ lease that ran out is never brought back, even by a refresh that arrives a
 millisecond late. When the refresh moves the soonest expiry earlier, the head
 waiter is woken to re-aim its expiry timer.
 ]]
-if redis.call('EXISTS', meta_key) == 0 then
+if not meta.limit then
   return { 'gone' }
 end
 if expire() + drop_dead_waiters() > 0 then
@@ -34,6 +34,7 @@ p.expires = expires
 record = encode(p)
 redis.call('HSET', permits_key, ARGV[1], record)
 redis.call('ZADD', expiry_key, expires, ARGV[1])
+lower_hint('soon', expires)
 if tonumber(ARGV[2]) < soonest_before then
   wake_first()
 end

@@ -7,7 +7,7 @@ the semaphore does not exist (so the caller can say which, in one call).
 Atomic so the held count and the permit record can never disagree, and the
 next waiter is woken in the same step that frees its units.
 ]]
-if redis.call('EXISTS', meta_key) == 0 then
+if not meta.limit then
   -- The semaphore's meta was lost (eviction) while this permit lived on:
   -- drop the record so its units do not come back with a re-created one.
   if redis.call('HDEL', permits_key, ARGV[1]) == 1 then

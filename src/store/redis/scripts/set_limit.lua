@@ -8,7 +8,7 @@ is held fits. Raising it wakes the waiters that fit now, in the same step.
 A new semaphore's fencing counter starts at the Redis clock in microseconds,
 so tokens keep increasing across a delete and re-create.
 ]]
-local current = redis.call('HGET', meta_key, 'limit')
+local current = meta.limit
 if not current then
   create(ARGV[1])
   return { 'created' }
@@ -16,7 +16,7 @@ end
 if current == ARGV[1] then
   return { 'unchanged' }
 end
-redis.call('HSET', meta_key, 'limit', ARGV[1])
+set_meta('limit', ARGV[1])
 expire()
 drop_dead_waiters()
 -- Wake the head even if it no longer fits (a lowered limit): it re-aims

@@ -9,13 +9,13 @@ with holders soonest expiry first. Permit ids are never returned.
 Expired permits that no write has swept yet are left out of both `held` and
 the holders, so status agrees with what the next acquire will see.
 ]]
-local meta = redis.call('HMGET', meta_key, 'limit', 'held')
-if not meta[1] then
+read_only = true
+if not meta.limit then
   return { 'not_found' }
 end
 -- Read-only: ended leases are subtracted, not removed. A record lost to
 -- eviction is skipped (the next write recounts).
-local held = tonumber(meta[2]) or 0
+local held = num('held')
 local ended = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', now_ms)
 for i = 1, #ended do
   local record = redis.call('HGET', permits_key, ended[i])
@@ -29,7 +29,7 @@ end
 local live = redis.call('ZRANGEBYSCORE', expiry_key, '(' .. int(now_ms), '+inf',
   'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
 local waiting = redis.call('ZCOUNT', wleases_key, '(' .. int(now_ms), '+inf')
-local reply = { 'found', tonumber(meta[1]), held, waiting, 0 }
+local reply = { 'found', tonumber(meta.limit), held, waiting, 0 }
 local listed = 0
 for i = 1, #live, 2 do
   local record = redis.call('HGET', permits_key, live[i])
