@@ -74,7 +74,8 @@ pub const REDIS_POOL_MAX: &str = "permitd_redis_pool_max_connections";
 pub const REDIS_POOL_OPEN: &str = "permitd_redis_pool_connections";
 pub const REDIS_POOL_IN_USE: &str = "permitd_redis_pool_in_use_connections";
 pub const REDIS_POOL_WAITING: &str = "permitd_redis_pool_waiting_calls";
-/// 1 while this instance is subscribed to its Redis wake channel, 0 while not
+/// How many Redis nodes this instance is subscribed to its wake channel on:
+/// 1 (every cluster node on a cluster) while subscribed, 0 while not
 /// (waiters then fall back to re-checking every `--wait-recheck-ms`).
 pub const REDIS_WAKE_SUBSCRIBED: &str = "permitd_redis_wake_subscribed";
 /// Always 1, labelled with the `version`: shows what runs where.
@@ -173,8 +174,9 @@ fn describe() {
     );
     describe_gauge!(
         REDIS_WAKE_SUBSCRIBED,
-        "1 while subscribed to this instance's Redis wake channel; 0 while not, when waiting \
-         acquires are only served by their periodic re-check"
+        "Redis nodes this instance is subscribed to its wake channel on (1; every node of a \
+         cluster); 0 while none, when waiting acquires are only served by their periodic \
+         re-check"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label says what runs");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);

@@ -22,6 +22,11 @@ struct Slot {
     notify: Notify,
     /// Store-clock µs of the latest wake's cause; 0 when none.
     woken_at_us: AtomicU64,
+    /// The cause of the last wake: another wake with the same one is a copy
+    /// (a cluster relays each wake to every node, and this process listens
+    /// on all). Not "no later than": after a failover the new master's clock
+    /// may be a little behind the old one's.
+    latest_cause_us: AtomicU64,
 }
 
 /// The waiting tickets of this process.
@@ -61,6 +66,9 @@ impl Wakeups {
         let slot = self.slots().get(&ticket).cloned();
         if let Some(slot) = slot {
             if let Some(us) = cause_us {
+                if slot.latest_cause_us.swap(us, Ordering::Relaxed) == us {
+                    return;
+                }
                 slot.woken_at_us.store(us, Ordering::Relaxed);
             }
             slot.notify.notify_one();
@@ -138,5 +146,24 @@ mod tests {
         assert_eq!(wakeups.len(), 1);
         drop(handle);
         assert!(wakeups.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_copy_of_a_wake_already_seen_wakes_nobody() {
+        let wakeups = Wakeups::new();
+        let ticket = PermitId::random();
+        let handle = wakeups.register(ticket);
+        wakeups.wake(ticket, Some(42));
+        handle.notified().await;
+        // The same wake relayed by two other cluster nodes.
+        wakeups.wake(ticket, Some(42));
+        wakeups.wake(ticket, Some(42));
+        let copy = tokio::time::timeout(std::time::Duration::from_millis(50), handle.notified());
+        assert!(copy.await.is_err(), "a copy woke the waiter");
+        // A new change, even with an earlier clock (a failed-over master's).
+        wakeups.wake(ticket, Some(41));
+        tokio::time::timeout(std::time::Duration::from_secs(1), handle.notified())
+            .await
+            .expect("a newer wake wakes");
     }
 }

@@ -195,31 +195,48 @@ impl RedisStore {
             .certificates(settings.target.urls().map(Secret::expose))?;
         let failures = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
-        let (nodes, wake_source) = match &settings.target {
+        let wake_channel = format!("{}wake:{}", settings.key_prefix, uuid::Uuid::new_v4());
+        let wakeups = Wakeups::new();
+        let subscribe = |source| {
+            tokio::spawn(subscriber::subscribe(
+                source,
+                wake_channel.clone(),
+                wakeups.clone(),
+                settings.connect_timeout,
+            ))
+        };
+        let nodes = match &settings.target {
             RedisTarget::Standalone(url) => {
                 let client = tls::client(url.expose(), certificates.as_ref())?;
                 let pool = Pool::new(Source::Direct(Box::new(client.clone())), failures, settings)?;
-                let nodes = Nodes::Single {
+                tasks.push(subscribe(WakeSource::Direct(Box::new(client))));
+                Nodes::Single {
                     pool,
                     sentinel: None,
-                };
-                (nodes, WakeSource::Direct(Box::new(client)))
+                }
             }
             RedisTarget::Cluster(seeds) => {
-                let clients = seeds
+                let infos = seeds
                     .iter()
-                    .map(|seed| tls::client(seed.expose(), certificates.as_ref()))
+                    .map(|seed| {
+                        tls::client(seed.expose(), certificates.as_ref())
+                            .map(|client| client.get_connection_info().clone())
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
+                tasks.push(tokio::spawn(subscriber::subscribe_cluster(
+                    infos,
+                    certificates.clone(),
+                    wake_channel.clone(),
+                    wakeups.clone(),
+                    settings.connect_timeout,
+                )));
                 let cluster = Cluster::new(
                     seeds,
                     certificates,
                     settings.connect_timeout,
                     settings.timeout,
                 )?;
-                (
-                    Nodes::Cluster(Box::new(cluster)),
-                    WakeSource::AnyOf(clients),
-                )
+                Nodes::Cluster(Box::new(cluster))
             }
             RedisTarget::Sentinel {
                 sentinels,
@@ -241,21 +258,13 @@ impl RedisStore {
                 )?);
                 tasks.push(tokio::spawn(sentinel.clone().watch()));
                 let pool = Pool::new(Source::Sentinel(sentinel.clone()), failures, settings)?;
-                let nodes = Nodes::Single {
+                tasks.push(subscribe(WakeSource::Sentinel(sentinel.clone())));
+                Nodes::Single {
                     pool,
-                    sentinel: Some(sentinel.clone()),
-                };
-                (nodes, WakeSource::Sentinel(sentinel))
+                    sentinel: Some(sentinel),
+                }
             }
         };
-        let wake_channel = format!("{}wake:{}", settings.key_prefix, uuid::Uuid::new_v4());
-        let wakeups = Wakeups::new();
-        tasks.push(tokio::spawn(subscriber::subscribe(
-            wake_source,
-            wake_channel.clone(),
-            wakeups.clone(),
-            settings.connect_timeout,
-        )));
         Ok(Self {
             nodes,
             flags: tokio::sync::OnceCell::new(),
