@@ -99,6 +99,10 @@ pub async fn acquire(
     let deadline = started + request.wait.as_duration();
     let wake = store.wakeups().register(ticket);
     let mut last_try = false;
+    // Between failed attempts: short at first, so a waiter is back as soon
+    // as the store is (a failover takes a second or two), never longer than
+    // a re-check.
+    let mut retry_in = RETRY_FIRST.min(settings.recheck);
     loop {
         let attempt = match store.attempt(request, ticket, !last_try).await {
             // The store stalled or dropped a connection while this ticket
@@ -107,8 +111,11 @@ pub async fn acquire(
             // giving up a place in the queue, until the wait is over.
             Err(e) if e.is_transient() && !last_try && Instant::now() < deadline => {
                 tracing::debug!(error = %e, "store call failed while waiting; trying again");
-                let until = deadline.min(Instant::now() + settings.recheck);
+                let until = deadline.min(Instant::now() + retry_in);
+                retry_in = (retry_in * 2).min(settings.recheck);
                 tokio::select! {
+                    // A wake means the store answers again.
+                    () = wake.notified() => {}
                     () = tokio::time::sleep_until(until.into()) => {}
                     () = settings.shutdown.cancelled() => {
                         return Err(StoreError::Unavailable("permitd is shutting down".into()));
@@ -119,6 +126,7 @@ pub async fn acquire(
             }
             attempt => attempt?,
         };
+        retry_in = RETRY_FIRST.min(settings.recheck);
         match attempt {
             Attempt::Done { outcome, clock_us } => {
                 guard.armed = false;
@@ -169,6 +177,10 @@ pub async fn acquire(
         }
     }
 }
+
+/// The first wait before trying again after a failed attempt; it doubles up
+/// to the re-check interval.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
 
 fn queued_without_asking() -> StoreError {
     StoreError::Internal("store queued a try-once acquire".into())

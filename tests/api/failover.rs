@@ -174,7 +174,8 @@ async fn queue_behind_a_holder(api: &ApiClient, name: &str) -> Queue {
 }
 
 /// Releases (retrying 503s) and checks the waiters are served in order,
-/// each promptly after the release before it.
+/// each promptly after the release before it: a waiter whose attempts failed
+/// during the failover is listening again.
 async fn served_in_order(api: &ApiClient, queue: Queue) {
     let mut release = queue.holder;
     for (i, waiter) in queue.waiters.into_iter().enumerate() {
@@ -188,8 +189,15 @@ async fn served_in_order(api: &ApiClient, queue: Queue) {
             assert!(Instant::now() < deadline, "release kept failing");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let released_at = Instant::now();
         let waited = waiter.await.unwrap();
         assert_eq!(waited.status, 201, "waiter {i}: {}", waited.body);
+        // By push (the re-check is 30 s), not at the end of the wait.
+        assert!(
+            released_at.elapsed() < Duration::from_secs(2),
+            "waiter {i} granted {:?} after the release",
+            released_at.elapsed()
+        );
         assert_eq!(
             waited.body["holder"],
             format!("w{i}"),
