@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{Harness, Secret, Store, expect_problem, spawn_app, spawn_app_with};
+use crate::helpers::{Harness, Reply, Secret, Store, expect_problem, spawn_app, spawn_app_with};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,4 +198,76 @@ async fn an_attempt_that_arrives_after_its_withdrawal_neither_grants_nor_queues(
     );
     let status = store.status(&name).await.unwrap().unwrap();
     assert_eq!((status.held, status.waiting), (1, 0));
+}
+
+/// Calls of one Redis command since `CONFIG RESETSTAT`.
+fn calls(redis: &crate::helpers::RedisServer, command: &str) -> u64 {
+    let Reply::Bulk(stats) = redis.command(&["INFO", "commandstats"]) else {
+        panic!("INFO commandstats")
+    };
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_raise_wakes_each_waiter_once_and_at_most_200_per_script() {
+    use permitd::semaphore::{
+        AcquireRequest, Count, Limit, PermitId, SemaphoreName, Ttl, WaitTime,
+    };
+    use permitd::store::Attempt;
+
+    const WAITERS: u64 = 500;
+    let harness = Harness::new(Store::Redis);
+    let store = harness.semaphore_store();
+    let name = SemaphoreName::parse("raise").unwrap();
+    store
+        .set_limit(&name, Limit::new(1).unwrap())
+        .await
+        .unwrap();
+    let request = AcquireRequest {
+        name: name.clone(),
+        limit: None,
+        count: Count::ONE,
+        ttl: Ttl::new(60_000, 3_600_000).unwrap(),
+        wait: WaitTime::NONE,
+        holder: None,
+        idempotency_key: None,
+    };
+    let holder = store
+        .attempt(&request, PermitId::random(), false)
+        .await
+        .unwrap();
+    assert!(matches!(holder, Attempt::Done { .. }));
+    let tickets: Vec<PermitId> = (0..WAITERS).map(|_| PermitId::random()).collect();
+    for ticket in &tickets {
+        let queued = store.attempt(&request, *ticket, true).await.unwrap();
+        assert!(matches!(queued, Attempt::Queued { .. }), "{queued:?}");
+    }
+
+    let redis = harness.redis();
+    assert!(redis.command(&["CONFIG", "RESETSTAT"]).is_ok());
+    store
+        .set_limit(&name, Limit::new(WAITERS + 1).unwrap())
+        .await
+        .unwrap();
+    // The first 200 at once (so the script stays short), then each grant
+    // wakes the next ones: one wake per waiter in all, not one per waiter
+    // per grant.
+    assert_eq!(
+        calls(redis, "publish"),
+        200,
+        "the raise wakes the first 200"
+    );
+    for ticket in &tickets {
+        let granted = store.attempt(&request, *ticket, true).await.unwrap();
+        assert!(matches!(granted, Attempt::Done { .. }), "{granted:?}");
+    }
+    assert_eq!(
+        calls(redis, "publish"),
+        WAITERS,
+        "one wake per waiter in all"
+    );
 }

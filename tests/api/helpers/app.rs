@@ -218,6 +218,11 @@ impl Harness {
         }
     }
 
+    /// The private Redis server this harness runs on; panics in other modes.
+    pub fn redis(&self) -> &RedisServer {
+        self.redis.as_deref().expect("this harness is on one Redis")
+    }
+
     /// The key prefix its semaphores are stored under.
     pub fn key_prefix(&self) -> String {
         self.settings().key_prefix

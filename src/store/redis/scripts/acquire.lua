@@ -154,8 +154,14 @@ add_held(count)
 if ARGV[5] ~= '' then
   redis.call('HSET', idem_key, ARGV[5], ticket)
 end
--- Several units may have freed at once: the next waiters may fit too.
-wake_heads()
+-- Units this call freed (an expiry) may let the next waiters in; units
+-- freed before were announced to every waiter they fit by then.
+if changed then
+  wake_heads()
+else
+  continue_wakes()
+  tell_blocked_head()
+end
 local reply = permit_reply('granted', ticket, record, expires)
 table.insert(reply, 2, now_us)
 return reply

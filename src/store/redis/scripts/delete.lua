@@ -2,13 +2,14 @@
 
 No ARGV. Returns 1 if the semaphore existed, 0 if not.
 
-Every waiter is woken so it learns of the deletion on its next attempt
-instead of at the end of its wait.
+The first WAKE_CAP waiters are woken so they learn of the deletion on their
+next attempt instead of at the end of their wait; the rest learn at their
+next re-check (a script waking 10,000 would stall Redis for tens of ms).
 ]]
 local existed = 0
 if meta.limit then
   existed = 1
-  local queued = redis.call('ZRANGE', queue_key, 0, -1)
+  local queued = redis.call('ZRANGE', queue_key, 0, WAKE_CAP - 1)
   for i = 1, #queued do
     local _, channel = waiter(queued[i])
     if channel then
@@ -18,6 +19,8 @@ if meta.limit then
 end
 -- Also when meta was lost: what is left of the semaphore goes with it.
 meta_gone = true
-redis.call('DEL', meta_key, expiry_key, permits_key, idem_key, queue_key, waiters_key,
+-- UNLINK: a semaphore with a long queue is freed in the background, not
+-- while Redis serves nothing else.
+redis.call('UNLINK', meta_key, expiry_key, permits_key, idem_key, queue_key, waiters_key,
   wleases_key, left_key)
 return existed

@@ -48,6 +48,7 @@ it touches. Its hints are only ever safe to trust:
   wsoon  the same for the waiter leases in `wleases`
   lefts  when the last withdrawal in `left` is forgotten: before it, an
          attempt checks `left`; after it, `left` is empty
+  wnext, wfree  where a capped wake of the queue stopped (see wake_heads)
 A hint that is missing (data written before they existed) is recomputed.
 
 Waking: when a change may let waiters proceed, the script PUBLISHes
@@ -70,7 +71,8 @@ local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 
 -- The meta hash (see the header). `meta.limit` is nil when the semaphore
 -- does not exist; `meta_gone` stops the write-back after a delete.
-local META_FIELDS = { 'limit', 'held', 'fence', 'qseq', 'qlen', 'soon', 'wsoon', 'lefts' }
+local META_FIELDS = { 'limit', 'held', 'fence', 'qseq', 'qlen', 'soon', 'wsoon', 'lefts', 'wnext',
+  'wfree' }
 local meta, dirty, meta_gone = {}, {}, false
 -- Set by the read-only scripts: nothing is written back, not even a hint.
 local read_only = false
@@ -212,6 +214,9 @@ local function remove_permit(id)
   return true
 end
 
+-- The most expired permits, or dead waiters, one call sweeps (see expire).
+local SWEEP_CAP = 500
+
 -- Expired permits removed during this call: the first element of the reply
 -- envelope (see the header).
 local swept = 0
@@ -267,7 +272,9 @@ local function expire()
   if not_due('soon') then
     return 0
   end
-  local ended = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', now_ms)
+  -- At most SWEEP_CAP per call, so no script runs long after many leases
+  -- ended at once; `soon` then stays due, and the next call goes on.
+  local ended = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', now_ms, 'LIMIT', 0, SWEEP_CAP)
   local lost = false
   for i = 1, #ended do
     if not remove_permit(ended[i]) then
@@ -338,7 +345,7 @@ local function drop_dead_waiters()
   if not_due('wsoon') then
     return 0
   end
-  local dead = redis.call('ZRANGEBYSCORE', wleases_key, '-inf', now_ms)
+  local dead = redis.call('ZRANGEBYSCORE', wleases_key, '-inf', now_ms, 'LIMIT', 0, SWEEP_CAP)
   for i = 1, #dead do
     if not dequeue(dead[i]) then
       redis.call('ZREM', wleases_key, dead[i])
@@ -440,12 +447,21 @@ end
 -- the first that does not fit blocks the rest (strict FIFO). When this call
 -- took the old head out, a new head that does not fit is woken all the same,
 -- so it learns it is head and aims its timer at the next lease end.
+--
+-- At most WAKE_CAP are woken by one call, so that no script runs long
+-- whatever the queue (a raise with 10,000 waiters took 62 ms in one
+-- script). When the cap stops it, `wnext` (the queue score of the last one
+-- woken) and `wfree` (the units left after those woken) let each grant wake
+-- the next few (continue_wakes), so the rest follow as the first are served.
+local WAKE_CAP = 200
+
 local function wake_heads()
+  set_meta('wnext', '')
   local free = free_units()
   if free == 0 and not head_left then
     return
   end
-  local woken = 0
+  local woken, last, capped = 0, nil, false
   each_waiter(function(ticket, count, channel)
     if count > free then
       if woken == 0 and head_left then
@@ -453,10 +469,66 @@ local function wake_heads()
       end
       return false
     end
+    if woken == WAKE_CAP then
+      capped = true
+      return false
+    end
     free = free - count
     woken = woken + 1
+    last = ticket
     wake(ticket, channel)
     return true
+  end)
+  if capped then
+    set_meta('wnext', redis.call('ZSCORE', queue_key, last))
+    set_meta('wfree', int(free))
+  end
+end
+
+-- After a grant, when a capped wake_heads left waiters that fit unwoken:
+-- wakes the next two of them (two, so the woken stay ahead of the served).
+local function continue_wakes()
+  local from = meta.wnext
+  if not from or from == '' then
+    return
+  end
+  local free = num('wfree')
+  local batch = redis.call('ZRANGEBYSCORE', queue_key, '(' .. from, '+inf', 'WITHSCORES',
+    'LIMIT', 0, 2)
+  if #batch == 0 then
+    set_meta('wnext', '')
+    return
+  end
+  for i = 1, #batch, 2 do
+    local count, channel = waiter(batch[i])
+    if count then
+      if count > free then
+        -- Blocked here: the next release or raise takes it from the head.
+        set_meta('wnext', '')
+        return
+      end
+      free = free - count
+      wake(batch[i], channel)
+    end
+    set_meta('wnext', batch[i + 1])
+  end
+  set_meta('wfree', int(free))
+end
+
+-- After a grant that freed nothing: the waiters that fit were all woken by
+-- the change that freed their units, so waking them again would only repeat
+-- it (a limit raise with n waiters sent n^2/2 wakes that way). Only a new
+-- head that does not fit is told, so it aims its timer at the next lease end.
+local function tell_blocked_head()
+  if not head_left then
+    return
+  end
+  local free = free_units()
+  each_waiter(function(ticket, count, channel)
+    if count > free then
+      wake(ticket, channel)
+    end
+    return false
   end)
 end
 
