@@ -14,7 +14,7 @@
 //! Waiters here cannot outlive the process, so unlike Redis waiters they need
 //! no lease: a waiter that goes away leaves through `leave`.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -64,7 +64,7 @@ struct SemaphoreState {
     expiries: BTreeSet<(Millis, PermitId)>,
     idempotency: HashMap<String, PermitId>,
     /// Waiting tickets and their counts, in arrival order.
-    queue: VecDeque<(PermitId, u32)>,
+    queue: Queue,
     /// The head of the queue left since the last wake: the new head must be
     /// told it is head (see `wake_heads`).
     head_left: bool,
@@ -79,7 +79,7 @@ impl SemaphoreState {
             permits: HashMap::new(),
             expiries: BTreeSet::new(),
             idempotency: HashMap::new(),
-            queue: VecDeque::new(),
+            queue: Queue::default(),
             head_left: false,
         }
     }
@@ -103,10 +103,9 @@ impl SemaphoreState {
     }
 
     fn dequeue(&mut self, ticket: PermitId) -> bool {
-        match self.queue.iter().position(|&(t, _)| t == ticket) {
-            Some(at) => {
-                self.queue.remove(at);
-                self.head_left |= at == 0;
+        match self.queue.remove(ticket) {
+            Some(was_head) => {
+                self.head_left |= was_head;
                 true
             }
             None => false,
@@ -120,7 +119,7 @@ impl SemaphoreState {
             return false;
         };
         let mut needed = u64::from(count);
-        for &(waiter, waiter_count) in &self.queue {
+        for (waiter, waiter_count) in self.queue.iter() {
             if waiter == ticket || needed > u64::from(free) {
                 break;
             }
@@ -137,7 +136,7 @@ impl SemaphoreState {
         let head_left = std::mem::take(&mut self.head_left);
         let mut free = self.limit.saturating_sub(self.held);
         let cause = now_micros();
-        for (n, &(ticket, count)) in self.queue.iter().enumerate() {
+        for (n, (ticket, count)) in self.queue.iter().enumerate() {
             if count > free {
                 if n == 0 && head_left {
                     wakeups.wake(ticket, Some(cause));
@@ -146,6 +145,22 @@ impl SemaphoreState {
             }
             free -= count;
             wakeups.wake(ticket, Some(cause));
+        }
+    }
+
+    /// After a grant that freed nothing: every waiter that fits was woken by
+    /// the change that freed its units, so only a new head that does not
+    /// fit is told (to aim its timer); waking the rest again made a limit
+    /// raise with n waiters cost n^2/2 wakes.
+    fn tell_blocked_head(&mut self, wakeups: &Wakeups) {
+        if !std::mem::take(&mut self.head_left) {
+            return;
+        }
+        let free = self.limit.saturating_sub(self.held);
+        if let Some((ticket, count)) = self.queue.front()
+            && count > free
+        {
+            wakeups.wake(ticket, Some(now_micros()));
         }
     }
 
@@ -161,6 +176,52 @@ impl SemaphoreState {
 
     fn soonest_expiry(&self) -> Option<Millis> {
         self.expiries.first().map(|&(at, _)| at)
+    }
+}
+
+/// The waiting tickets in arrival order, with an index, so that a ticket
+/// leaves in O(log n) wherever it stands.
+#[derive(Default)]
+struct Queue {
+    by_arrival: BTreeMap<u64, (PermitId, u32)>,
+    arrival: HashMap<PermitId, u64>,
+    next: u64,
+}
+
+impl Queue {
+    /// Appends a ticket; returns its position.
+    fn push(&mut self, ticket: PermitId, count: u32) -> usize {
+        self.next += 1;
+        self.by_arrival.insert(self.next, (ticket, count));
+        self.arrival.insert(ticket, self.next);
+        self.by_arrival.len() - 1
+    }
+
+    /// Takes a ticket out; `Some(whether it was the head)` if it was in.
+    fn remove(&mut self, ticket: PermitId) -> Option<bool> {
+        let arrival = self.arrival.remove(&ticket)?;
+        let was_head = self.by_arrival.first_key_value().map(|(&a, _)| a) == Some(arrival);
+        self.by_arrival.remove(&arrival);
+        Some(was_head)
+    }
+
+    /// How many wait ahead of the ticket: O(1) for the head, else the
+    /// length of the walk to it (only a queued answer asks).
+    fn position(&self, ticket: PermitId) -> Option<usize> {
+        let arrival = *self.arrival.get(&ticket)?;
+        Some(self.by_arrival.range(..arrival).count())
+    }
+
+    fn front(&self) -> Option<(PermitId, u32)> {
+        self.by_arrival.first_key_value().map(|(_, &entry)| entry)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (PermitId, u32)> + '_ {
+        self.by_arrival.values().copied()
+    }
+
+    fn len(&self) -> usize {
+        self.by_arrival.len()
     }
 }
 
@@ -253,12 +314,9 @@ impl MemoryStore {
         if !state.fits(ticket, count) {
             let soonest = state.soonest_expiry();
             if queue {
-                let position = match state.queue.iter().position(|&(t, _)| t == ticket) {
+                let position = match state.queue.position(ticket) {
                     Some(at) => at,
-                    None => {
-                        state.queue.push_back((ticket, count));
-                        state.queue.len() - 1
-                    }
+                    None => state.queue.push(ticket, count),
                 };
                 if expired {
                     state.wake_heads(&self.wakeups);
@@ -301,8 +359,12 @@ impl MemoryStore {
         state.held += count;
         let permit = to_permit(&request.name, ticket, &record);
         state.permits.insert(ticket, record);
-        // More may fit behind us (several units freed at once).
-        state.wake_heads(&self.wakeups);
+        // Units this call freed (an expiry) may let the next waiters in.
+        if expired {
+            state.wake_heads(&self.wakeups);
+        } else {
+            state.tell_blocked_head(&self.wakeups);
+        }
         done(AcquireOutcome::Granted(permit))
     }
 
@@ -400,7 +462,7 @@ impl SemaphoreStore for MemoryStore {
             return Ok(false);
         };
         // Waiters learn the news on their next attempt, not after their wait.
-        for &(ticket, _) in &state.queue {
+        for (ticket, _) in state.queue.iter() {
             self.wakeups.wake(ticket, None);
         }
         Ok(true)
@@ -461,7 +523,7 @@ impl SemaphoreStore for MemoryStore {
             // The head waiter's timer aims at the soonest expiry: if that
             // moved earlier, wake the head so it aims again.
             if state.soonest_expiry() < soonest_before
-                && let Some(&(head, _)) = state.queue.front()
+                && let Some((head, _)) = state.queue.front()
             {
                 self.wakeups.wake(head, None);
             }
