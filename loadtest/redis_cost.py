@@ -17,18 +17,33 @@ import sys
 
 SCRIPT_CALLS = {"evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro"}
 # What permitd or this probe run outside the scripts.
-OUTSIDE = SCRIPT_CALLS | {"info", "ping", "client|setinfo", "client", "hello", "select",
-                          "subscribe", "unsubscribe", "config|get", "time", "role"}
+OUTSIDE = SCRIPT_CALLS | {
+    "info",
+    "ping",
+    "client|setinfo",
+    "client",
+    "hello",
+    "select",
+    "subscribe",
+    "unsubscribe",
+    "config|get",
+    "time",
+    "role",
+}
 
 
 def commandstats(port: str) -> dict[str, dict[str, float]]:
-    text = subprocess.run(["redis-cli", "-p", port, "info", "commandstats"], check=True,
-                          capture_output=True, text=True).stdout
+    text = subprocess.run(
+        ["redis-cli", "-p", port, "info", "commandstats"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     stats: dict[str, dict[str, float]] = {}
     for line in text.splitlines():
         if not line.startswith("cmdstat_"):
             continue
-        name, _, fields = line[len("cmdstat_"):].partition(":")
+        name, _, fields = line[len("cmdstat_") :].partition(":")
         values = dict(field.split("=") for field in fields.split(","))
         stats[name] = {"calls": float(values["calls"]), "usec": float(values["usec"])}
     return stats
@@ -39,11 +54,14 @@ def main() -> None:
     if mode == "snapshot":
         print(json.dumps(commandstats(port)))
         return
-    before = json.load(open(sys.argv[3]))
+    with open(sys.argv[3]) as file:
+        before: dict[str, dict[str, float]] = json.load(file)
     after = commandstats(port)
 
     def delta(name: str, field: str) -> float:
-        return after.get(name, {}).get(field, 0.0) - before.get(name, {}).get(field, 0.0)
+        now = after.get(name, {}).get(field, 0.0)
+        then = before.get(name, {}).get(field, 0.0)
+        return float(now - then)
 
     script_calls = sum(delta(n, "calls") for n in SCRIPT_CALLS)
     cycles = script_calls / 2
@@ -54,14 +72,22 @@ def main() -> None:
     # permitd's own TIME (the readiness probe) is rare enough to ignore here.
     inner = {n: delta(n, "calls") for n in after if n not in OUTSIDE or n == "time"}
     inner = {n: c for n, c in inner.items() if c > 0}
-    print(json.dumps({
-        "label": sys.argv[4],
-        "cycles": int(cycles),
-        "redis_commands_per_cycle": round(sum(inner.values()) / cycles, 2),
-        "script_us_per_cycle": round(sum(delta(n, "usec") for n in SCRIPT_CALLS) / cycles, 1),
-        "inner_us_per_cycle": round(sum(delta(n, "usec") for n in inner) / cycles, 1),
-        "commands": {n: round(c / cycles, 2) for n, c in sorted(inner.items())},
-    }))
+    print(
+        json.dumps(
+            {
+                "label": sys.argv[4],
+                "cycles": int(cycles),
+                "redis_commands_per_cycle": round(sum(inner.values()) / cycles, 2),
+                "script_us_per_cycle": round(
+                    sum(delta(n, "usec") for n in SCRIPT_CALLS) / cycles, 1
+                ),
+                "inner_us_per_cycle": round(
+                    sum(delta(n, "usec") for n in inner) / cycles, 1
+                ),
+                "commands": {n: round(c / cycles, 2) for n, c in sorted(inner.items())},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -16,11 +16,17 @@ import uuid
 
 import redis.asyncio as aioredis
 
-SCRIPTS = pathlib.Path(__file__).resolve().parent.parent / "src" / "store" / "redis" / "scripts"
-CLIENTS = int(os.environ.get("CLIENTS", 16))
-LIMIT = int(os.environ.get("LIMIT", 16))
-DURATION_S = float(os.environ.get("DURATION_S", 10))
-WARMUP_S = float(os.environ.get("WARMUP_S", 1))
+SCRIPTS = (
+    pathlib.Path(__file__).resolve().parent.parent
+    / "src"
+    / "store"
+    / "redis"
+    / "scripts"
+)
+CLIENTS = int(os.environ.get("CLIENTS", "16"))
+LIMIT = int(os.environ.get("LIMIT", "16"))
+DURATION_S = float(os.environ.get("DURATION_S", "10"))
+WARMUP_S = float(os.environ.get("WARMUP_S", "1"))
 
 
 def script(body: str) -> str:
@@ -42,7 +48,16 @@ async def main(url: str) -> None:
     name = f"py-{os.getpid()}"
     keys = [
         f"permitd:{{{name}}}:{suffix}"
-        for suffix in ("meta", "expiry", "permits", "idem", "queue", "waiters", "wleases", "left")
+        for suffix in (
+            "meta",
+            "expiry",
+            "permits",
+            "idem",
+            "queue",
+            "waiters",
+            "wleases",
+            "left",
+        )
     ]
     start = time.monotonic()
     window = (start + WARMUP_S, start + WARMUP_S + DURATION_S)
@@ -56,7 +71,20 @@ async def main(url: str) -> None:
             sent = time.monotonic()
             reply = await acquire(
                 keys=keys,
-                args=[LIMIT, 1, 60000, "", "", "", ticket, "0", 3000, "permitd:wake:bench"],
+                # ARGV as acquire.lua names them; no deadline (the last).
+                args=[
+                    LIMIT,
+                    1,
+                    60000,
+                    "",
+                    "",
+                    "",
+                    ticket,
+                    "0",
+                    3000,
+                    "permitd:wake:bench",
+                    "",
+                ],
             )
             if reply[1][0] != b"granted":
                 errors += 1
@@ -69,14 +97,18 @@ async def main(url: str) -> None:
     await client.delete(*keys)
     await client.aclose()
     cycles = sum(counts)
-    print(json.dumps({
-        "label": "python-redis-py-scripts",
-        "clients": CLIENTS,
-        "limit": LIMIT,
-        "cycles": cycles,
-        "cycles_per_s": round(cycles / DURATION_S),
-        "errors": errors,
-    }))
+    print(
+        json.dumps(
+            {
+                "label": "python-redis-py-scripts",
+                "clients": CLIENTS,
+                "limit": LIMIT,
+                "cycles": cycles,
+                "cycles_per_s": round(cycles / DURATION_S),
+                "errors": errors,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
