@@ -4,8 +4,11 @@
 //! at the `SemaphoreStore` trait.
 //!
 //! Scenarios that must hold on both stores are written once and run as
-//! `<module>::memory::<name>` and `<module>::redis::<name>`; each test has its
-//! own Redis where it matters, so tests run in parallel.
+//! `<module>::memory::<name>` and `<module>::redis::<name>` (and, for what
+//! every Redis deployment must keep, `cluster::` and `sentinel::` on a real
+//! cluster and Sentinel setup shared by the binary); each test has its own
+//! Redis where it matters, so tests run in parallel. `failover` breaks
+//! private clusters and Sentinel setups.
 //! `TEST_LOG=1 cargo test` shows the logs of the apps under test.
 
 mod browser;
