@@ -11,7 +11,8 @@
 //! - holders: clients between "grant received" and "release sent", whose
 //!   maximum must never exceed the limit;
 //! - fairness: cycles per client against the median;
-//! - server CPU: utime + stime of the given pids from /proc, per cycle.
+//! - server CPU: utime + stime of the given pids from /proc, per cycle;
+//! - peak RSS of the given pids (`VmHWM`), so far in their life.
 //!
 //! For permitd it also reads the server's own handoff histogram from /metrics
 //! (release -> grant on the store's clock, without the HTTP legs).
@@ -80,6 +81,20 @@ struct Shared {
     max_holders: AtomicI64,
     stop: AtomicBool,
     errors: AtomicI64,
+}
+
+/// The most resident memory the process ever had (`VmHWM`), in MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some((kib / 1024.0 * 10.0).round() / 10.0)
 }
 
 fn cpu_ticks(pid: u32) -> Option<u64> {
@@ -406,6 +421,7 @@ async fn main() {
         "client_cycles_max": per_client.last(),
         "client_spread_vs_median": (spread * 1000.0).round() / 1000.0,
         "server_cpu_us_per_cycle": cpu_us_per_cycle,
+        "peak_rss_mib": args.pid.iter().map(|&p| json!(peak_rss_mib(p))).collect::<Vec<_>>(),
         "errors": shared.errors.load(Ordering::Relaxed),
     });
     println!("{report}");
