@@ -152,11 +152,13 @@ async fn cluster_nodes(
 }
 
 /// `<id> <ip:port@bus[,hostname]> <flags> ...`: the address, unless the
-/// node is failed or not yet part of the cluster. A node that does not know
-/// its own ip (an empty one) is at the address it was asked on.
+/// node is failed or not yet part of the cluster. The announced hostname,
+/// when there is one, wins over the ip (TLS certificates name hosts); a node
+/// that does not know its own ip (an empty one) is at the address it was
+/// asked on.
 fn parse_node(line: &str, asked_host: &str) -> Option<(String, u16)> {
     let mut fields = line.split_whitespace();
-    let address = fields.nth(1)?.split(['@', ',']).next()?;
+    let endpoint = fields.nth(1)?;
     let flags = fields.next()?;
     if flags
         .split(',')
@@ -164,9 +166,12 @@ fn parse_node(line: &str, asked_host: &str) -> Option<(String, u16)> {
     {
         return None;
     }
-    let (host, port) = address.rsplit_once(':')?;
+    let (endpoint, hostname) = endpoint.split_once(',').unwrap_or((endpoint, ""));
+    let (host, port) = endpoint.split('@').next()?.rsplit_once(':')?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let host = if host.is_empty() { asked_host } else { host };
+    let host = [hostname, host, asked_host]
+        .into_iter()
+        .find(|h| !h.is_empty())?;
     Some((host.to_owned(), port.parse().ok()?))
 }
 
@@ -272,7 +277,11 @@ mod tests {
             Some(("127.0.0.1".into(), 30001))
         );
         assert_eq!(
-            line("10.0.0.2:30002@40002,node-2 slave 07c3 0 0 2 connected"),
+            line("10.0.0.2:30002@40002,node-2.internal slave 07c3 0 0 2 connected"),
+            Some(("node-2.internal".into(), 30002))
+        );
+        assert_eq!(
+            line("10.0.0.2:30002@40002, slave 07c3 0 0 2 connected"),
             Some(("10.0.0.2".into(), 30002))
         );
         assert_eq!(
