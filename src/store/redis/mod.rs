@@ -216,27 +216,19 @@ impl RedisStore {
                 }
             }
             RedisTarget::Cluster(seeds) => {
-                let infos = seeds
-                    .iter()
-                    .map(|seed| {
-                        tls::client(seed.expose(), certificates.as_ref())
-                            .map(|client| client.get_connection_info().clone())
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                tasks.push(tokio::spawn(subscriber::subscribe_cluster(
-                    infos,
-                    certificates.clone(),
-                    wake_channel.clone(),
-                    wakeups.clone(),
-                    settings.connect_timeout,
-                )));
-                let cluster = Cluster::new(
+                let cluster = Arc::new(Cluster::new(
                     seeds,
                     certificates,
                     settings.connect_timeout,
                     settings.timeout,
-                )?;
-                Nodes::Cluster(Box::new(cluster))
+                )?);
+                tasks.push(tokio::spawn(subscriber::subscribe_cluster(
+                    cluster.clone(),
+                    wake_channel.clone(),
+                    wakeups.clone(),
+                    settings.connect_timeout,
+                )));
+                Nodes::Cluster(cluster)
             }
             RedisTarget::Sentinel {
                 sentinels,

@@ -31,7 +31,7 @@ pub(super) enum Nodes {
         pool: Pool,
         sentinel: Option<Arc<Sentinel>>,
     },
-    Cluster(Box<Cluster>),
+    Cluster(Arc<Cluster>),
 }
 
 /// Replicas to wait for after a write, and for how long (ms).

@@ -19,12 +19,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, ConnectionAddr, TlsCertificates, Value};
+use deadpool_redis::redis::{self, Value};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
+use super::cluster::Cluster;
 use super::sentinel::Sentinel;
-use super::tls;
 use crate::semaphore::PermitId;
 use crate::store::Wakeups;
 use crate::telemetry;
@@ -54,34 +54,21 @@ impl Drop for NodeSubscriptions {
 }
 
 /// Keeps one wake subscription on every node of the cluster (see the module
-/// docs), finding the nodes through the seeds, or any node already known.
+/// docs), reading the node list over the store's own cluster connection.
 pub(super) async fn subscribe_cluster(
-    seeds: Vec<redis::ConnectionInfo>,
-    certificates: Option<TlsCertificates>,
+    cluster: Arc<Cluster>,
     channel: String,
     wakeups: Arc<Wakeups>,
     connect_timeout: Duration,
 ) {
-    let Some(template) = seeds.first().cloned() else {
-        return;
-    };
     let mut subscriptions = NodeSubscriptions(HashMap::new());
     let mut rediscover = tokio::time::interval(DISCOVER_EVERY);
     loop {
         rediscover.tick().await;
-        let known = subscriptions
-            .0
-            .keys()
-            .map(|(host, port)| node_info(&template, host, *port));
-        let mut found = None;
-        for info in seeds.iter().cloned().chain(known.collect::<Vec<_>>()) {
-            if let Ok(nodes) = cluster_nodes(info, certificates.as_ref(), connect_timeout).await {
-                found = Some(nodes);
-                break;
-            }
-        }
         // Nobody answered: keep what we have; each subscription retries.
-        let Some(nodes) = found else { continue };
+        let Ok(nodes) = cluster.nodes().await else {
+            continue;
+        };
         subscriptions.0.retain(|addr, task| {
             let keep = nodes.contains(addr);
             if !keep {
@@ -93,8 +80,7 @@ pub(super) async fn subscribe_cluster(
             if subscriptions.0.contains_key(&(host.clone(), port)) {
                 continue;
             }
-            let info = node_info(&template, &host, port);
-            let Ok(client) = tls::client_for(info, certificates.as_ref()) else {
+            let Ok(client) = cluster.node_client(&host, port) else {
                 continue;
             };
             let task = tokio::spawn(subscribe(
@@ -106,73 +92,6 @@ pub(super) async fn subscribe_cluster(
             subscriptions.0.insert((host, port), task);
         }
     }
-}
-
-/// The seed's connection settings (credentials, TLS) for another node.
-fn node_info(template: &redis::ConnectionInfo, host: &str, port: u16) -> redis::ConnectionInfo {
-    let mut addr = template.addr().clone();
-    match &mut addr {
-        ConnectionAddr::Tcp(h, p)
-        | ConnectionAddr::TcpTls {
-            host: h, port: p, ..
-        } => {
-            *h = host.to_owned();
-            *p = port;
-        }
-        _ => {}
-    }
-    template.clone().set_addr(addr)
-}
-
-/// The addresses of the cluster's nodes that are not failed, as one node
-/// sees them.
-async fn cluster_nodes(
-    info: redis::ConnectionInfo,
-    certificates: Option<&TlsCertificates>,
-    connect_timeout: Duration,
-) -> Result<Vec<(String, u16)>, ()> {
-    let client = tls::client_for(info.clone(), certificates).map_err(|_| ())?;
-    let asked = tokio::time::timeout(connect_timeout, async {
-        let mut connection = client.get_multiplexed_async_connection().await?;
-        redis::cmd("CLUSTER")
-            .arg("NODES")
-            .query_async::<String>(&mut connection)
-            .await
-    })
-    .await;
-    let Ok(Ok(text)) = asked else { return Err(()) };
-    let asked_host = match info.addr() {
-        ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.clone(),
-        _ => String::new(),
-    };
-    Ok(text
-        .lines()
-        .filter_map(|line| parse_node(line, &asked_host))
-        .collect())
-}
-
-/// `<id> <ip:port@bus[,hostname]> <flags> ...`: the address, unless the
-/// node is failed or not yet part of the cluster. The announced hostname,
-/// when there is one, wins over the ip (TLS certificates name hosts); a node
-/// that does not know its own ip (an empty one) is at the address it was
-/// asked on.
-fn parse_node(line: &str, asked_host: &str) -> Option<(String, u16)> {
-    let mut fields = line.split_whitespace();
-    let endpoint = fields.nth(1)?;
-    let flags = fields.next()?;
-    if flags
-        .split(',')
-        .any(|f| matches!(f, "fail" | "fail?" | "handshake" | "noaddr"))
-    {
-        return None;
-    }
-    let (endpoint, hostname) = endpoint.split_once(',').unwrap_or((endpoint, ""));
-    let (host, port) = endpoint.split('@').next()?.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let host = [hostname, host, asked_host]
-        .into_iter()
-        .find(|h| !h.is_empty())?;
-    Some((host.to_owned(), port.parse().ok()?))
 }
 
 /// Keeps this instance subscribed to its wake channel, reconnecting with
@@ -262,40 +181,4 @@ pub(super) async fn subscribe(
 
 fn to_redis_error(e: crate::store::StoreError) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, "no master", e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failed_nodes_are_left_out_and_an_empty_ip_is_the_one_asked() {
-        let asked = "10.0.0.9";
-        let line = |rest: &str| parse_node(&format!("07c37dfeb235213a {rest}"), asked);
-        assert_eq!(
-            line("127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460"),
-            Some(("127.0.0.1".into(), 30001))
-        );
-        assert_eq!(
-            line("10.0.0.2:30002@40002,node-2.internal slave 07c3 0 0 2 connected"),
-            Some(("node-2.internal".into(), 30002))
-        );
-        assert_eq!(
-            line("10.0.0.2:30002@40002, slave 07c3 0 0 2 connected"),
-            Some(("10.0.0.2".into(), 30002))
-        );
-        assert_eq!(
-            line(":30003@40003 myself,master - 0 0 3 connected"),
-            Some((asked.into(), 30003))
-        );
-        assert_eq!(
-            line("[::1]:30004@40004 master - 0 0 4 connected"),
-            Some(("::1".into(), 30004))
-        );
-        assert_eq!(
-            line("127.0.0.1:30005@40005 master,fail - 0 0 5 connected"),
-            None
-        );
-        assert_eq!(line("garbage"), None);
-    }
 }
