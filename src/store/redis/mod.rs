@@ -8,7 +8,8 @@
 //! three run the same scripts. Its parts: `nodes` (where a call goes, per
 //! mode), `connection` (the pool to one master), `failure` (what Redis
 //! answers mean to a caller), `sentinel` (which master, and the switches),
-//! `cluster` (the cluster connection), `tls`, `scripts` (the script registry
+//! `cluster` (the cluster connection), `pubsub` (following a subscription),
+//! `tls`, `scripts` (the script registry
 //! and the key list), `subscriber` (the wake subscription) and `reply`
 //! (decoding).
 //! Every reply comes wrapped as `{swept, reply}`, where `swept` counts
@@ -53,6 +54,7 @@ mod cluster;
 mod connection;
 mod failure;
 mod nodes;
+mod pubsub;
 mod reply;
 mod scripts;
 mod sentinel;

@@ -14,16 +14,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, IntoConnectionInfo, TlsCertificates};
-use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::failure::classify;
+use super::pubsub;
 use super::tls;
 use crate::secret::Secret;
 use crate::store::StoreError;
-
-/// How often the watch on the sentinels is PINGed to notice a dead link.
-const WATCH_PING_EVERY: Duration = Duration::from_secs(5);
 
 /// A data node's address, as the sentinels report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,27 +223,14 @@ impl Sentinel {
             if let Ok(addr) = self.resolve().await {
                 self.set_current(&addr);
             }
-            let (mut sink, mut messages) = pubsub.split();
-            let mut keepalive = tokio::time::interval(WATCH_PING_EVERY);
-            keepalive.tick().await;
-            loop {
-                tokio::select! {
-                    message = messages.next() => {
-                        let Some(message) = message else { break };
-                        let text = String::from_utf8_lossy(message.get_payload_bytes()).into_owned();
-                        if let Some(addr) = switched_to(&text, &self.master_name) {
-                            self.set_current(&addr);
-                        }
-                    }
-                    _ = keepalive.tick() => {
-                        let pong = tokio::time::timeout(
-                            self.connect_timeout, sink.ping::<redis::Value>()).await;
-                        if !matches!(pong, Ok(Ok(_))) {
-                            break;
-                        }
-                    }
+            let on_switch = |payload: &[u8]| {
+                let text = String::from_utf8_lossy(payload);
+                if let Some(addr) = switched_to(&text, &self.master_name) {
+                    self.set_current(&addr);
                 }
-            }
+            };
+            let forever = std::future::pending();
+            pubsub::follow(pubsub, self.connect_timeout, on_switch, forever).await;
             tracing::debug!("lost the watch on a sentinel; trying the next");
         }
     }

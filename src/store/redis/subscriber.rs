@@ -19,18 +19,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, Value};
-use futures::StreamExt;
+use deadpool_redis::redis;
 use tokio::task::JoinHandle;
 
 use super::cluster::Cluster;
+use super::pubsub;
 use super::sentinel::Sentinel;
 use crate::semaphore::PermitId;
 use crate::store::Wakeups;
 use crate::telemetry;
-
-/// How often the wake subscription is PINGed to notice a dead connection.
-const SUBSCRIBER_PING_EVERY: Duration = Duration::from_secs(5);
 
 /// Which node the subscription goes to.
 pub(super) enum WakeSource {
@@ -140,39 +137,28 @@ pub(super) async fn subscribe(
         metrics::gauge!(telemetry::REDIS_WAKE_SUBSCRIBED).increment(1.0);
         // Whatever was published while we were not subscribed is lost.
         wakeups.wake_all();
-        let (mut sink, mut messages) = pubsub.split();
-        // A connection that died without a FIN (a middlebox dropped it)
-        // delivers nothing and never ends: PING it, and start over when the
-        // answer does not come.
-        let mut keepalive = tokio::time::interval(SUBSCRIBER_PING_EVERY);
-        keepalive.tick().await;
-        loop {
-            tokio::select! {
-                message = messages.next() => {
-                    let Some(message) = message else { break };
-                    let payload: &[u8] = message.get_payload_bytes();
-                    let text = String::from_utf8_lossy(payload);
-                    let mut parts = text.splitn(2, '\n');
-                    let ticket = parts.next().and_then(|t| PermitId::parse(t).ok());
-                    let cause_us = parts.next().and_then(|us| us.parse().ok());
-                    if let Some(ticket) = ticket {
-                        wakeups.wake(ticket, cause_us);
-                    }
-                }
-                _ = keepalive.tick() => {
-                    let pong = tokio::time::timeout(connect_timeout, sink.ping::<Value>()).await;
-                    if !matches!(pong, Ok(Ok(_))) {
-                        break;
-                    }
-                }
-                // Sentinel switched masters: what the scripts publish now
-                // goes to the new one.
-                Ok(()) = async { match switches.as_mut() {
-                    Some(switches) => switches.changed().await,
-                    None => std::future::pending().await,
-                } } => break,
+        let wake = |payload: &[u8]| {
+            let text = String::from_utf8_lossy(payload);
+            let mut parts = text.splitn(2, '\n');
+            let ticket = parts.next().and_then(|t| PermitId::parse(t).ok());
+            let cause_us = parts.next().and_then(|us| us.parse().ok());
+            if let Some(ticket) = ticket {
+                wakeups.wake(ticket, cause_us);
             }
-        }
+        };
+        // Sentinel switched masters: what the scripts publish now goes to
+        // the new one.
+        let switched = async {
+            let switch = match switches.as_mut() {
+                Some(switches) => switches.changed().await,
+                None => std::future::pending().await,
+            };
+            // The sender lives as long as the Sentinel this task holds.
+            if switch.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        pubsub::follow(pubsub, connect_timeout, wake, switched).await;
         metrics::gauge!(telemetry::REDIS_WAKE_SUBSCRIBED).decrement(1.0);
         tracing::warn!("wake subscription lost; waiting acquires re-check");
         wakeups.wake_all();
