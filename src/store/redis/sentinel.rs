@@ -8,6 +8,12 @@
 //! until the sentinels demote it (seconds), and its demotion throws those
 //! writes away. Acting on `+switch-master` instead of waiting for `READONLY`
 //! keeps that window to the announcement's delay.
+//!
+//! The sentinels do not learn of a failover at the same moment: for a while
+//! the one that led it names the new master and the others the old one,
+//! which still answers as a master. Every sentinel is therefore asked, the
+//! answer with the highest configuration epoch wins, and a master named
+//! under an older epoch than the one in use is never switched back to.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -57,7 +63,8 @@ pub(super) struct Sentinel {
     password: Option<String>,
     certificates: Option<TlsCertificates>,
     connect_timeout: Duration,
-    current: RwLock<Option<NodeAddr>>,
+    /// The master in use and the configuration epoch it was named under.
+    current: RwLock<Option<(NodeAddr, u64)>>,
     /// Bumped when the master changes: the wake subscriber moves with it.
     switches: watch::Sender<u64>,
     /// The pool's failure generation: a switch makes every connection suspect.
@@ -120,15 +127,15 @@ impl Sentinel {
     /// # Errors
     /// `Unavailable` when no sentinel answers or none knows the master.
     pub(super) async fn master(&self) -> Result<(redis::Client, NodeAddr), StoreError> {
-        let addr = self.resolve().await?;
-        self.set_current(&addr);
+        let named = self.resolve().await?;
+        let addr = self.set_current(named);
         Ok((self.client_for(&addr)?, addr))
     }
 
-    /// Whether `addr` is the master as last seen (or nothing was seen yet).
+    /// Whether `addr` is the master in use (or none was chosen yet).
     pub(super) fn is_current(&self, addr: &NodeAddr) -> bool {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        current.as_ref().is_none_or(|c| c == addr)
+        current.as_ref().is_none_or(|(c, _)| c == addr)
     }
 
     /// Changes whenever the master does.
@@ -136,45 +143,45 @@ impl Sentinel {
         self.switches.subscribe()
     }
 
-    fn set_current(&self, addr: &NodeAddr) {
+    /// Takes a master the sentinels named, unless one named under a newer
+    /// epoch is in use already; the master in use after.
+    fn set_current(&self, named: Named) -> NodeAddr {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        if current.as_ref() == Some(addr) {
-            return;
+        match current.as_mut() {
+            Some((addr, epoch)) if *epoch > named.epoch => return addr.clone(),
+            Some((addr, epoch)) if *addr == named.addr => {
+                *epoch = named.epoch;
+                return addr.clone();
+            }
+            _ => {}
         }
-        let previous = current.replace(addr.clone());
+        let previous = current.replace((named.addr.clone(), named.epoch));
         drop(current);
-        if let Some(previous) = previous {
-            tracing::warn!(from = %previous, to = %addr, master = %self.master_name,
-                "Sentinel switched masters; moving every connection");
+        if let Some((previous, _)) = previous {
+            tracing::warn!(from = %previous, to = %named.addr, epoch = named.epoch,
+                master = %self.master_name, "Sentinel switched masters; moving every connection");
             self.failures.fetch_add(1, Ordering::Relaxed);
             self.switches.send_modify(|n| *n += 1);
         }
+        named.addr
     }
 
-    /// Asks each sentinel in turn; the first one that names the master wins.
-    async fn resolve(&self) -> Result<NodeAddr, StoreError> {
+    /// Asks every sentinel at once; of those that answer in time, the one
+    /// with the highest configuration epoch names the master (see the module
+    /// docs), the earlier-listed one on a tie.
+    async fn resolve(&self) -> Result<Named, StoreError> {
+        let asked = self
+            .sentinels
+            .iter()
+            .map(|sentinel| tokio::time::timeout(self.connect_timeout, self.ask(sentinel)));
+        let mut newest: Option<Named> = None;
         let mut last_error = None;
-        for sentinel in &self.sentinels {
-            let asked = tokio::time::timeout(self.connect_timeout, async {
-                let mut connection = sentinel
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(classify)?;
-                redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(&self.master_name)
-                    .query_async::<Option<(String, u16)>>(&mut connection)
-                    .await
-                    .map_err(classify)
-            })
-            .await;
-            match asked {
-                Ok(Ok(Some((host, port)))) => return Ok(NodeAddr { host, port }),
-                Ok(Ok(None)) => {
-                    last_error = Some(StoreError::Unavailable(format!(
-                        "the sentinel knows no master named {:?}",
-                        self.master_name
-                    )));
+        for answer in futures::future::join_all(asked).await {
+            match answer {
+                Ok(Ok(named)) => {
+                    if newest.as_ref().is_none_or(|n| named.epoch > n.epoch) {
+                        newest = Some(named);
+                    }
                 }
                 Ok(Err(e)) => last_error = Some(e),
                 Err(_) => {
@@ -184,7 +191,35 @@ impl Sentinel {
                 }
             }
         }
-        Err(last_error.unwrap_or_else(|| StoreError::Unavailable("no sentinel answered".into())))
+        newest.ok_or_else(|| {
+            last_error.unwrap_or_else(|| StoreError::Unavailable("no sentinel answered".into()))
+        })
+    }
+
+    /// One sentinel's view of the master: `SENTINEL MASTER <name>`.
+    async fn ask(&self, sentinel: &redis::Client) -> Result<Named, StoreError> {
+        let mut connection = sentinel
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(classify)?;
+        let fields: Vec<String> = redis::cmd("SENTINEL")
+            .arg("MASTER")
+            .arg(&self.master_name)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| match e.kind() {
+                // "No such master with that name".
+                redis::ErrorKind::Server(_) => StoreError::Unavailable(format!(
+                    "the sentinel knows no master named {:?}",
+                    self.master_name
+                )),
+                _ => classify(e),
+            })?;
+        Named::from_fields(&fields).ok_or_else(|| {
+            StoreError::Unavailable(
+                "a sentinel's SENTINEL MASTER reply lacks ip, port or epoch".into(),
+            )
+        })
     }
 
     fn client_for(&self, addr: &NodeAddr) -> Result<redis::Client, StoreError> {
@@ -220,19 +255,60 @@ impl Sentinel {
                 continue;
             };
             backoff = Duration::from_millis(50);
-            if let Ok(addr) = self.resolve().await {
-                self.set_current(&addr);
+            if let Ok(named) = self.resolve().await {
+                self.set_current(named);
             }
+            // A message names no epoch; the sentinel that sent it has the
+            // new one, so asking them all again finds the switch, and a
+            // stale message changes nothing.
+            let (switched, mut on_switched) = tokio::sync::mpsc::unbounded_channel();
             let on_switch = |payload: &[u8]| {
                 let text = String::from_utf8_lossy(payload);
-                if let Some(addr) = switched_to(&text, &self.master_name) {
-                    self.set_current(&addr);
+                if switched_to(&text, &self.master_name).is_some() {
+                    let _ = switched.send(());
+                }
+            };
+            let follow_switches = async {
+                while on_switched.recv().await.is_some() {
+                    if let Ok(named) = self.resolve().await {
+                        self.set_current(named);
+                    }
                 }
             };
             let forever = std::future::pending();
-            pubsub::follow(pubsub, self.connect_timeout, on_switch, forever).await;
+            tokio::select! {
+                () = pubsub::follow(pubsub, self.connect_timeout, on_switch, forever) => {}
+                () = follow_switches => {}
+            }
             tracing::debug!("lost the watch on a sentinel; trying the next");
         }
+    }
+}
+
+/// A master as one sentinel names it, with the configuration epoch it was
+/// named under.
+#[derive(Debug, PartialEq, Eq)]
+struct Named {
+    addr: NodeAddr,
+    epoch: u64,
+}
+
+impl Named {
+    /// From `SENTINEL MASTER`'s field/value list.
+    fn from_fields(fields: &[String]) -> Option<Self> {
+        let field = |name: &str| {
+            fields
+                .chunks_exact(2)
+                .find(|pair| pair[0] == name)
+                .map(|pair| pair[1].as_str())
+        };
+        Some(Self {
+            addr: NodeAddr {
+                host: field("ip")?.to_owned(),
+                port: field("port")?.parse().ok()?,
+            },
+            epoch: field("config-epoch")?.parse().ok()?,
+        })
     }
 }
 
@@ -268,6 +344,35 @@ mod tests {
             None
         );
         assert_eq!(switched_to("mymaster garbage", "mymaster"), None);
+    }
+
+    #[test]
+    fn sentinel_master_fields_give_the_address_and_epoch() {
+        let fields: Vec<String> = [
+            "name",
+            "m",
+            "ip",
+            "10.0.0.2",
+            "port",
+            "6380",
+            "flags",
+            "master",
+            "config-epoch",
+            "7",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        assert_eq!(
+            Named::from_fields(&fields),
+            Some(Named {
+                addr: NodeAddr {
+                    host: "10.0.0.2".into(),
+                    port: 6380
+                },
+                epoch: 7
+            })
+        );
+        assert_eq!(Named::from_fields(&fields[..8]), None);
     }
 
     #[test]
