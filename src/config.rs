@@ -16,6 +16,7 @@ use crate::demo::DemoBounds;
 use crate::http::RequestBounds;
 use crate::secret::Secret;
 use crate::semaphore::{Ttl, WaitTime};
+use crate::store::Lifecycle;
 use crate::store::redis::{RedisSettings, RedisTarget, RedisTls};
 use crate::telemetry::LogFormat;
 
@@ -205,6 +206,28 @@ pub struct Settings {
         default_value_t = 3_600_000
     )]
     pub max_ttl_ms: u64,
+
+    /// A semaphore with no holders and no waiters for this long is forgotten
+    /// (on Redis by key expiry); a PUT may set its own (`idle_ttl_ms`). Its
+    /// fencing tokens keep increasing when it is created again. 0: never.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_SEMAPHORE_IDLE_TTL_MS",
+        default_value_t = 86_400_000
+    )]
+    pub semaphore_idle_ttl_ms: u64,
+
+    /// How long an Idempotency-Key is remembered after its permit ended: a
+    /// retry within it answers 410 instead of taking a second permit. 0:
+    /// forgotten with the permit.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_IDEMPOTENCY_RETENTION_MS",
+        default_value_t = 86_400_000
+    )]
+    pub idempotency_retention_ms: u64,
 
     /// Longest an acquire may wait for capacity (wait_ms).
     #[arg(
@@ -418,7 +441,17 @@ impl Settings {
             timeout: Duration::from_millis(self.redis_timeout_ms),
             waiter_lease: self.waiter_lease(),
             wait_replicas: self.redis_wait_replicas,
+            lifecycle: self.lifecycle(),
         })))
+    }
+
+    /// How long the store keeps idle semaphores and ended Idempotency-Keys.
+    pub fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            idle_ttl: (self.semaphore_idle_ttl_ms > 0)
+                .then(|| Duration::from_millis(self.semaphore_idle_ttl_ms)),
+            idempotency_retention: Duration::from_millis(self.idempotency_retention_ms),
+        }
     }
 
     /// Whether any Redis mode is configured.

@@ -55,11 +55,18 @@ pub enum ApiError {
     /// 413: the body is over the size limit.
     #[error("request body is too large")]
     PayloadTooLarge(String),
-    /// 409: an `Idempotency-Key` was reused with a different request body.
-    /// The request is well formed; it conflicts with the live permit that
-    /// holds the key, so the refusal is about state, as 409 says.
+    /// 422: an `Idempotency-Key` was reused with a different request body
+    /// (the IETF httpapi Idempotency-Key draft's answer).
     #[error("idempotency key reused with a different request")]
     IdempotencyMismatch,
+    /// 409: the `Idempotency-Key`'s first request is still running (it
+    /// waits for capacity); retry once it has answered.
+    #[error("a request with this idempotency key is still running")]
+    IdempotencyInFlight,
+    /// 410: the `Idempotency-Key`'s permit ended (released or expired)
+    /// within the retention: a retry never takes a second permit.
+    #[error("the permit of this idempotency key has ended")]
+    PermitEnded,
     /// 429: no capacity; `Retry-After` says when a lease next runs out.
     #[error("no permit available")]
     NoCapacity {
@@ -85,7 +92,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::LimitConflict { .. }
             | ApiError::CountExceedsLimit { .. }
-            | ApiError::IdempotencyMismatch => StatusCode::CONFLICT,
+            | ApiError::IdempotencyInFlight => StatusCode::CONFLICT,
+            ApiError::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PermitEnded => StatusCode::GONE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NoCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
@@ -105,6 +114,8 @@ impl ApiError {
             ApiError::CountExceedsLimit { .. } => "count-exceeds-limit",
             ApiError::PayloadTooLarge(_) => "payload-too-large",
             ApiError::IdempotencyMismatch => "idempotency-key-reused",
+            ApiError::IdempotencyInFlight => "idempotency-key-in-use",
+            ApiError::PermitEnded => "permit-ended",
             ApiError::NoCapacity { .. } => "no-capacity",
             ApiError::Timeout => "request-timeout",
             ApiError::Store(e) if e.is_transient() => "store-unavailable",
@@ -122,6 +133,8 @@ impl ApiError {
             ApiError::CountExceedsLimit { .. } => "Count is more than the limit",
             ApiError::PayloadTooLarge(_) => "Request body too large",
             ApiError::IdempotencyMismatch => "Idempotency key reused",
+            ApiError::IdempotencyInFlight => "Idempotency key in use",
+            ApiError::PermitEnded => "Permit ended",
             ApiError::NoCapacity { .. } => "No permit available",
             ApiError::Timeout => "Request timed out",
             ApiError::Store(e) if e.is_transient() => "Store unavailable",
@@ -160,8 +173,14 @@ impl ApiError {
                 "count {count} is more than the limit {limit}: it could never be granted; \
                  ask for fewer units or raise the limit with PUT"
             ),
-            ApiError::IdempotencyMismatch => "this Idempotency-Key names a live permit that was \
-                 acquired with a different request body"
+            ApiError::IdempotencyMismatch => "this Idempotency-Key was used with a different \
+                 request body; use a new key for a new request"
+                .into(),
+            ApiError::IdempotencyInFlight => "the first request with this Idempotency-Key is \
+                 still waiting for a permit; retry once it has answered"
+                .into(),
+            ApiError::PermitEnded => "the permit this Idempotency-Key was granted has been \
+                 released or has expired; acquire again with a new key"
                 .into(),
             ApiError::NoCapacity { limit, held, .. } => {
                 format!("{held} of {limit} units are held; not enough are free")

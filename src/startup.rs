@@ -140,7 +140,7 @@ pub async fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn Semaphor
                 "no Redis configured: using the embedded memory store, which is NOT shared \
                  between permitd instances and is lost on restart (set REDIS_URL to share)"
             );
-            Ok(Arc::new(MemoryStore::new()))
+            Ok(Arc::new(MemoryStore::with_lifecycle(settings.lifecycle())))
         }
         StoreChoice::Redis(redis) => {
             let shown = redis.target.describe();

@@ -14,7 +14,7 @@ use super::report::{DemoReport, RequestResult, mean_call_ms, round};
 use super::request::{DemoRequest, Target};
 use crate::secret::Secret;
 use crate::semaphore::{
-    AcquireOutcome, AcquireRequest, Count, Holder, SemaphoreName, Ttl, WaitTime,
+    AcquireOutcome, AcquireRequest, Count, Holder, IdleTtl, SemaphoreName, Ttl, WaitTime,
 };
 use crate::store::{SemaphoreStore, StoreError};
 use crate::waiting::{self, WaitSettings};
@@ -73,7 +73,9 @@ pub async fn run(
 ) -> Result<DemoReport, DemoError> {
     let name = SemaphoreName::parse(&format!("demo-{}", uuid::Uuid::new_v4()))
         .expect("a demo- prefix and a UUID fit the name alphabet");
-    store.set_limit(&name, request.limit()).await?;
+    store
+        .set_limit(&name, request.limit(), IdleTtl::Keep)
+        .await?;
     // From here on the semaphore exists; the guard removes it however this
     // function ends, also when the caller drops it (a client hung up).
     let guard = Cleanup {

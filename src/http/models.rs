@@ -8,8 +8,8 @@ use utoipa::ToSchema;
 use super::RequestBounds;
 use crate::error::ApiError;
 use crate::semaphore::{
-    AcquireRequest, Count, Holder, HolderInfo, IdempotencyKey, Limit, Permit, SemaphoreName,
-    SemaphoreStatus, WaitTime,
+    AcquireRequest, Count, Holder, HolderInfo, IdempotencyKey, IdleTtl, Limit, Permit,
+    SemaphoreName, SemaphorePage, SemaphoreStatus, ValueError, WaitTime,
 };
 
 /// Reads a JSON number that is a whole number, written either way: `5` or
@@ -38,16 +38,53 @@ fn optional_whole_number<'de, D: Deserializer<'de>>(
     Ok(Option::<Whole>::deserialize(deserializer)?.map(|Whole(n)| n))
 }
 
+/// An optional field where `null` means something (never) and leaving it
+/// out means "as it is": `None` left out, `Some(None)` null.
+fn nullable_whole_number<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<u64>>, D::Error> {
+    optional_whole_number(deserializer).map(Some)
+}
+
 /// Body of `PUT /semaphores/{name}`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({ "limit": 5 }))]
+#[schema(example = json!({ "limit": 5, "idle_ttl_ms": 86_400_000 }))]
 pub struct SetLimitBody {
     /// The most units held at once. Lowering it never revokes permits
     /// already held; new acquires wait until what is held fits.
     #[serde(deserialize_with = "whole_number")]
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub limit: u64,
+    /// Forget the semaphore after this long with no holders and no waiters
+    /// (its fencing tokens keep increasing if it is created again); `null`:
+    /// never. Left out: as it is (a new semaphore gets the server's default,
+    /// `--semaphore-idle-ttl-ms`).
+    #[serde(default, deserialize_with = "nullable_whole_number")]
+    #[schema(value_type = Option<u64>, minimum = 1000, maximum = 31_536_000_000_u64)]
+    pub idle_ttl_ms: Option<Option<u64>>,
+}
+
+impl SetLimitBody {
+    /// Bounds of `idle_ttl_ms`: a second to a year.
+    const IDLE_TTL_MS: std::ops::RangeInclusive<u64> = 1_000..=31_536_000_000;
+
+    /// # Errors
+    /// When `idle_ttl_ms` is outside its bounds.
+    pub fn idle_ttl(&self) -> Result<IdleTtl, ValueError> {
+        match self.idle_ttl_ms {
+            None => Ok(IdleTtl::Keep),
+            Some(None) => Ok(IdleTtl::Never),
+            Some(Some(ms)) if Self::IDLE_TTL_MS.contains(&ms) => {
+                Ok(IdleTtl::After(std::time::Duration::from_millis(ms)))
+            }
+            Some(Some(ms)) => Err(ValueError(format!(
+                "idle_ttl_ms must be between {} and {} (or null for never), not {ms}",
+                Self::IDLE_TTL_MS.start(),
+                Self::IDLE_TTL_MS.end()
+            ))),
+        }
+    }
 }
 
 /// Body of `POST /semaphores/{name}/permits`; every field may be left out.
@@ -197,6 +234,11 @@ impl From<&Permit> for PermitView {
 /// One holder in a semaphore's status: never the permit id.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HolderView {
+    /// The permit id: only for admin tokens that ask (`?include=ids`), so
+    /// that one stuck permit can be released (`DELETE`) without deleting
+    /// the semaphore.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// The label given at acquire, if any.
     pub holder: Option<String>,
     /// Units this permit holds.
@@ -212,6 +254,7 @@ pub struct HolderView {
 impl From<&HolderInfo> for HolderView {
     fn from(h: &HolderInfo) -> Self {
         Self {
+            id: None,
             holder: h.holder.clone(),
             count: h.count,
             fencing_token: h.fencing_token,
@@ -239,6 +282,9 @@ pub struct SemaphoreView {
     pub available: u32,
     /// Acquires waiting for capacity.
     pub waiting: u32,
+    /// Forgotten after this long with no holders and no waiters; `null`:
+    /// never.
+    pub idle_ttl_ms: Option<u64>,
     /// Live permits, soonest expiry first, at most 1,000 (`held` counts all).
     #[schema(max_items = 1000)]
     pub holders: Vec<HolderView>,
@@ -252,7 +298,59 @@ impl From<&SemaphoreStatus> for SemaphoreView {
             held: s.held,
             available: s.available(),
             waiting: s.waiting,
+            idle_ttl_ms: s.idle_ttl.map(|ttl| ttl.as_millis() as u64),
             holders: s.holders.iter().map(HolderView::from).collect(),
+        }
+    }
+}
+
+impl SemaphoreView {
+    /// With each holder's permit id (for admins who asked).
+    pub fn with_ids(mut self, status: &SemaphoreStatus) -> Self {
+        for (view, holder) in self.holders.iter_mut().zip(&status.holders) {
+            view.id = Some(holder.id.to_string());
+        }
+        self
+    }
+}
+
+/// One semaphore in the listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SemaphoreLine {
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
+    pub name: String,
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub limit: u32,
+    pub held: u32,
+    pub waiting: u32,
+}
+
+/// `GET /semaphores`: one page of the listing.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(examples(json!({
+    "semaphores": [{ "name": "payments", "limit": 5, "held": 1, "waiting": 0 }],
+    "next_cursor": null
+})))]
+pub struct SemaphoreList {
+    pub semaphores: Vec<SemaphoreLine>,
+    /// Pass as `cursor` for the next page; `null` after the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl From<SemaphorePage> for SemaphoreList {
+    fn from(page: SemaphorePage) -> Self {
+        Self {
+            semaphores: page
+                .semaphores
+                .into_iter()
+                .map(|s| SemaphoreLine {
+                    name: s.name.to_string(),
+                    limit: s.limit,
+                    held: s.held,
+                    waiting: s.waiting,
+                })
+                .collect(),
+            next_cursor: page.next_cursor,
         }
     }
 }

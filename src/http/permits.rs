@@ -69,9 +69,12 @@ fn permit_response(status: StatusCode, permit: &Permit) -> Response {
         SemaphorePath,
         ("Idempotency-Key" = Option<String>, Header,
          description = "Makes a retried acquire safe: while the permit it made is held, the \
-            same key with the same body returns that permit (200) instead of taking another. \
-            The same key with a different body is a 409. With API tokens, a key is scoped to \
-            the token that sent it. 1–255 visible ASCII characters.",
+            same key with the same body returns that permit (200) instead of taking another; \
+            while the first request still waits for capacity, a retry is a 409; once the \
+            permit ended (released or expired), a retry is a 410 for the server's retention \
+            (default 24 h), never a second permit. The same key with a different body is a \
+            422. Keys are scoped to the semaphore and, with API tokens, to the token that \
+            sent them. 1–255 visible ASCII characters.",
          nullable = false, pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255, example = "order-42"),
     ),
     request_body(content = Option<AcquireBody>, content_type = "application/json"),
@@ -87,8 +90,14 @@ fn permit_response(status: StatusCode, permit: &Permit) -> Response {
          body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A conflict with the semaphore's state: it exists with another \
             limit (`limit-conflict`), `count` is more than the limit so it could never be granted \
-            (`count-exceeds-limit`), or the `Idempotency-Key` names a live permit acquired with a \
-            different body (`idempotency-key-reused`). `limit` is present for the first two.",
+            (`count-exceeds-limit`), or the first request with this `Idempotency-Key` is still \
+            waiting (`idempotency-key-in-use`). `limit` is present for the first two.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The permit this `Idempotency-Key` was granted has ended \
+            (`permit-ended`): a retry never takes a second permit.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The `Idempotency-Key` was used with a different request \
+            body (`idempotency-key-reused`).",
          body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 429, description = "Not enough units free within `wait_ms`.",
@@ -159,6 +168,8 @@ pub async fn acquire_permit(
             limit,
         }),
         AcquireOutcome::IdempotencyMismatch => Err(ApiError::IdempotencyMismatch),
+        AcquireOutcome::IdempotencyInFlight => Err(ApiError::IdempotencyInFlight),
+        AcquireOutcome::PermitEnded => Err(ApiError::PermitEnded),
     }
 }
 
@@ -179,6 +190,8 @@ fn outcome_label(outcome: &AcquireOutcome, waited: bool) -> &'static str {
         AcquireOutcome::LimitConflict { .. } => "conflict",
         AcquireOutcome::CountExceedsLimit { .. } => "too_large",
         AcquireOutcome::IdempotencyMismatch => "idempotency_mismatch",
+        AcquireOutcome::IdempotencyInFlight => "idempotency_in_flight",
+        AcquireOutcome::PermitEnded => "permit_ended",
     }
 }
 

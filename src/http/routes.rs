@@ -16,6 +16,7 @@ use super::{AppState, demo, health, openapi, permits, semaphores};
 pub fn api(budgets: &TimeBudgets) -> OpenApiRouter<AppState> {
     let budget = |duration| from_fn_with_state(duration, limits::within);
     let standard = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(semaphores::list_semaphores))
         .routes(routes!(
             semaphores::put_semaphore,
             semaphores::get_semaphore,

@@ -1,15 +1,94 @@
-//! Handlers of `/semaphores/{name}`: create or change, status, delete.
+//! Handlers of `/semaphores` (the listing) and `/semaphores/{name}`: create
+//! or change, status, delete.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use serde::Deserialize;
+use utoipa::IntoParams;
+
 use super::AppState;
-use super::extract::{JsonBody, SemaphorePath};
-use super::models::{SemaphoreView, SetLimitBody};
+use super::extract::{JsonBody, QueryParams, SemaphorePath};
+use super::models::{SemaphoreList, SemaphoreView, SetLimitBody};
 use crate::error::{ApiError, PayloadTooLarge, Problem, Unavailable};
 use crate::semaphore::{Limit, SemaphoreName, SetLimitOutcome};
+use crate::store::{ListError, MAX_PAGE};
+
+/// The listing's query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only semaphores whose names start with this.
+    #[param(pattern = "^[A-Za-z0-9._:-]{0,128}$", max_length = 128)]
+    prefix: Option<String>,
+    /// Where to go on: the `next_cursor` of the page before.
+    #[param(max_length = 512)]
+    cursor: Option<String>,
+    /// The most semaphores on this page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u64>,
+}
+
+/// `GET /semaphores`: one page of the semaphores, by name prefix.
+#[utoipa::path(
+    get,
+    path = "/semaphores",
+    tag = "semaphores",
+    operation_id = "list_semaphores",
+    summary = "List semaphores",
+    description = "One page of the semaphores whose names start with `prefix`: name, limit, \
+        held and waiting (never permit ids). Pass `next_cursor` as `cursor` for the next page; \
+        it is `null` after the last. A page is not one snapshot: a semaphore created or \
+        forgotten while the listing goes on may or may not appear, and a page may hold fewer \
+        than `limit` even before the last.",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page.", body = SemaphoreList),
+        (status = 400, description = "A bad prefix, cursor or limit.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = Unavailable),
+    ),
+)]
+pub async fn list_semaphores(
+    State(state): State<AppState>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Json<SemaphoreList>, ApiError> {
+    let prefix = query.prefix.unwrap_or_default();
+    if prefix.len() > SemaphoreName::MAX_LEN
+        || !prefix.is_empty() && SemaphoreName::parse(&prefix).is_err()
+    {
+        return Err(ApiError::BadRequest(
+            "prefix must be at most 128 characters of A-Z a-z 0-9 . _ - :".into(),
+        ));
+    }
+    let limit = match query.limit {
+        None => 100,
+        Some(n @ 1..=1000) => n as usize,
+        Some(n) => {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be between 1 and {MAX_PAGE}, not {n}"
+            )));
+        }
+    };
+    let cursor = query.cursor.filter(|c| !c.is_empty());
+    if cursor.as_ref().is_some_and(|c| c.len() > 512) {
+        return Err(ApiError::BadRequest("cursor is too long".into()));
+    }
+    let page = state
+        .store
+        .list(&prefix, cursor.as_deref(), limit)
+        .await
+        .map_err(|e| match e {
+            ListError::BadCursor => ApiError::BadRequest(
+                "cursor is not one a listing returned; start again without it".into(),
+            ),
+            ListError::Store(e) => ApiError::Store(e),
+        })?;
+    Ok(Json(SemaphoreList::from(page)))
+}
 
 fn not_found(name: SemaphoreName) -> ApiError {
     ApiError::SemaphoreNotFound {
@@ -46,7 +125,8 @@ pub async fn put_semaphore(
     JsonBody(body): JsonBody<SetLimitBody>,
 ) -> Result<Response, ApiError> {
     let limit = Limit::new(body.limit)?;
-    let outcome = state.store.set_limit(&name, limit).await?;
+    let idle_ttl = body.idle_ttl()?;
+    let outcome = state.store.set_limit(&name, limit, idle_ttl).await?;
     tracing::info!(semaphore = %name, limit = limit.get(), ?outcome, "limit set");
     // Read back so the reply shows what is held under the new limit.
     let status = state
@@ -73,9 +153,11 @@ pub async fn put_semaphore(
     tag = "semaphores",
     operation_id = "get_semaphore",
     summary = "A semaphore's status",
-    description = "Limit, units held and available, waiting acquires, and the live holders \
-        (label, count, fencing token, lease times; never permit ids).",
-    params(SemaphorePath),
+    description = "Limit, units held and available, waiting acquires, the idle TTL, and the \
+        live holders (label, count, fencing token, lease times). Permit ids only with \
+        `?include=ids` and an admin token, so that one stuck permit can be released with \
+        `DELETE` without deleting the semaphore.",
+    params(SemaphorePath, StatusQuery),
     responses(
         (status = 200, description = "The semaphore's status.", body = SemaphoreView),
         (status = 400, description = "Bad name.", body = Problem, content_type = "application/problem+json"),
@@ -86,10 +168,35 @@ pub async fn put_semaphore(
 pub async fn get_semaphore(
     State(state): State<AppState>,
     SemaphorePath(name): SemaphorePath,
+    QueryParams(query): QueryParams<StatusQuery>,
 ) -> Result<Json<SemaphoreView>, ApiError> {
+    let with_ids = match query.include.as_deref() {
+        None | Some("") => false,
+        Some("ids") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "include may only be \"ids\", not {other:?}"
+            )));
+        }
+    };
     let status = state.store.status(&name).await?;
     let status = status.ok_or_else(|| not_found(name))?;
-    Ok(Json(SemaphoreView::from(&status)))
+    let view = SemaphoreView::from(&status);
+    Ok(Json(if with_ids {
+        view.with_ids(&status)
+    } else {
+        view
+    }))
+}
+
+/// The status query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct StatusQuery {
+    /// `ids`: each holder's permit id too (admin tokens only).
+    #[param(pattern = "^ids$")]
+    include: Option<String>,
 }
 
 /// `DELETE /semaphores/{name}`: the semaphore and every permit, 204.

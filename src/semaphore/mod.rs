@@ -26,9 +26,11 @@ pub struct Permit {
     pub holder: Option<String>,
 }
 
-/// One holder as status shows it: never the permit id, which is a capability.
+/// One holder as status shows it. The id is a capability: the HTTP layer
+/// shows it to admins only, when asked (`?include=ids`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HolderInfo {
+    pub id: PermitId,
     pub holder: Option<String>,
     pub count: u32,
     pub fencing_token: u64,
@@ -43,8 +45,39 @@ pub struct SemaphoreStatus {
     pub limit: u32,
     pub held: u32,
     pub waiting: u32,
+    /// How long the semaphore may stay unused before it is forgotten
+    /// (`None`: never); the store's default unless set on it.
+    pub idle_ttl: Option<std::time::Duration>,
     /// Live permits, soonest expiry first, at most `MAX_LISTED_HOLDERS`.
     pub holders: Vec<HolderInfo>,
+}
+
+/// One line of the listing: a semaphore without its holders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SemaphoreSummary {
+    pub name: SemaphoreName,
+    pub limit: u32,
+    pub held: u32,
+    pub waiting: u32,
+}
+
+/// One page of the listing, and where the next one starts (`None`: this
+/// was the last). The cursor is opaque to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SemaphorePage {
+    pub semaphores: Vec<SemaphoreSummary>,
+    pub next_cursor: Option<String>,
+}
+
+/// What a `PUT` says of the idle TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleTtl {
+    /// Not mentioned: as it is (the store's default for a new semaphore).
+    Keep,
+    /// Never forgotten, however long unused.
+    Never,
+    /// Forgotten after this long with no holders and no waiters.
+    After(std::time::Duration),
 }
 
 impl SemaphoreStatus {
@@ -109,8 +142,13 @@ pub enum AcquireOutcome {
     LimitConflict { current: u32 },
     /// `count` is more than the semaphore's limit: it could never succeed.
     CountExceedsLimit { limit: u32 },
-    /// The `Idempotency-Key` names a live permit acquired with another body.
+    /// The `Idempotency-Key` was used with another body.
     IdempotencyMismatch,
+    /// The `Idempotency-Key`'s first request still waits for its permit.
+    IdempotencyInFlight,
+    /// The `Idempotency-Key`'s permit ended (released or expired) within the
+    /// retention: never a second permit for one key.
+    PermitEnded,
 }
 
 /// How a release ended. Telling "no such semaphore" from "no such permit"

@@ -13,31 +13,92 @@
 //!
 //! Waiters here cannot outlive the process, so unlike Redis waiters they need
 //! no lease: a waiter that goes away leaves through `leave`.
+//!
+//! Idle semaphores are forgotten as on Redis: one found idle past its idle
+//! TTL is treated as absent and removed wherever it is met, and every call
+//! also looks at the next few names after where the last one looked (the
+//! map is ordered), so idle ones are removed even if nobody asks for them,
+//! at a small bounded cost per call.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{Attempt, SemaphoreStore, StoreError, Wakeups};
+use super::{Attempt, Lifecycle, ListError, SemaphoreStore, StoreError, Wakeups};
 use crate::semaphore::{
-    AcquireOutcome, AcquireRequest, HolderInfo, Limit, MAX_LISTED_HOLDERS, Millis, Permit,
-    PermitId, ReleaseOutcome, SemaphoreName, SemaphoreStatus, SetLimitOutcome, Ttl,
+    AcquireOutcome, AcquireRequest, HolderInfo, IdleTtl, Limit, MAX_LISTED_HOLDERS, Millis, Permit,
+    PermitId, ReleaseOutcome, SemaphoreName, SemaphorePage, SemaphoreStatus, SemaphoreSummary,
+    SetLimitOutcome, Ttl,
 };
 
+/// How many names each call looks at for idle semaphores (see module docs).
+const IDLE_SWEEP_STEP: usize = 4;
+
 pub struct MemoryStore {
-    semaphores: Mutex<HashMap<SemaphoreName, SemaphoreState>>,
+    state: Mutex<Semaphores>,
+    lifecycle: Lifecycle,
     wakeups: Arc<Wakeups>,
+}
+
+/// Every semaphore, by name (ordered: the listing pages through it), and
+/// where the idle sweep looked last.
+#[derive(Default)]
+struct Semaphores {
+    map: BTreeMap<SemaphoreName, SemaphoreState>,
+    swept_to: Option<SemaphoreName>,
+}
+
+impl Semaphores {
+    /// The semaphore, unless it is absent or was idle long enough to be
+    /// forgotten (then it is removed).
+    fn live(&mut self, name: &SemaphoreName, now: Millis) -> Option<&mut SemaphoreState> {
+        if self.map.get_mut(name)?.forgotten(now) {
+            self.map.remove(name);
+            return None;
+        }
+        self.map.get_mut(name)
+    }
+
+    /// Looks at the next few names after the last look and removes those
+    /// idle long enough (see module docs).
+    fn sweep_idle(&mut self, now: Millis) {
+        let from = match &self.swept_to {
+            Some(name) => Bound::Excluded(name.clone()),
+            None => Bound::Unbounded,
+        };
+        let names: Vec<SemaphoreName> = self
+            .map
+            .range((from, Bound::Unbounded))
+            .take(IDLE_SWEEP_STEP)
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.swept_to = names.last().cloned();
+        for name in names {
+            self.live(&name, now);
+        }
+    }
 }
 
 impl Default for MemoryStore {
     fn default() -> Self {
-        Self {
-            semaphores: Mutex::default(),
-            wakeups: Wakeups::new(),
-        }
+        Self::with_lifecycle(Lifecycle::default())
     }
+}
+
+/// What an Idempotency-Key names in a semaphore.
+enum KeyUse {
+    /// A live permit.
+    Live(PermitId),
+    /// Its first request waits in the queue with this ticket and fingerprint.
+    Waiting(PermitId, String),
+    /// Its permit ended; remembered until `forget_at` with its fingerprint.
+    Ended {
+        fingerprint: String,
+        forget_at: Millis,
+    },
 }
 
 struct PermitRecord {
@@ -62,7 +123,18 @@ struct SemaphoreState {
     permits: HashMap<PermitId, PermitRecord>,
     /// Leases ordered by end, so expiry only touches what has expired.
     expiries: BTreeSet<(Millis, PermitId)>,
-    idempotency: HashMap<String, PermitId>,
+    idempotency: HashMap<String, KeyUse>,
+    /// Ended keys by when they are forgotten, so forgetting touches only
+    /// those due.
+    ended_keys: BTreeSet<(Millis, String)>,
+    /// How long ended keys are remembered.
+    retention: Duration,
+    /// Forgotten after this long with no holders and no waiters (`None`:
+    /// never), counted from `busy_until`.
+    idle_ttl: Option<Duration>,
+    /// The latest moment anything made it busy: a call, a lease end, a
+    /// remembered key.
+    busy_until: Millis,
     /// Waiting tickets and their counts, in arrival order.
     queue: Queue,
     /// The head of the queue left since the last wake: the new head must be
@@ -71,7 +143,7 @@ struct SemaphoreState {
 }
 
 impl SemaphoreState {
-    fn new(limit: u32) -> Self {
+    fn new(limit: u32, lifecycle: &Lifecycle, now: Millis) -> Self {
         Self {
             limit,
             held: 0,
@@ -79,21 +151,59 @@ impl SemaphoreState {
             permits: HashMap::new(),
             expiries: BTreeSet::new(),
             idempotency: HashMap::new(),
+            ended_keys: BTreeSet::new(),
+            retention: lifecycle.idempotency_retention,
+            idle_ttl: lifecycle.idle_ttl,
+            busy_until: now,
             queue: Queue::default(),
             head_left: false,
+        }
+    }
+
+    /// Something used it until `until` (a call now, a lease end).
+    fn busy(&mut self, until: Millis) {
+        self.busy_until = self.busy_until.max(until);
+    }
+
+    /// Whether it has been idle for its idle TTL: no live holders, nobody
+    /// waiting, nothing busy for that long.
+    fn forgotten(&mut self, now: Millis) -> bool {
+        let Some(ttl) = self.idle_ttl else {
+            return false;
+        };
+        self.expire(now);
+        self.held == 0
+            && self.queue.len() == 0
+            && now.0 >= self.busy_until.0.saturating_add(ttl.as_millis() as u64)
+    }
+
+    /// Forgets the ended keys whose retention is over.
+    fn forget_ended(&mut self, now: Millis) {
+        while let Some((at, _)) = self.ended_keys.first() {
+            if *at > now {
+                break;
+            }
+            let Some((_, key)) = self.ended_keys.pop_first() else {
+                break;
+            };
+            if matches!(self.idempotency.get(&key), Some(KeyUse::Ended { forget_at, .. }) if *forget_at <= now)
+            {
+                self.idempotency.remove(&key);
+            }
         }
     }
 
     /// Drops every permit whose lease ended at or before `now`, counting them
     /// as lease expiries (as the Redis scripts do); returns whether any did.
     fn expire(&mut self, now: Millis) -> bool {
+        self.forget_ended(now);
         let mut swept = 0;
         while let Some(&(at, id)) = self.expiries.first() {
             if at > now {
                 break;
             }
             self.expiries.pop_first();
-            self.remove(id);
+            self.remove(id, now);
             swept += 1;
         }
         if swept > 0 {
@@ -164,12 +274,28 @@ impl SemaphoreState {
         }
     }
 
-    fn remove(&mut self, id: PermitId) -> Option<PermitRecord> {
+    /// Takes a permit out and gives its units back; its Idempotency-Key is
+    /// remembered as ended for the retention (a retry hears so instead of
+    /// taking a second permit).
+    fn remove(&mut self, id: PermitId, now: Millis) -> Option<PermitRecord> {
         let record = self.permits.remove(&id)?;
         self.expiries.remove(&(record.expires_at, id));
         self.held -= record.count;
-        if let Some((key, _)) = &record.idempotency {
-            self.idempotency.remove(key);
+        if let Some((key, fingerprint)) = &record.idempotency {
+            if self.retention.is_zero() {
+                self.idempotency.remove(key);
+            } else {
+                let forget_at = Millis(now.0 + self.retention.as_millis() as u64);
+                self.idempotency.insert(
+                    key.clone(),
+                    KeyUse::Ended {
+                        fingerprint: fingerprint.clone(),
+                        forget_at,
+                    },
+                );
+                self.ended_keys.insert((forget_at, key.clone()));
+                self.busy(forget_at);
+            }
         }
         Some(record)
     }
@@ -249,9 +375,17 @@ impl MemoryStore {
         Self::default()
     }
 
+    pub fn with_lifecycle(lifecycle: Lifecycle) -> Self {
+        Self {
+            state: Mutex::default(),
+            lifecycle,
+            wakeups: Wakeups::new(),
+        }
+    }
+
     /// The attempt's decision, under the lock.
     fn decide(&self, request: &AcquireRequest, ticket: PermitId, queue: bool) -> Attempt {
-        let mut map = self.lock();
+        let mut semaphores = self.lock();
         // Read under the lock, so the order of `acquired_at` is the order of
         // the fencing tokens.
         let now = Millis::now();
@@ -259,49 +393,84 @@ impl MemoryStore {
             outcome,
             clock_us: now_micros(),
         };
-        let state = match (map.get_mut(&request.name), request.limit) {
-            (None, None) => return done(AcquireOutcome::NotFound),
-            (Some(state), Some(limit)) if state.limit != limit.get() => {
-                // It may have been the head holding others back (the limit was
-                // changed while it waited): as in acquire.lua, wake who fits.
-                if state.dequeue(ticket) {
-                    state.wake_heads(&self.wakeups);
-                }
-                return done(AcquireOutcome::LimitConflict {
-                    current: state.limit,
-                });
-            }
-            (Some(state), _) => state,
-            (None, Some(limit)) => map
+        let exists = semaphores.live(&request.name, now).is_some();
+        let state = match (exists, request.limit) {
+            (false, None) => return done(AcquireOutcome::NotFound),
+            (false, Some(limit)) => semaphores
+                .map
                 .entry(request.name.clone())
-                .or_insert_with(|| SemaphoreState::new(limit.get())),
+                .or_insert_with(|| SemaphoreState::new(limit.get(), &self.lifecycle, now)),
+            (true, _) => semaphores
+                .map
+                .get_mut(&request.name)
+                .expect("a live semaphore"),
         };
-        let expired = state.expire(now);
-
-        if let Some(key) = &request.idempotency_key
-            && let Some(&id) = state.idempotency.get(key.as_str())
+        if let Some(limit) = request.limit
+            && state.limit != limit.get()
         {
-            let left = state.dequeue(ticket);
-            let record = state
-                .permits
-                .get_mut(&id)
-                .expect("an idempotency key names a live permit");
-            let same = record
-                .idempotency
-                .as_ref()
-                .is_some_and(|(_, fp)| *fp == request.fingerprint());
-            let outcome = if same {
-                // Handed to a retry: withdrawing the ticket that made it must
-                // not release it now.
-                record.claimed |= id != ticket;
-                AcquireOutcome::Replayed(to_permit(&request.name, id, record))
-            } else {
-                AcquireOutcome::IdempotencyMismatch
-            };
-            if left || expired {
+            // It may have been the head holding others back (the limit was
+            // changed while it waited): as in acquire.lua, wake who fits.
+            if state.dequeue(ticket) {
                 state.wake_heads(&self.wakeups);
             }
-            return done(outcome);
+            return done(AcquireOutcome::LimitConflict {
+                current: state.limit,
+            });
+        }
+        state.busy(now);
+        let expired = state.expire(now);
+
+        if let Some(key) = &request.idempotency_key {
+            let fingerprint = request.fingerprint();
+            let refusal = match state.idempotency.get(key.as_str()) {
+                Some(&KeyUse::Live(id)) => {
+                    let left = state.dequeue(ticket);
+                    let record = state
+                        .permits
+                        .get_mut(&id)
+                        .expect("an idempotency key names a live permit");
+                    let same = record
+                        .idempotency
+                        .as_ref()
+                        .is_some_and(|(_, fp)| *fp == fingerprint);
+                    let outcome = if same {
+                        // Handed to a retry: withdrawing the ticket that made
+                        // it must not release it now.
+                        record.claimed |= id != ticket;
+                        AcquireOutcome::Replayed(to_permit(&request.name, id, record))
+                    } else {
+                        AcquireOutcome::IdempotencyMismatch
+                    };
+                    if left || expired {
+                        state.wake_heads(&self.wakeups);
+                    }
+                    return done(outcome);
+                }
+                Some(KeyUse::Waiting(first, fp))
+                    if *first != ticket && state.queue.position(*first).is_some() =>
+                {
+                    Some(if *fp == fingerprint {
+                        AcquireOutcome::IdempotencyInFlight
+                    } else {
+                        AcquireOutcome::IdempotencyMismatch
+                    })
+                }
+                Some(KeyUse::Ended {
+                    fingerprint: fp, ..
+                }) => Some(if *fp == fingerprint {
+                    AcquireOutcome::PermitEnded
+                } else {
+                    AcquireOutcome::IdempotencyMismatch
+                }),
+                // This request itself, or one that left without a permit.
+                Some(KeyUse::Waiting(..)) | None => None,
+            };
+            if let Some(outcome) = refusal {
+                if state.dequeue(ticket) || expired {
+                    state.wake_heads(&self.wakeups);
+                }
+                return done(outcome);
+            }
         }
 
         let count = request.count.get();
@@ -316,7 +485,16 @@ impl MemoryStore {
             if queue {
                 let position = match state.queue.position(ticket) {
                     Some(at) => at,
-                    None => state.queue.push(ticket, count),
+                    None => {
+                        if let Some(key) = &request.idempotency_key {
+                            // A retry while this waits is told so (409).
+                            state.idempotency.insert(
+                                key.as_str().to_owned(),
+                                KeyUse::Waiting(ticket, request.fingerprint()),
+                            );
+                        }
+                        state.queue.push(ticket, count)
+                    }
                 };
                 if expired {
                     state.wake_heads(&self.wakeups);
@@ -353,9 +531,10 @@ impl MemoryStore {
             claimed: false,
         };
         if let Some((key, _)) = &record.idempotency {
-            state.idempotency.insert(key.clone(), ticket);
+            state.idempotency.insert(key.clone(), KeyUse::Live(ticket));
         }
         state.expiries.insert((record.expires_at, ticket));
+        state.busy(record.expires_at);
         state.held += count;
         let permit = to_permit(&request.name, ticket, &record);
         state.permits.insert(ticket, record);
@@ -370,28 +549,37 @@ impl MemoryStore {
 
     /// Runs `f` on the semaphore's state, after sweeping its expired leases
     /// (and waking who that lets in), with the clock read under the lock;
-    /// `None` when the semaphore does not exist.
+    /// `None` when the semaphore does not exist. `touch`: a write, which
+    /// keeps the semaphore from being forgotten as idle.
     fn with_swept<T>(
         &self,
         name: &SemaphoreName,
+        touch: bool,
         f: impl FnOnce(&mut SemaphoreState, Millis) -> T,
     ) -> Option<T> {
-        let mut map = self.lock();
-        let state = map.get_mut(name)?;
+        let mut semaphores = self.lock();
         let now = Millis::now();
+        let state = semaphores.live(name, now)?;
+        if touch {
+            state.busy(now);
+        }
         if state.expire(now) {
             state.wake_heads(&self.wakeups);
         }
         Some(f(state, now))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SemaphoreName, SemaphoreState>> {
+    /// The map, locked, after a step of the idle sweep (see module docs).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Semaphores> {
         // A panic while locked cannot leave a half-applied change (every
         // mutation is a few infallible statements), so a poisoned lock is safe
         // to keep using.
-        self.semaphores
+        let mut semaphores = self
+            .state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        semaphores.sweep_idle(Millis::now());
+        semaphores
     }
 }
 
@@ -409,29 +597,38 @@ impl SemaphoreStore for MemoryStore {
         &self,
         name: &SemaphoreName,
         limit: Limit,
+        idle_ttl: IdleTtl,
     ) -> Result<SetLimitOutcome, StoreError> {
-        let mut map = self.lock();
-        match map.get_mut(name) {
-            None => {
-                map.insert(name.clone(), SemaphoreState::new(limit.get()));
-                Ok(SetLimitOutcome::Created)
-            }
-            Some(state) if state.limit == limit.get() => Ok(SetLimitOutcome::Unchanged),
-            Some(state) => {
-                let previous = std::mem::replace(&mut state.limit, limit.get());
-                // The head is told even if it no longer fits: it re-aims.
-                state.head_left = true;
-                // Swept first, as set_limit.lua does: an expired permit must
-                // not hold back the waiters a raise lets in.
-                state.expire(Millis::now());
-                state.wake_heads(&self.wakeups);
-                Ok(SetLimitOutcome::Changed { previous })
-            }
+        let mut semaphores = self.lock();
+        let now = Millis::now();
+        let set_idle = |state: &mut SemaphoreState| match idle_ttl {
+            IdleTtl::Keep => {}
+            IdleTtl::Never => state.idle_ttl = None,
+            IdleTtl::After(ttl) => state.idle_ttl = Some(ttl),
+        };
+        let Some(state) = semaphores.live(name, now) else {
+            let mut state = SemaphoreState::new(limit.get(), &self.lifecycle, now);
+            set_idle(&mut state);
+            semaphores.map.insert(name.clone(), state);
+            return Ok(SetLimitOutcome::Created);
+        };
+        state.busy(now);
+        set_idle(state);
+        if state.limit == limit.get() {
+            return Ok(SetLimitOutcome::Unchanged);
         }
+        let previous = std::mem::replace(&mut state.limit, limit.get());
+        // The head is told even if it no longer fits: it re-aims.
+        state.head_left = true;
+        // Swept first, as set_limit.lua does: an expired permit must not
+        // hold back the waiters a raise lets in.
+        state.expire(now);
+        state.wake_heads(&self.wakeups);
+        Ok(SetLimitOutcome::Changed { previous })
     }
 
     async fn status(&self, name: &SemaphoreName) -> Result<Option<SemaphoreStatus>, StoreError> {
-        Ok(self.with_swept(name, |state, _| {
+        Ok(self.with_swept(name, false, |state, _| {
             let holders = state
                 .expiries
                 .iter()
@@ -439,6 +636,7 @@ impl SemaphoreStore for MemoryStore {
                 .map(|(_, id)| {
                     let r = &state.permits[id];
                     HolderInfo {
+                        id: *id,
                         holder: r.holder.clone(),
                         count: r.count,
                         fencing_token: r.fencing_token,
@@ -452,13 +650,62 @@ impl SemaphoreStore for MemoryStore {
                 limit: state.limit,
                 held: state.held,
                 waiting: state.queue.len() as u32,
+                idle_ttl: state.idle_ttl,
                 holders,
             }
         }))
     }
 
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<SemaphorePage, ListError> {
+        // The cursor is the last name listed.
+        let from = match cursor {
+            Some(text) => {
+                Bound::Excluded(SemaphoreName::parse(text).map_err(|_| ListError::BadCursor)?)
+            }
+            None => Bound::Unbounded,
+        };
+        let mut semaphores = self.lock();
+        let now = Millis::now();
+        let names: Vec<SemaphoreName> = semaphores
+            .map
+            .range((from, Bound::Unbounded))
+            .map(|(name, _)| name)
+            .skip_while(|name| name.as_str() < prefix)
+            .take_while(|name| name.as_str().starts_with(prefix))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let more = names.len() > limit;
+        let mut page = Vec::with_capacity(limit);
+        for name in names.into_iter().take(limit) {
+            if let Some(state) = semaphores.live(&name, now) {
+                page.push(SemaphoreSummary {
+                    name,
+                    limit: state.limit,
+                    held: state.held,
+                    waiting: state.queue.len() as u32,
+                });
+            }
+        }
+        Ok(SemaphorePage {
+            next_cursor: more
+                .then(|| page.last().map(|s| s.name.as_str().to_owned()))
+                .flatten(),
+            semaphores: page,
+        })
+    }
+
     async fn delete(&self, name: &SemaphoreName) -> Result<bool, StoreError> {
-        let Some(state) = self.lock().remove(name) else {
+        let mut semaphores = self.lock();
+        if semaphores.live(name, Millis::now()).is_none() {
+            return Ok(false);
+        }
+        let Some(state) = semaphores.map.remove(name) else {
             return Ok(false);
         };
         // Waiters learn the news on their next attempt, not after their wait.
@@ -478,16 +725,14 @@ impl SemaphoreStore for MemoryStore {
     }
 
     async fn leave(&self, name: &SemaphoreName, ticket: PermitId) -> Result<(), StoreError> {
-        let mut map = self.lock();
-        if let Some(state) = map.get_mut(name) {
-            let expired = state.expire(Millis::now());
+        self.with_swept(name, true, |state, now| {
             let left = state.dequeue(ticket);
             let claimed = state.permits.get(&ticket).is_some_and(|r| r.claimed);
-            let released = !claimed && state.remove(ticket).is_some();
-            if expired || left || released {
+            let released = !claimed && state.remove(ticket, now).is_some();
+            if left || released {
                 state.wake_heads(&self.wakeups);
             }
-        }
+        });
         Ok(())
     }
 
@@ -501,7 +746,7 @@ impl SemaphoreStore for MemoryStore {
         id: PermitId,
     ) -> Result<Option<Permit>, StoreError> {
         Ok(self
-            .with_swept(name, |state, _| {
+            .with_swept(name, false, |state, _| {
                 state.permits.get(&id).map(|r| to_permit(name, id, r))
             })
             .flatten())
@@ -513,13 +758,15 @@ impl SemaphoreStore for MemoryStore {
         id: PermitId,
         ttl: Ttl,
     ) -> Result<Option<Permit>, StoreError> {
-        let refreshed = self.with_swept(name, |state, now| {
+        let refreshed = self.with_swept(name, true, |state, now| {
             let soonest_before = state.soonest_expiry();
             let record = state.permits.get_mut(&id)?;
             state.expiries.remove(&(record.expires_at, id));
             record.expires_at = Millis(now.0 + ttl.as_millis());
-            state.expiries.insert((record.expires_at, id));
+            let expires_at = record.expires_at;
+            state.expiries.insert((expires_at, id));
             let permit = to_permit(name, id, record);
+            state.busy(expires_at);
             // The head waiter's timer aims at the soonest expiry: if that
             // moved earlier, wake the head so it aims again.
             if state.soonest_expiry() < soonest_before
@@ -537,18 +784,15 @@ impl SemaphoreStore for MemoryStore {
         name: &SemaphoreName,
         id: PermitId,
     ) -> Result<ReleaseOutcome, StoreError> {
-        let now = Millis::now();
-        let mut map = self.lock();
-        let Some(state) = map.get_mut(name) else {
-            return Ok(ReleaseOutcome::NoSemaphore);
-        };
-        state.expire(now);
-        let released = state.remove(id).is_some();
-        state.wake_heads(&self.wakeups);
-        Ok(if released {
-            ReleaseOutcome::Released
-        } else {
-            ReleaseOutcome::NoPermit
+        let released = self.with_swept(name, true, |state, now| {
+            let released = state.remove(id, now).is_some();
+            state.wake_heads(&self.wakeups);
+            released
+        });
+        Ok(match released {
+            None => ReleaseOutcome::NoSemaphore,
+            Some(true) => ReleaseOutcome::Released,
+            Some(false) => ReleaseOutcome::NoPermit,
         })
     }
 }

@@ -50,9 +50,34 @@ use async_trait::async_trait;
 pub use wakeups::Wakeups;
 
 use crate::semaphore::{
-    AcquireOutcome, AcquireRequest, Limit, Permit, PermitId, ReleaseOutcome, SemaphoreName,
-    SemaphoreStatus, SetLimitOutcome, Ttl,
+    AcquireOutcome, AcquireRequest, IdleTtl, Limit, Permit, PermitId, ReleaseOutcome,
+    SemaphoreName, SemaphorePage, SemaphoreStatus, SetLimitOutcome, Ttl,
 };
+
+/// How long a store keeps what nobody uses, the same for every store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// A semaphore with no holders and no waiters for this long is forgotten
+    /// (`None`: never), unless its own idle TTL says otherwise. Its fencing
+    /// tokens keep increasing when it is created again (the clock floor).
+    pub idle_ttl: Option<Duration>,
+    /// How long an `Idempotency-Key` is remembered after its permit ended, so
+    /// that a late retry hears so instead of taking a second permit.
+    pub idempotency_retention: Duration,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+        Self {
+            idle_ttl: Some(DAY),
+            idempotency_retention: DAY,
+        }
+    }
+}
+
+/// The most semaphores one listing page may hold.
+pub const MAX_PAGE: usize = 1000;
 
 /// A failure of the store itself, never of the request. Details are for logs;
 /// clients only learn whether retrying may help.
@@ -84,6 +109,16 @@ impl StoreError {
     pub fn is_refusal(&self) -> bool {
         matches!(self, StoreError::Refused(_))
     }
+}
+
+/// Why a listing page could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// The cursor is not one this store made (HTTP 400).
+    #[error("the cursor is not one a listing returned")]
+    BadCursor,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The answer to one acquire attempt.
@@ -153,8 +188,9 @@ pub trait SemaphoreStore: Send + Sync + 'static {
         Ok(StoreReport::default())
     }
 
-    /// Creates the semaphore, or changes its limit. Lowering a limit never
-    /// revokes held permits; setting the current limit changes nothing.
+    /// Creates the semaphore, or changes its limit and (unless `Keep`) its
+    /// idle TTL. Lowering a limit never revokes held permits; setting the
+    /// current limit changes nothing. The outcome is about the limit.
     ///
     /// # Errors
     /// Only store failures.
@@ -162,7 +198,24 @@ pub trait SemaphoreStore: Send + Sync + 'static {
         &self,
         name: &SemaphoreName,
         limit: Limit,
+        idle_ttl: IdleTtl,
     ) -> Result<SetLimitOutcome, StoreError>;
+
+    /// One page of the semaphores whose names start with `prefix`, at most
+    /// `limit` (1 ..= [`MAX_PAGE`]) of them, from `cursor` (an earlier page's
+    /// `next_cursor`; `None` for the first). Each summary is read on its
+    /// own, so a page is not one snapshot; a semaphore created or forgotten
+    /// while the listing goes on may or may not be in it. Never permit ids.
+    ///
+    /// # Errors
+    /// `ListError::BadCursor` for a cursor this store never made; store
+    /// failures.
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<SemaphorePage, ListError>;
 
     /// The semaphore's limit, held units and live holders, or `None` if it
     /// does not exist. Read-only: expired permits are left out, not removed.

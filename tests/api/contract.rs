@@ -217,7 +217,7 @@ async fn idempotent_acquire_returns_the_same_permit(store: Store) {
     let other = send("order-42", json!({ "limit": 3, "holder": "job-2" }))
         .await
         .unwrap();
-    let problem = expect_problem(other, 409).await;
+    let problem = expect_problem(other, 422).await;
     assert_eq!(
         problem["type"],
         "urn:permitd:problem:idempotency-key-reused"
@@ -225,13 +225,9 @@ async fn idempotent_acquire_returns_the_same_permit(store: Store) {
 
     assert_eq!(app.delete(&permit_path(&first)).await.status(), 204);
     let again = send("order-42", body).await.unwrap();
-    assert_eq!(
-        again.status(),
-        201,
-        "a released permit's key makes a new permit"
-    );
-    let again: Value = again.json().await.unwrap();
-    assert_ne!(again["id"], first["id"]);
+    let problem = expect_problem(again, 410).await;
+    assert_eq!(problem["type"], "urn:permitd:problem:permit-ended");
+    assert_eq!(app.status("idem").await["held"], 0, "never a second permit");
 
     let bad = app
         .client
@@ -525,7 +521,7 @@ async fn boundary_values_are_accepted(store: Store) {
 async fn bad_routes_and_methods_are_problems(store: Store) {
     let app = &spawn_app(store).await;
     expect_problem(app.get("/nope").await, 404).await;
-    expect_problem(app.get("/semaphores").await, 404).await;
+    expect_problem(app.get("/semaphore").await, 404).await;
     let post = app
         .client
         .post(app.url("/semaphores/x"))

@@ -20,6 +20,7 @@ mod failover;
 mod faults;
 mod helpers;
 mod layout;
+mod lifecycle;
 mod openapi;
 mod operations;
 mod redis_store;

@@ -215,7 +215,7 @@ fn calls(redis: &crate::helpers::RedisServer, command: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_raise_wakes_each_waiter_once_and_at_most_200_per_script() {
     use permitd::semaphore::{
-        AcquireRequest, Count, Limit, PermitId, SemaphoreName, Ttl, WaitTime,
+        AcquireRequest, Count, IdleTtl, Limit, PermitId, SemaphoreName, Ttl, WaitTime,
     };
     use permitd::store::Attempt;
 
@@ -224,7 +224,7 @@ async fn a_limit_raise_wakes_each_waiter_once_and_at_most_200_per_script() {
     let store = harness.semaphore_store();
     let name = SemaphoreName::parse("raise").unwrap();
     store
-        .set_limit(&name, Limit::new(1).unwrap())
+        .set_limit(&name, Limit::new(1).unwrap(), IdleTtl::Keep)
         .await
         .unwrap();
     let request = AcquireRequest {
@@ -250,7 +250,7 @@ async fn a_limit_raise_wakes_each_waiter_once_and_at_most_200_per_script() {
     let redis = harness.redis();
     assert!(redis.command(&["CONFIG", "RESETSTAT"]).is_ok());
     store
-        .set_limit(&name, Limit::new(WAITERS + 1).unwrap())
+        .set_limit(&name, Limit::new(WAITERS + 1).unwrap(), IdleTtl::Keep)
         .await
         .unwrap();
     // The first 200 at once (so the script stays short), then each grant

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use permitd::semaphore::{
-    AcquireOutcome, AcquireRequest, Count, Holder, IdempotencyKey, Limit, Permit, PermitId,
-    ReleaseOutcome, SemaphoreName, SetLimitOutcome, Ttl, WaitTime,
+    AcquireOutcome, AcquireRequest, Count, Holder, IdempotencyKey, IdleTtl, Limit, Permit,
+    PermitId, ReleaseOutcome, SemaphoreName, SetLimitOutcome, Ttl, WaitTime,
 };
 use permitd::store::{Attempt, SemaphoreStore};
 
@@ -110,7 +110,7 @@ fn is_unavailable(outcome: &AcquireOutcome, limit: u32, held: u32) -> bool {
 async fn set_limit_creates_then_leaves_alone_or_changes(store: Store) {
     let (_redis, store) = open(store);
     let jobs = name("jobs");
-    let set = |n| store.set_limit(&jobs, limit(n).unwrap());
+    let set = |n| store.set_limit(&jobs, limit(n).unwrap(), IdleTtl::Keep);
     assert_eq!(set(3).await.unwrap(), SetLimitOutcome::Created);
     assert_eq!(set(3).await.unwrap(), SetLimitOutcome::Unchanged);
     assert_eq!(
@@ -182,7 +182,7 @@ async fn a_multi_unit_attempt_is_all_or_nothing(store: Store) {
 async fn a_count_above_the_limit_exceeds_it_and_takes_nothing(store: Store) {
     let (_redis, store) = open(store);
     store
-        .set_limit(&name("small"), limit(2).unwrap())
+        .set_limit(&name("small"), limit(2).unwrap(), IdleTtl::Keep)
         .await
         .unwrap();
     let three = AcquireRequest {
@@ -213,7 +213,7 @@ async fn a_count_above_the_limit_exceeds_it_and_takes_nothing(store: Store) {
 async fn a_different_limit_is_a_conflict(store: Store) {
     let (_redis, store) = open(store);
     store
-        .set_limit(&name("shared"), limit(3).unwrap())
+        .set_limit(&name("shared"), limit(3).unwrap(), IdleTtl::Keep)
         .await
         .unwrap();
     let four = AcquireRequest {
@@ -378,10 +378,14 @@ async fn an_idempotent_replay_is_the_same_permit_and_another_body_a_mismatch(sto
         try_once(&store, &other_body).await,
         AcquireOutcome::IdempotencyMismatch
     );
-    // Once released, the key makes a new permit.
+    // Once released, the key is remembered as ended: never a second permit.
     store.release(&name("idem"), permit.id).await.unwrap();
-    let again = granted(&store, &keyed).await;
-    assert_ne!(again.id, permit.id);
+    assert_eq!(try_once(&store, &keyed).await, AcquireOutcome::PermitEnded);
+    assert_eq!(
+        try_once(&store, &other_body).await,
+        AcquireOutcome::IdempotencyMismatch
+    );
+    assert_eq!(held_and_waiting(&store, "idem").await, (0, 0));
 }
 
 async fn queued_tickets_keep_their_order_and_a_try_once_attempt_does_not_overtake(store: Store) {
@@ -478,7 +482,10 @@ async fn delete_says_whether_the_semaphore_existed(store: Store) {
     assert_eq!(store.status(&doomed).await.unwrap(), None);
     assert_eq!(store.permit(&doomed, permit.id).await.unwrap(), None);
     // Created again, it carries none of the old permits.
-    store.set_limit(&doomed, limit(1).unwrap()).await.unwrap();
+    store
+        .set_limit(&doomed, limit(1).unwrap(), IdleTtl::Keep)
+        .await
+        .unwrap();
     assert_eq!(held_and_waiting(&store, "doomed").await, (0, 0));
 }
 

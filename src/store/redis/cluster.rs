@@ -104,6 +104,20 @@ impl Cluster {
             .collect())
     }
 
+    /// One slot of each master that serves slots, in slot order: a stable
+    /// way to name the masters one after another (the listing's SCAN).
+    pub(super) async fn master_slots(&self) -> Result<Vec<u16>, StoreError> {
+        let mut connection = self.connection().await?;
+        let text: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut connection)
+            .await
+            .map_err(classify)?;
+        let mut slots: Vec<u16> = text.lines().filter_map(first_slot_of_master).collect();
+        slots.sort_unstable();
+        Ok(slots)
+    }
+
     /// A client for one node alone, with the seed's credentials and TLS.
     ///
     /// # Errors
@@ -149,9 +163,38 @@ fn parse_node(line: &str, seed_host: &str) -> Option<(String, u16)> {
     Some((host.to_owned(), port.parse().ok()?))
 }
 
+/// The lowest slot a master line of `CLUSTER NODES` serves, if it is a live
+/// master serving any (`... master - 0 0 1 connected 0-5460 10923`).
+fn first_slot_of_master(line: &str) -> Option<u16> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let flags = fields.get(2)?;
+    if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+        return None;
+    }
+    fields
+        .iter()
+        .skip(8)
+        .filter(|range| !range.starts_with('['))
+        .filter_map(|range| range.split('-').next()?.parse::<u16>().ok())
+        .min()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_master_is_named_by_its_lowest_slot_and_replicas_not_at_all() {
+        let master =
+            "07c3 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 5461 0-10 [12->-ab]";
+        assert_eq!(first_slot_of_master(master), Some(0));
+        let replica = "07c4 127.0.0.1:30004@40004 slave 07c3 0 0 1 connected";
+        assert_eq!(first_slot_of_master(replica), None);
+        let failed = "07c5 127.0.0.1:30005@40005 master,fail - 0 0 1 connected 11-20";
+        assert_eq!(first_slot_of_master(failed), None);
+        let empty = "07c6 127.0.0.1:30006@40006 master - 0 0 1 connected";
+        assert_eq!(first_slot_of_master(empty), None);
+    }
 
     #[test]
     fn failed_nodes_are_left_out_and_an_empty_ip_is_the_seeds_host() {

@@ -81,11 +81,14 @@ use self::scripts::{
 use self::sentinel::{NodeAuth, Sentinel};
 use self::subscriber::WakeSource;
 pub use self::tls::RedisTls;
-use super::{Attempt, PoolStatus, SemaphoreStore, StoreError, StoreReport, Wakeups};
+use super::{
+    Attempt, Lifecycle, ListError, PoolStatus, SemaphoreStore, StoreError, StoreReport, Wakeups,
+};
 use crate::secret::{Secret, redact_url};
 use crate::semaphore::{
-    AcquireOutcome, AcquireRequest, HolderInfo, Limit, MAX_LISTED_HOLDERS, Millis, Permit,
-    PermitId, ReleaseOutcome, SemaphoreName, SemaphoreStatus, SetLimitOutcome, Ttl,
+    AcquireOutcome, AcquireRequest, HolderInfo, IdleTtl, Limit, MAX_LISTED_HOLDERS, Millis, Permit,
+    PermitId, ReleaseOutcome, SemaphoreName, SemaphorePage, SemaphoreStatus, SemaphoreSummary,
+    SetLimitOutcome, Ttl,
 };
 use crate::telemetry;
 
@@ -153,6 +156,8 @@ pub struct RedisSettings {
     pub waiter_lease: Duration,
     /// Replicas that must acknowledge each write (`WAIT`); 0: none.
     pub wait_replicas: u32,
+    /// Idle semaphores and ended Idempotency-Keys: how long they are kept.
+    pub lifecycle: Lifecycle,
 }
 
 pub struct RedisStore {
@@ -168,6 +173,11 @@ pub struct RedisStore {
     /// can be in flight (the call timeout) and than a waiter lease.
     withdrawal_ms: String,
     wake_channel: String,
+    /// The two ARGV every script gets last (see prelude.lua): the default
+    /// idle TTL and the Idempotency-Key retention, in ms.
+    lifecycle_args: [String; 2],
+    /// The default idle TTL, for status replies that name none.
+    idle_ttl: Option<Duration>,
     /// The Redis clock as last seen, for the deadlines passed to attempts.
     clock: StoreClock,
     wakeups: Arc<Wakeups>,
@@ -277,6 +287,19 @@ impl RedisStore {
                 .as_millis()
                 .to_string(),
             wake_channel,
+            lifecycle_args: [
+                settings
+                    .lifecycle
+                    .idle_ttl
+                    .map_or(0, |ttl| ttl.as_millis())
+                    .to_string(),
+                settings
+                    .lifecycle
+                    .idempotency_retention
+                    .as_millis()
+                    .to_string(),
+            ],
+            idle_ttl: settings.lifecycle.idle_ttl,
             clock: StoreClock::default(),
             wakeups,
             tasks,
@@ -322,8 +345,11 @@ impl RedisStore {
             };
             let keys = scripts::keys(&self.prefix, name);
             let wait = self.wait.filter(|_| named.writes);
+            let mut all = Vec::with_capacity(args.len() + 2);
+            all.extend_from_slice(args);
+            all.extend(self.lifecycle_args.iter().map(String::as_str));
             self.nodes
-                .eval::<(u64, T)>(named.lua(flags), &keys, args, wait)
+                .eval::<(u64, T)>(named.lua(flags), &keys, &all, wait)
                 .await
         };
         let (swept, reply) = self.timed(named.name, call).await?;
@@ -368,6 +394,74 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// The semaphore a `…{name}:meta` key under our prefix belongs to.
+    fn name_of_meta_key(&self, key: &str) -> Option<SemaphoreName> {
+        let tagged = key.strip_prefix(&self.prefix)?.strip_suffix(":meta")?;
+        let name = tagged.strip_prefix('{')?.strip_suffix('}')?;
+        SemaphoreName::parse(name).ok()
+    }
+
+    /// A listing line: the status script with no holders listed.
+    async fn summary(&self, name: &SemaphoreName) -> Result<Option<SemaphoreSummary>, StoreError> {
+        let mut reply = Reply::new(self.run(&STATUS, name, &["0"]).await?);
+        match reply.string()?.as_str() {
+            "not_found" => Ok(None),
+            "found" => Ok(Some(SemaphoreSummary {
+                name: name.clone(),
+                limit: reply.u32()?,
+                held: reply.u32()?,
+                waiting: reply.u32()?,
+            })),
+            tag => Err(unexpected(tag)),
+        }
+    }
+}
+
+/// Where a listing goes on: which master, the SCAN cursor on it, and the
+/// last name already listed from that SCAN step (a step can find more than
+/// a page holds; the next page repeats it and skips what was listed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ListCursor {
+    node: usize,
+    scan: u64,
+    after: Option<String>,
+}
+
+impl ListCursor {
+    /// `node.scan[.after]`: names cannot hold a `.`-free ambiguity, since
+    /// `after` is last and taken whole.
+    fn render(&self) -> String {
+        match &self.after {
+            Some(after) => format!("{}.{}.{after}", self.node, self.scan),
+            None => format!("{}.{}", self.node, self.scan),
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.splitn(3, '.');
+        let node = parts.next()?.parse().ok()?;
+        let scan = parts.next()?.parse().ok()?;
+        let after = match parts.next() {
+            Some(after) => Some(SemaphoreName::parse(after).ok()?.as_str().to_owned()),
+            None => None,
+        };
+        Some(Self { node, scan, after })
+    }
+}
+
+/// `text` matched literally by a `SCAN MATCH` glob.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 #[async_trait]
 impl SemaphoreStore for RedisStore {
     fn kind(&self) -> &'static str {
@@ -401,9 +495,15 @@ impl SemaphoreStore for RedisStore {
         &self,
         name: &SemaphoreName,
         limit: Limit,
+        idle_ttl: IdleTtl,
     ) -> Result<SetLimitOutcome, StoreError> {
         let limit = limit.get().to_string();
-        let mut reply = Reply::new(self.run(&SET_LIMIT, name, &[&limit]).await?);
+        let idle = match idle_ttl {
+            IdleTtl::Keep => String::new(),
+            IdleTtl::Never => "0".into(),
+            IdleTtl::After(ttl) => ttl.as_millis().max(1).to_string(),
+        };
+        let mut reply = Reply::new(self.run(&SET_LIMIT, name, &[&limit, &idle]).await?);
         match reply.string()?.as_str() {
             "created" => Ok(SetLimitOutcome::Created),
             "unchanged" => Ok(SetLimitOutcome::Unchanged),
@@ -423,10 +523,18 @@ impl SemaphoreStore for RedisStore {
                 let limit = reply.u32()?;
                 let held = reply.u32()?;
                 let waiting = reply.u32()?;
+                let idle_ttl = match reply.string()?.as_str() {
+                    "" => self.idle_ttl,
+                    "0" => None,
+                    ms => Some(Duration::from_millis(ms.parse().map_err(|_| {
+                        StoreError::Internal(format!("bad idle TTL {ms:?} in store"))
+                    })?)),
+                };
                 let listed = reply.uint()?;
                 let mut holders = Vec::with_capacity(listed as usize);
                 for _ in 0..listed {
                     holders.push(HolderInfo {
+                        id: reply.permit_id()?,
                         count: reply.u32()?,
                         fencing_token: reply.uint()?,
                         acquired_at: Millis(reply.uint()?),
@@ -439,11 +547,86 @@ impl SemaphoreStore for RedisStore {
                     limit,
                     held,
                     waiting,
+                    idle_ttl,
                     holders,
                 }))
             }
             tag => Err(unexpected(tag)),
         }
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<SemaphorePage, ListError> {
+        let mut at = match cursor {
+            Some(text) => ListCursor::parse(text).ok_or(ListError::BadCursor)?,
+            None => ListCursor::default(),
+        };
+        // Names hold no glob characters (see SemaphoreName); the key prefix
+        // may, so it is escaped.
+        let pattern = format!("{}{{{prefix}*}}:meta", glob_escape(&self.prefix));
+        let mut names = Vec::new();
+        let next = loop {
+            let step = self.nodes.scan(at.node, at.scan, &pattern, limit.max(100));
+            let (next_scan, keys, masters) = self.timed("scan", step).await?;
+            if at.node >= masters {
+                break None;
+            }
+            let mut found: Vec<SemaphoreName> = keys
+                .iter()
+                .filter_map(|key| self.name_of_meta_key(key))
+                .filter(|name| {
+                    at.after
+                        .as_deref()
+                        .is_none_or(|after| name.as_str() > after)
+                })
+                .collect();
+            found.sort();
+            found.dedup();
+            let mut full = None;
+            for name in found {
+                if names.len() == limit {
+                    // Resumed from the same SCAN step, past what was listed.
+                    full = Some(ListCursor {
+                        after: names.last().map(|n: &SemaphoreName| n.as_str().to_owned()),
+                        ..at.clone()
+                    });
+                    break;
+                }
+                names.push(name);
+            }
+            if full.is_some() {
+                break full;
+            }
+            at = if next_scan == 0 {
+                ListCursor {
+                    node: at.node + 1,
+                    ..ListCursor::default()
+                }
+            } else {
+                ListCursor {
+                    node: at.node,
+                    scan: next_scan,
+                    after: None,
+                }
+            };
+            if names.len() == limit {
+                break Some(at);
+            }
+        };
+        let statuses = futures::future::join_all(names.iter().map(|name| self.summary(name)));
+        let semaphores = statuses
+            .await
+            .into_iter()
+            .filter_map(Result::transpose)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SemaphorePage {
+            semaphores,
+            next_cursor: next.map(|c| c.render()),
+        })
     }
 
     async fn delete(&self, name: &SemaphoreName) -> Result<bool, StoreError> {
@@ -498,6 +681,8 @@ impl SemaphoreStore for RedisStore {
             "replayed" => AcquireOutcome::Replayed(reply.permit(&request.name)?),
             "not_found" => AcquireOutcome::NotFound,
             "mismatch" => AcquireOutcome::IdempotencyMismatch,
+            "in_flight" => AcquireOutcome::IdempotencyInFlight,
+            "ended" => AcquireOutcome::PermitEnded,
             "conflict" => AcquireOutcome::LimitConflict {
                 current: reply.u32()?,
             },

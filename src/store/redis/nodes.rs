@@ -16,6 +16,7 @@
 use std::sync::Arc;
 
 use deadpool_redis::redis::aio::ConnectionLike;
+use deadpool_redis::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use deadpool_redis::redis::{self, FromRedisValue, RedisResult, Value};
 
 use super::cluster::Cluster;
@@ -100,6 +101,49 @@ impl Nodes {
             Self::Cluster(cluster) => {
                 let mut connection = cluster.connection().await?;
                 command.query_async(&mut connection).await.map_err(classify)
+            }
+        }
+    }
+
+    /// One `SCAN` step on master `node` (the masters in a stable order, see
+    /// `Cluster::master_slots`): the next cursor (0 when that master is
+    /// done), the keys, and how many masters there are (`node` past them:
+    /// no keys).
+    pub(super) async fn scan(
+        &self,
+        node: usize,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> Result<(u64, Vec<String>, usize), StoreError> {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+        match self {
+            Self::Single { .. } if node > 0 => Ok((0, Vec::new(), 1)),
+            Self::Single { .. } => {
+                let (next, keys) = self.command(&scan).await?;
+                Ok((next, keys, 1))
+            }
+            Self::Cluster(cluster) => {
+                let slots = cluster.master_slots().await?;
+                let Some(&slot) = slots.get(node) else {
+                    return Ok((0, Vec::new(), slots.len()));
+                };
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::new(slot, SlotAddr::Master),
+                ));
+                let mut connection = cluster.connection().await?;
+                let reply = connection
+                    .route_command(scan, route)
+                    .await
+                    .map_err(classify)?;
+                let (next, keys) = FromRedisValue::from_redis_value(reply)
+                    .map_err(|e| StoreError::Internal(format!("unexpected SCAN reply: {e}")))?;
+                Ok((next, keys, slots.len()))
             }
         }
     }

@@ -43,10 +43,14 @@ impl Reply {
         Ok((!holder.is_empty()).then_some(holder))
     }
 
+    pub(super) fn permit_id(&mut self) -> Result<PermitId, StoreError> {
+        PermitId::parse(&self.string()?)
+            .map_err(|_| StoreError::Internal("bad permit id in store".into()))
+    }
+
     /// The `id, count, fence, acquired_ms, expires_ms, holder` tail.
     pub(super) fn permit(&mut self, semaphore: &SemaphoreName) -> Result<Permit, StoreError> {
-        let id = PermitId::parse(&self.string()?)
-            .map_err(|_| StoreError::Internal("bad permit id in store".into()))?;
+        let id = self.permit_id()?;
         Ok(Permit {
             id,
             semaphore: semaphore.clone(),

@@ -17,13 +17,13 @@ use deadpool_redis::redis::Script;
 use crate::semaphore::SemaphoreName;
 
 /// The suffixes of a semaphore's keys, in `KEYS` order (see prelude.lua).
-const KEY_SUFFIXES: [&str; 8] = [
-    "meta", "expiry", "permits", "idem", "queue", "waiters", "wleases", "left",
+const KEY_SUFFIXES: [&str; 9] = [
+    "meta", "expiry", "permits", "idem", "queue", "waiters", "wleases", "left", "ended",
 ];
 
 /// Every key of semaphore `name` under `prefix`, in `KEYS` order. The `{name}`
 /// hash tag puts them all in one cluster slot.
-pub(super) fn keys(prefix: &str, name: &SemaphoreName) -> [String; 8] {
+pub(super) fn keys(prefix: &str, name: &SemaphoreName) -> [String; 9] {
     let base = format!("{prefix}{{{}}}", name.as_str());
     KEY_SUFFIXES.map(|suffix| format!("{base}:{suffix}"))
 }

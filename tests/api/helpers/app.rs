@@ -333,7 +333,9 @@ impl Harness {
     pub fn semaphore_store(&self) -> Arc<dyn SemaphoreStore> {
         self.count_instance();
         match self.settings().store().expect("one store mode") {
-            StoreChoice::Memory => Arc::new(MemoryStore::new()),
+            StoreChoice::Memory => {
+                Arc::new(MemoryStore::with_lifecycle(self.settings().lifecycle()))
+            }
             StoreChoice::Redis(redis) => {
                 Arc::new(RedisStore::new(&redis).expect("a valid Redis URL"))
             }

@@ -21,7 +21,10 @@ Returns one of:
   {'late', now_us}                   past the deadline: nothing was changed
   {'unavailable', now_us, 0, 0, -1}  the ticket was withdrawn (leave.lua)
   {'conflict', now_us, current_limit}
-  {'mismatch', now_us}               key names a permit made by another body
+  {'mismatch', now_us}               the key was used with another body
+  {'in_flight', now_us}              the key's first request still waits
+  {'ended', now_us}                  the key's permit ended (within the
+                                     retention): never a second permit
   {'too_large', now_us, limit}       count > limit: could never succeed
   {'unavailable', now_us, limit, held, ms_until_soonest_expiry or -1}
   {'queued', now_us, position, ms_until_soonest_expiry or -1,
@@ -60,40 +63,73 @@ limit = tonumber(limit)
 -- before leaving, whatever this attempt's answer.
 local changed = expire() + drop_dead_waiters() > 0
 
+-- What the Idempotency-Key says (see the prelude's header for the three
+-- kinds of value): a live permit is replayed, a waiting first request or an
+-- ended permit is refused, and a key used with another body is a mismatch.
 if ARGV[5] ~= '' then
   local existing = redis.call('HGET', idem_key, ARGV[5])
-  local record = existing and redis.call('HGET', permits_key, existing)
-  local p = record and decode(record)
-  local expires = p and lease_end(existing, p)
-  if existing and not (expires and expires > now_ms) then
-    -- The key outlived its permit (the record or its lease was lost): the
-    -- permit is gone, and this attempt is a new acquire.
-    if record then
+  local mark = existing and string.sub(existing, 1, 1)
+  local refusal
+  if mark == '~' then
+    refusal = 'ended'
+    if string.sub(existing, 2) ~= ARGV[6] then
+      refusal = 'mismatch'
+    end
+  elseif mark == '?' then
+    local newline = string.find(existing, '\n', 1, true)
+    local first = string.sub(existing, 2, newline - 1)
+    if first ~= ticket and redis.call('ZSCORE', queue_key, first) then
+      refusal = 'in_flight'
+      if string.sub(existing, newline + 1) ~= ARGV[6] then
+        refusal = 'mismatch'
+      end
+    end
+    -- Else this is the first request itself, or one that left the queue
+    -- without a permit: the key is free.
+  elseif existing then
+    local record = redis.call('HGET', permits_key, existing)
+    local p = record and decode(record)
+    local expires = p and lease_end(existing, p)
+    if not record then
+      -- The record was lost (eviction): nothing is known of the permit, and
+      -- this attempt is a new acquire.
+      redis.call('HDEL', idem_key, ARGV[5])
+    elseif not (expires and expires > now_ms) then
+      -- Ended, and not swept yet: it ends now.
       remove_permit(existing)
       changed = true
+      refusal = 'ended'
+      if p.fingerprint ~= ARGV[6] then
+        refusal = 'mismatch'
+      end
+    else
+      if dequeue(ticket) then
+        changed = true
+      end
+      if changed then
+        wake_heads()
+      end
+      if p.fingerprint ~= ARGV[6] then
+        return { 'mismatch', now_us }
+      end
+      if existing ~= ticket and p.claimed ~= '1' then
+        -- Handed to a retry: the request that made it may still withdraw its
+        -- own ticket (it timed out elsewhere), and must not release it then.
+        p.claimed = '1'
+        p.expires = expires
+        record = encode(p)
+        redis.call('HSET', permits_key, existing, record)
+      end
+      local reply = permit_reply('replayed', existing, record, expires)
+      table.insert(reply, 2, now_us)
+      return reply
     end
-    redis.call('HDEL', idem_key, ARGV[5])
-  elseif existing then
-    if dequeue(ticket) then
-      changed = true
-    end
-    if changed then
+  end
+  if refusal then
+    if dequeue(ticket) or changed then
       wake_heads()
     end
-    if p.fingerprint ~= ARGV[6] then
-      return { 'mismatch', now_us }
-    end
-    if existing ~= ticket and p.claimed ~= '1' then
-      -- Handed to a retry: the request that made it may still withdraw its
-      -- own ticket (it timed out elsewhere), and must not release it then.
-      p.claimed = '1'
-      p.expires = expires
-      record = encode(p)
-      redis.call('HSET', permits_key, existing, record)
-    end
-    local reply = permit_reply('replayed', existing, record, expires)
-    table.insert(reply, 2, now_us)
-    return reply
+    return { refusal, now_us }
   end
 end
 
@@ -117,14 +153,25 @@ end
 if not fit then
   if ARGV[8] == '1' then
     if not redis.call('ZSCORE', queue_key, ticket) then
+      if num('qlen') == 0 then
+        touched(nil, queue_key)
+        touched(nil, waiters_key)
+        touched(nil, wleases_key)
+      end
       local number = num('qseq') + 1
       set_meta('qseq', int(number))
       set_meta('qlen', num('qlen') + 1)
       redis.call('ZADD', queue_key, number, ticket)
       redis.call('HSET', waiters_key, ticket, ARGV[2] .. '\n' .. ARGV[10])
+      if ARGV[5] ~= '' then
+        -- A retry with this key while this request waits is refused (409).
+        redis.call('HSET', idem_key, ARGV[5], '?' .. ticket .. '\n' .. ARGV[6])
+        touched(nil, idem_key)
+      end
     end
     redis.call('ZADD', wleases_key, now_ms + tonumber(ARGV[9]), ticket)
     lower_hint('wsoon', now_ms + tonumber(ARGV[9]))
+    touched(now_ms + tonumber(ARGV[9]))
     lease_orphans(tonumber(ARGV[9]))
     if changed then
       wake_heads()
@@ -147,13 +194,8 @@ local fence = next_fence()
 local expires = now_ms + tonumber(ARGV[3])
 local record = encode({ count = ARGV[2], fence = int(fence), acquired = int(now_ms),
   idem = ARGV[5], fingerprint = ARGV[6], expires = expires, claimed = '0', holder = ARGV[4] })
-redis.call('HSET', permits_key, ticket, record)
-redis.call('ZADD', expiry_key, expires, ticket)
-lower_hint('soon', expires)
+keep_permit(ticket, record, expires, ARGV[5])
 add_held(count)
-if ARGV[5] ~= '' then
-  redis.call('HSET', idem_key, ARGV[5], ticket)
-end
 -- Units this call freed (an expiry) may let the next waiters in; units
 -- freed before were announced to every waiter they fit by then.
 if changed then

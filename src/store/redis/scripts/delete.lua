@@ -22,5 +22,5 @@ meta_gone = true
 -- UNLINK: a semaphore with a long queue is freed in the background, not
 -- while Redis serves nothing else.
 redis.call('UNLINK', meta_key, expiry_key, permits_key, idem_key, queue_key, waiters_key,
-  wleases_key, left_key)
+  wleases_key, left_key, ended_key)
 return existed

@@ -16,6 +16,28 @@ KEYS (the same eight for every script, all under the semaphore's hash tag
                    whose instance stopped renewing it is dropped from the queue
   KEYS[8] left     zset: withdrawn ticket -> when to forget it (ms); an attempt
                    of a ticket found here does nothing (see leave.lua)
+  KEYS[9] ended    zset: Idempotency-Key whose permit ended -> when to forget
+                   it (ms); until then a retry with that key is told the
+                   permit ended instead of being granted a second one
+
+The idem hash holds one of three things per key: a live permit's id; "?"
+ticket "\n" fingerprint while the key's first request waits in the queue (a
+retry then hears it is still running); "~" fingerprint once its permit ended
+(kept for the retention, see `ended`).
+
+ARGV: each script's own, then two more that `RedisStore` appends to every
+call and the prelude reads from the end: the default idle TTL in ms (0:
+never) and the Idempotency-Key retention in ms (0: keys are forgotten with
+their permit).
+
+Idle semaphores expire: every key carries the key expiry `dies` (in meta),
+which is kept at least the semaphore's idle TTL (meta `idle`, else the
+default) past now and past every lease, waiter lease and remembered
+Idempotency-Key, so a semaphore is only forgotten once nothing used it for
+that long. Pushing `dies` out costs a PEXPIREAT per key, so it is pushed an
+eighth of the idle TTL further than needed and not touched again until
+needed; a key this call may have created (the first permit, the first
+waiter) gets the current `dies` on its own.
 
 Time is Redis `TIME`, read once per script, so every instance of permitd and
 every client share one clock. A permit is live while now_ms < its lease end.
@@ -58,6 +80,8 @@ woken, in queue order, so a release wakes one waiter, not all of them.
 ]]
 local meta_key, expiry_key, permits_key, idem_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local queue_key, waiters_key, wleases_key, left_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local ended_key = KEYS[9]
+local IDLE_DEFAULT, RETENTION = ARGV[#ARGV - 1], tonumber(ARGV[#ARGV])
 
 -- Numbers are doubles in Lua 5.1 and `..`/tostring print them with 14
 -- significant digits, which would round fencing tokens: format integers by hand.
@@ -72,7 +96,7 @@ local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 -- The meta hash (see the header). `meta.limit` is nil when the semaphore
 -- does not exist; `meta_gone` stops the write-back after a delete.
 local META_FIELDS = { 'limit', 'held', 'fence', 'qseq', 'qlen', 'soon', 'wsoon', 'lefts', 'wnext',
-  'wfree' }
+  'wfree', 'idle', 'dies', 'isoon' }
 local meta, dirty, meta_gone = {}, {}, false
 -- Set by the read-only scripts: nothing is written back, not even a hint.
 local read_only = false
@@ -94,12 +118,66 @@ local function set_meta(field, value)
   dirty[field] = true
 end
 
--- Writes back what changed, after the body: never for a semaphore that does
--- not exist (that would create one without a limit) or was just deleted.
+-- The latest end (ms) of anything this call made live: a lease, a waiter
+-- lease, a remembered Idempotency-Key; and the keys it may have created.
+-- The key expiry must outlast the first by the idle TTL, and the second get
+-- it at once (see the header).
+local lease_top, fresh = 0, {}
+
+local function touched(until_ms, key)
+  if until_ms and until_ms > lease_top then
+    lease_top = until_ms
+  end
+  if key then
+    fresh[key] = true
+  end
+end
+
+-- The highest score of a sorted set, or 0.
+local function top_score(key)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  return tonumber(last[2]) or 0
+end
+
+-- Decides the key expiry after the body (see the header); returns the keys
+-- to give it and when, applied once the meta hash exists.
+local function plan_expiry()
+  local idle = tonumber(meta.idle or IDLE_DEFAULT) or 0
+  if idle <= 0 then
+    if meta.dies and meta.dies ~= '' and meta.dies ~= '0' then
+      set_meta('dies', '0')
+      return KEYS, nil
+    end
+    return {}, nil
+  end
+  local dies = tonumber(meta.dies) or 0
+  if dies <= 0 then
+    -- Unknown (a new semaphore, a new idle TTL): everything live counts.
+    touched(top_score(expiry_key))
+    touched(top_score(wleases_key))
+    touched(top_score(ended_key))
+  end
+  local need = math.max(now_ms, lease_top) + idle
+  if dies < need then
+    dies = need + math.floor(idle / 8)
+    set_meta('dies', int(dies))
+    return KEYS, dies
+  end
+  local keys = {}
+  for key in pairs(fresh) do
+    keys[#keys + 1] = key
+  end
+  return keys, dies
+end
+
+-- Writes back what changed, after the body, and keeps the key expiry: never
+-- for a semaphore that does not exist (that would create one without a
+-- limit) or was just deleted.
 local function flush_meta()
   if meta_gone or read_only or not meta.limit then
     return
   end
+  local expiring, dies = plan_expiry()
   local args = {}
   for field in pairs(dirty) do
     args[#args + 1] = field
@@ -107,6 +185,13 @@ local function flush_meta()
   end
   if #args > 0 then
     redis.call('HSET', meta_key, unpack(args))
+  end
+  for i = 1, #expiring do
+    if dies then
+      redis.call('PEXPIREAT', expiring[i], dies)
+    else
+      redis.call('PERSIST', expiring[i])
+    end
   end
 end
 
@@ -146,6 +231,9 @@ if meta.limit then
   end
   if not meta.lefts then
     recount_lefts()
+  end
+  if not meta.isoon then
+    set_meta('isoon', soonest_score(ended_key))
   end
 end
 
@@ -198,6 +286,40 @@ local function add_held(delta)
   set_meta('held', int(held))
 end
 
+-- A permit made under an Idempotency-Key ended: for the retention, a retry
+-- with the key is told so (410) instead of being granted a second permit.
+local function end_idem(p)
+  if p.idem == '' then
+    return
+  end
+  if RETENTION <= 0 then
+    redis.call('HDEL', idem_key, p.idem)
+    return
+  end
+  local forget = now_ms + RETENTION
+  redis.call('HSET', idem_key, p.idem, '~' .. p.fingerprint)
+  redis.call('ZADD', ended_key, forget, p.idem)
+  lower_hint('isoon', forget)
+  touched(forget, ended_key)
+end
+
+-- Forgets the ended keys whose retention is over (at most SWEEP_CAP; see
+-- expire()). A key that was used again since holds something else now.
+local function forget_ended()
+  if not_due('isoon') then
+    return
+  end
+  local over = redis.call('ZRANGEBYSCORE', ended_key, '-inf', now_ms, 'LIMIT', 0, 500)
+  for i = 1, #over do
+    local value = redis.call('HGET', idem_key, over[i])
+    if value and string.sub(value, 1, 1) == '~' then
+      redis.call('HDEL', idem_key, over[i])
+    end
+    redis.call('ZREM', ended_key, over[i])
+  end
+  set_meta('isoon', soonest_score(ended_key))
+end
+
 -- Removes one permit and gives its units back. Returns false if unknown.
 local function remove_permit(id)
   local record = redis.call('HGET', permits_key, id)
@@ -208,9 +330,7 @@ local function remove_permit(id)
   redis.call('HDEL', permits_key, id)
   redis.call('ZREM', expiry_key, id)
   add_held(-p.count)
-  if p.idem ~= '' then
-    redis.call('HDEL', idem_key, p.idem)
-  end
+  end_idem(p)
   return true
 end
 
@@ -241,9 +361,7 @@ local function repair()
     else
       redis.call('HDEL', permits_key, id)
       redis.call('ZREM', expiry_key, id)
-      if p.idem ~= '' then
-        redis.call('HDEL', idem_key, p.idem)
-      end
+      end_idem(p)
       swept = swept + 1
     end
   end
@@ -269,6 +387,7 @@ end
 -- ended entry without its record means the records were lost: the units it
 -- held are unknown, so everything is recounted.
 local function expire()
+  forget_ended()
   if not_due('soon') then
     return 0
   end
@@ -309,6 +428,7 @@ local function create(limit)
   set_meta('qlen', redis.call('ZCARD', queue_key))
   set_meta('soon', '')
   set_meta('wsoon', '')
+  set_meta('isoon', soonest_score(ended_key))
   recount_lefts()
   if redis.call('HLEN', permits_key) > 0 or redis.call('ZCARD', expiry_key) > 0 then
     repair()
@@ -549,6 +669,23 @@ local function soonest_expiry_in_ms()
     return tonumber(soonest[2]) - now_ms
   end
   return -1
+end
+
+-- Keeps a granted permit: its record, lease and Idempotency-Key. The first
+-- permit of an idle semaphore creates the permit keys (see touched()).
+local function keep_permit(id, record, expires, idem)
+  if num('held') == 0 then
+    touched(nil, permits_key)
+    touched(nil, expiry_key)
+  end
+  redis.call('HSET', permits_key, id, record)
+  redis.call('ZADD', expiry_key, expires, id)
+  lower_hint('soon', expires)
+  touched(expires)
+  if idem ~= '' then
+    redis.call('HSET', idem_key, idem, id)
+    touched(nil, idem_key)
+  end
 end
 
 -- The reply shape every permit-returning script shares.

@@ -35,6 +35,7 @@ record = encode(p)
 redis.call('HSET', permits_key, ARGV[1], record)
 redis.call('ZADD', expiry_key, expires, ARGV[1])
 lower_hint('soon', expires)
+touched(expires)
 if tonumber(ARGV[2]) < soonest_before then
   wake_first()
 end

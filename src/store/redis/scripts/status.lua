@@ -2,9 +2,10 @@
 
 ARGV[1] the most holders to list
 Returns {'not_found'} or
-  {'found', limit, held, waiting, n,
-   (count, fence, acquired_ms, expires_ms, holder) x n}
-with holders soonest expiry first. Permit ids are never returned.
+  {'found', limit, held, waiting, idle_ttl_ms or '' (the default), n,
+   (id, count, fence, acquired_ms, expires_ms, holder) x n}
+with holders soonest expiry first. The ids are for the HTTP layer to show
+to admins only.
 
 Expired permits that no write has swept yet are left out of both `held` and
 the holders, so status agrees with what the next acquire will see.
@@ -29,12 +30,13 @@ end
 local live = redis.call('ZRANGEBYSCORE', expiry_key, '(' .. int(now_ms), '+inf',
   'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
 local waiting = redis.call('ZCOUNT', wleases_key, '(' .. int(now_ms), '+inf')
-local reply = { 'found', tonumber(meta.limit), held, waiting, 0 }
+local reply = { 'found', tonumber(meta.limit), held, waiting, meta.idle or '', 0 }
 local listed = 0
 for i = 1, #live, 2 do
   local record = redis.call('HGET', permits_key, live[i])
   if record then
     local p = decode(record)
+    reply[#reply + 1] = live[i]
     reply[#reply + 1] = p.count
     reply[#reply + 1] = p.fence
     reply[#reply + 1] = p.acquired
@@ -43,5 +45,5 @@ for i = 1, #live, 2 do
     listed = listed + 1
   end
 end
-reply[5] = listed
+reply[6] = listed
 return reply
