@@ -22,6 +22,8 @@ on_each_store!(
     a_wait_longer_than_the_server_allows_is_several_long_polls,
     a_deleted_permit_is_reported_lost,
     runs_with_a_limit_of_one_never_overlap,
+    a_lost_answer_is_retried_without_a_second_permit,
+    a_503_is_retried_after_its_retry_after,
 );
 
 fn client_of(api: &ApiClient) -> Client {
@@ -447,4 +449,105 @@ async fn a_killed_run_frees_the_unit_within_the_lease() {
     assert!(killed.elapsed() <= Duration::from_millis(1500));
     let again = app.acquire("s", json!({"limit": 1})).await;
     assert_eq!(again.status(), 201);
+}
+
+// ---- retries through a faulty proxy ----
+
+/// What the proxy does to the first acquire it sees; every other request is
+/// passed through unchanged.
+#[derive(Clone, Copy)]
+enum FirstAcquire {
+    /// Passed on to permitd, its answer held back for 2 s (longer than the
+    /// client waits): permitd granted a permit the client never heard of.
+    AnswerLost,
+    /// Answered 503 with `Retry-After: 1`, never passed on.
+    Unavailable,
+}
+
+/// An HTTP proxy in front of `api` that breaks the first acquire as told;
+/// returns its address and how many acquires reached it.
+async fn faulty_proxy(
+    api: &ApiClient,
+    fault: FirstAcquire,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let acquires = Arc::new(AtomicUsize::new(0));
+    let seen = acquires.clone();
+    let target = format!("http://{}", api.addr);
+    let http = reqwest::Client::new();
+    let forward = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let (http, target, seen) = (http.clone(), target.clone(), seen.clone());
+        async move {
+            let acquire = method == Method::POST && uri.path().ends_with("/permits");
+            let first = acquire && seen.fetch_add(1, Ordering::SeqCst) == 0;
+            if first && matches!(fault, FirstAcquire::Unavailable) {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [("retry-after", "1")],
+                    Vec::new(),
+                );
+            }
+            let mut request = http
+                .request(method, format!("{target}{uri}"))
+                .body(body.to_vec());
+            for name in ["idempotency-key", "content-type", "authorization"] {
+                if let Some(value) = headers.get(name) {
+                    request = request.header(name, value.as_bytes());
+                }
+            }
+            let response = request.send().await.unwrap();
+            let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+            let body = response.bytes().await.unwrap().to_vec();
+            if first {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            (status, [("retry-after", "1")], body)
+        }
+    };
+    let router = axum::Router::new().fallback(forward);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (addr, acquires)
+}
+
+async fn a_lost_answer_is_retried_without_a_second_permit(store: Store) {
+    let app = Harness::new(store).binary().start().await;
+    let (proxy, acquires) = faulty_proxy(&app, FirstAcquire::AnswerLost).await;
+    let client = Client::builder(&format!("http://{proxy}"))
+        .request_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let permit = client.semaphore("s").limit(2).acquire().await.unwrap();
+    assert_eq!(
+        acquires.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one retry"
+    );
+    // The retry got the permit the first call took (same key), not another.
+    assert_eq!(held(&app, "s").await, 1);
+    permit.release().await.unwrap();
+    assert_eq!(held(&app, "s").await, 0);
+}
+
+async fn a_503_is_retried_after_its_retry_after(store: Store) {
+    let app = Harness::new(store).binary().start().await;
+    let (proxy, acquires) = faulty_proxy(&app, FirstAcquire::Unavailable).await;
+    let client = Client::new(&format!("http://{proxy}")).unwrap();
+    let started = Instant::now();
+    // Trying once, yet retried within the client's retry window.
+    let permit = client.semaphore("s").limit(1).acquire().await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+    assert_eq!(acquires.load(std::sync::atomic::Ordering::SeqCst), 2);
+    permit.release().await.unwrap();
 }
