@@ -5,6 +5,8 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# permitd run uses the Rust client, a workspace member built from its path.
+COPY clients/rust ./clients/rust
 RUN cargo build --release --locked
 
 # distroless "cc": glibc, libgcc, CA certificates and nothing else (no shell,

@@ -51,6 +51,80 @@ pub enum Command {
     /// if it answers 200 in time, 1 otherwise. For container health checks, so
     /// the image needs no curl.
     Healthcheck(HealthcheckArgs),
+    /// Run a command while holding a permit of a running permitd, like
+    /// `consul lock`: wait for the permit, run the command with
+    /// PERMITD_FENCING_TOKEN and PERMITD_PERMIT_ID set, keep the lease alive,
+    /// release it when the command exits, and exit with its status.
+    #[command(after_help = RUN_EXIT_CODES)]
+    Run(RunArgs),
+}
+
+/// The exit statuses of `permitd run`, as `--help` lists them (the values
+/// live in `cli::run`, whose tests hold the two together).
+pub const RUN_EXIT_CODES: &str = "\
+Exit status:
+  the command's own    it ran and exited (128 + N if signal N killed it)
+  64  (EX_USAGE)       unusable arguments: URL, semaphore name, count, limit
+  65  (EX_DATAERR)     permitd refused: the semaphore exists with another limit,
+                       count is above the limit, or it does not exist (no --limit)
+  69  (EX_UNAVAILABLE) permitd unreachable or unavailable (503) within the wait
+  70  (EX_SOFTWARE)    the lease was lost while the command ran: the command
+                       was stopped (SIGTERM, then SIGKILL after --kill-grace-ms)
+  75  (EX_TEMPFAIL)    no capacity within --wait-ms; try again later
+  76  (EX_PROTOCOL)    any other answer from permitd
+  77  (EX_NOPERM)      the token was refused (401) or lacks the scope (403)
+  126 / 127            the command could not be run / was not found
+
+While the command runs, SIGINT and SIGTERM are passed on to it. If permitd run
+itself is killed, the command gets SIGTERM and the lease runs out by itself.";
+
+/// Arguments of `permitd run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The permitd to ask, e.g. http://permitd:8080.
+    #[arg(long, env = "PERMITD_URL")]
+    pub url: String,
+
+    /// The semaphore to take a permit of.
+    #[arg(long)]
+    pub semaphore: String,
+
+    /// The semaphore's limit: created with it if it does not exist; refused
+    /// (exit 65) if it exists with another. Without it the semaphore must exist.
+    #[arg(long)]
+    pub limit: Option<u32>,
+
+    /// Units to take at once.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+
+    /// Lease length in milliseconds, refreshed every third of it while the
+    /// command runs: if permitd run dies, the unit is free again after this.
+    #[arg(long, default_value_t = 30_000)]
+    pub ttl_ms: u64,
+
+    /// How long to wait for a permit, in milliseconds; 0 tries once. Longer
+    /// than the server's --max-wait-ms is fine (several long polls).
+    #[arg(long, default_value_t = 60_000)]
+    pub wait_ms: u64,
+
+    /// Bearer token for permitd.
+    #[arg(long, env = "PERMITD_TOKEN", hide_env_values = true)]
+    pub token: Option<Secret>,
+
+    /// Label shown in the semaphore's status. Default: the command's name and
+    /// this process's id.
+    #[arg(long)]
+    pub holder: Option<String>,
+
+    /// After a lost lease, how long the command has between SIGTERM and
+    /// SIGKILL, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub kill_grace_ms: u64,
+
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 /// Arguments of `permitd healthcheck`.

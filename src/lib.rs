@@ -6,7 +6,7 @@
 //! capacity, and each carries a fencing token.
 //!
 //! A tour, top-down (each module uses only those below it):
-//! - [`cli`]: the binary's commands (`serve`, `demo`, `healthcheck`,
+//! - [`cli`]: the binary's commands (`serve`, `demo`, `healthcheck`, `run`,
 //!   `openapi`), each a small module;
 //! - [`startup`]: `Application::build` and `run_until_stopped`;
 //! - [`config`]: flags and environment, assembled into each part's settings;

@@ -3,14 +3,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use permitd::config::Cli;
-
 // malloc and free were an eighth of the server's CPU under load (perf).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    permitd::cli::run(Cli::parse()).await
+    permitd::cli::run(permitd::cli::parse()).await
 }

@@ -1,14 +1,37 @@
 //! The binary's commands, one module each: `serve` (the default), `demo`,
-//! `healthcheck`, and `openapi` (small enough to live here). `main` only
+//! `healthcheck`, `run`, and `openapi` (small enough to live here). `main` only
 //! parses the command line and hands it to [`run`].
 
 mod demo;
 mod healthcheck;
+mod run;
 mod serve;
 
 use std::process::ExitCode;
 
+use clap::Parser;
+
 use crate::config::{Cli, Command};
+
+/// The command line of this process, or the process exits with clap's
+/// message: status 0 for `--help` and `--version`, 2 for a bad command line,
+/// except 64 (EX_USAGE) for `permitd run`, whose own status 2 would read as
+/// its command's.
+pub fn parse() -> Cli {
+    Cli::try_parse().unwrap_or_else(|e| {
+        if e.use_stderr() && names_run(std::env::args().skip(1)) {
+            let _ = e.print();
+            std::process::exit(i32::from(run::USAGE));
+        }
+        e.exit()
+    })
+}
+
+/// Whether a command line names `run`, before any `--` (after it come the
+/// command's own arguments).
+fn names_run(args: impl Iterator<Item = String>) -> bool {
+    args.take_while(|a| a != "--").any(|a| a == "run")
+}
 
 /// Runs the command the command line names (serving when it names none).
 ///
@@ -32,6 +55,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Run(args) => {
+            // The command's output is its own; ours (and the client's
+            // warnings) go to stderr.
+            crate::telemetry::init_for_terminal(settings.log_format);
+            return Ok(run::run(&args).await);
+        }
         Command::Openapi => {
             print!(
                 "{}",
@@ -40,4 +69,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_is_found_before_the_command_only() {
+        let args = |line: &str| line.split(' ').map(String::from).collect::<Vec<_>>();
+        assert!(names_run(args("run --semaphore s -- x").into_iter()));
+        assert!(!names_run(args("demo -- run").into_iter()));
+        assert!(!names_run(args("--listen 0:1").into_iter()));
+    }
 }

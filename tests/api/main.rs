@@ -12,6 +12,7 @@
 //! `TEST_LOG=1 cargo test` shows the logs of the apps under test.
 
 mod browser;
+mod client;
 mod contract;
 mod demo;
 mod deployments;
