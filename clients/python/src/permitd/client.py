@@ -1,0 +1,484 @@
+"""The asyncio client: `Client`, its `Semaphore`s, and the `Permit`s they grant.
+
+```python
+async with permitd.Client("http://127.0.0.1:8080", token=token) as client:
+    sem = client.semaphore("payments", limit=5)
+    async with sem.acquire(ttl=30, wait=10, holder="worker-7") as permit:
+        await call_api(fencing_token=permit.fencing_token)
+```
+
+Inside `async with sem.acquire(...)` the lease is refreshed in the
+background, and the permit is released when the block ends: normally, by an
+exception, or by cancellation (the release is shielded, so cancelling the
+task again while it releases does not stop it; `Client.aclose` waits for it).
+A lease that is lost anyway is reported as `PermitLost` when the block ends,
+and `permit.lost` / `await permit.wait_lost()` tell the block while it runs;
+the block is not interrupted, since only it knows how to stop its work safely.
+The decisions themselves (polls, retries, lease timing) are in `_protocol`,
+shared with the synchronous twin in `permitd.sync`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Coroutine, Generator
+from time import monotonic
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from ._permit import PermitBase
+from ._protocol import (
+    USER_AGENT,
+    AcquirePlan,
+    CallPlan,
+    acquire_body,
+    check_settings,
+    limit_conflict,
+    read_deleted,
+    read_status,
+    semaphore_path,
+)
+from .errors import NotFound, PermitdError, PermitLost, error_from_response
+from .models import Grant, SemaphoreStatus
+
+logger = logging.getLogger("permitd")
+
+# What a failed attempt can raise: httpx's transport errors (its timeouts
+# included), and TimeoutError from the bound put around each whole request.
+_TRANSPORT_ERRORS = (httpx.TransportError, TimeoutError)
+
+
+class Client:
+    """A connection to one permitd (or a load balancer in front of several).
+
+    `token` is sent as `Authorization: Bearer <token>`. `timeout` (seconds)
+    bounds every call, retries of unreachable-server and 503 answers
+    included; an acquire may take its `wait` on top. `max_wait` is the
+    server's `--max-wait-ms` in seconds (60 by default on both sides): longer
+    waits are sent as several polls of at most that. Pass `http` to use your
+    own `httpx.AsyncClient` (proxies, TLS, event hooks); it is then yours to
+    close.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        max_wait: float = 60.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._base = check_settings(url, timeout, max_wait)
+        self.timeout = timeout
+        self.max_wait = max_wait
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self._owns_http = http is None
+        self._http = (
+            http if http is not None else httpx.AsyncClient(headers={"User-Agent": USER_AGENT})
+        )
+        # Releases that outlive a cancelled block run as tasks; holding them
+        # here keeps them from being garbage-collected mid-flight, and lets
+        # aclose wait for them.
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return self._base
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Waits for releases still under way (each bounded by `timeout`), then closes."""
+        while self._background:
+            await asyncio.wait(set(self._background))
+        if self._owns_http:
+            await self._http.aclose()
+
+    def semaphore(self, name: str, *, limit: int | None = None) -> Semaphore:
+        """A handle on semaphore `name`; nothing is sent until it is used.
+
+        With `limit`, acquires create the semaphore when it does not exist,
+        and refuse (`LimitConflict`) when it exists with another limit.
+        """
+        return Semaphore(self, name, limit)
+
+    async def ready(self) -> bool:
+        """The connection check: True when permitd answers and its store does.
+
+        False when permitd cannot be reached or says its store cannot (503);
+        one attempt, bounded by `timeout`. Other answers (say, a URL that is
+        not a permitd) raise their error.
+        """
+        try:
+            response = await self._send("GET", "/readyz", within=self.timeout)
+        except _TRANSPORT_ERRORS:
+            return False
+        if response.status_code == 200:
+            return True
+        if response.status_code == 503:
+            return False
+        raise error_from_response(response)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        within: float,
+        json: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """One attempt; httpx's timeouts bound each phase, the outer one the whole."""
+        async with asyncio.timeout(within):
+            return await self._http.request(
+                method,
+                self._base + path,
+                json=json,
+                headers={**self._auth, **(headers or {})},
+                timeout=within,
+            )
+
+    async def _call(
+        self, what: str, method: str, path: str, json: dict[str, Any] | None = None
+    ) -> tuple[httpx.Response, bool]:
+        """A call retried on transient failures within `timeout`.
+
+        Returns the final response and whether an earlier attempt may have
+        taken effect unseen (so a 404 may mean "already done").
+        """
+        plan = CallPlan(what, timeout=self.timeout, now=monotonic())
+        while True:
+            try:
+                response = await self._send(
+                    method, path, json=json, within=plan.http_timeout(monotonic())
+                )
+            except _TRANSPORT_ERRORS as exc:
+                delay = plan.failed(exc, monotonic())
+            else:
+                result = plan.answered(response, monotonic())
+                if isinstance(result, httpx.Response):
+                    return result, plan.ambiguous
+                delay = result
+            await asyncio.sleep(delay)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+
+class Semaphore:
+    """One semaphore of a `Client`: acquire permits, read or change it."""
+
+    def __init__(self, client: Client, name: str, limit: int | None) -> None:
+        self._client = client
+        self.name = name
+        self._limit = limit
+
+    @property
+    def limit(self) -> int | None:
+        """The limit acquires create the semaphore with (and insist on), if any."""
+        return self._limit
+
+    def __repr__(self) -> str:
+        return f"<Semaphore {self.name!r} limit={self._limit}>"
+
+    def acquire(
+        self,
+        *,
+        count: int = 1,
+        ttl: float | None = None,
+        wait: float = 0.0,
+        holder: str | None = None,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Acquisition:
+        """Asks for `count` units for a lease of `ttl` seconds (server default: 30).
+
+        `wait` is how long to wait for capacity (0: try once); `timeout`
+        (default: the client's) bounds the retries of transient failures on
+        top of it, so the acquire ends within `wait + timeout`. Every attempt
+        carries the same `Idempotency-Key` (a fresh UUID unless given), so a
+        retry whose first attempt was granted unseen gets that same permit.
+
+        `async with sem.acquire(...) as permit:` holds the permit for the
+        block (see the module doc); `permit = await sem.acquire(...)` just
+        acquires, and the caller refreshes and releases.
+
+        Raises `NoCapacity` when the wait ends, `LimitConflict`,
+        `CountExceedsLimit`, `NotFound` (no such semaphore and no limit),
+        `Unavailable`, `PermitEnded`, `IdempotencyMismatch`, `Unauthorized`.
+        """
+        body = acquire_body(limit=self._limit, count=count, ttl=ttl, wait=wait, holder=holder)
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive")
+        return Acquisition(
+            self,
+            body,
+            key=idempotency_key or str(uuid.uuid4()),
+            wait=wait,
+            timeout=self._client.timeout if timeout is None else timeout,
+        )
+
+    async def status(self) -> SemaphoreStatus:
+        """Limit, held, available, waiting and the live holders. `NotFound` if none."""
+        response, _ = await self._client._call(
+            f"status of semaphore {self.name!r}", "GET", semaphore_path(self.name)
+        )
+        return read_status(response, 200)
+
+    async def create(self) -> SemaphoreStatus:
+        """Makes sure the semaphore exists with this handle's limit.
+
+        An existing semaphore with the same limit is shared as it is; one with
+        another limit is a `LimitConflict` (made by this client, naming the
+        current limit), never silently changed: use `set_limit` for that. The
+        server has no create-only call, so this reads, then creates: two
+        creators racing with different limits in that gap leave the later
+        one's limit. Acquiring with a limit checks atomically.
+        """
+        if self._limit is None:
+            raise ValueError("create() needs a limit: client.semaphore(name, limit=...)")
+        try:
+            current = await self.status()
+        except NotFound:
+            return await self.set_limit(self._limit)
+        if current.limit != self._limit:
+            raise limit_conflict(self.name, current.limit, self._limit)
+        return current
+
+    async def set_limit(self, limit: int) -> SemaphoreStatus:
+        """Creates the semaphore with `limit`, or changes its limit to it.
+
+        Lowering never revokes held permits. This handle's later acquires
+        use the new limit.
+        """
+        response, _ = await self._client._call(
+            f"set limit of semaphore {self.name!r}",
+            "PUT",
+            semaphore_path(self.name),
+            {"limit": limit},
+        )
+        status = read_status(response, 200, 201)
+        self._limit = limit
+        return status
+
+    async def delete(self) -> None:
+        """Removes the semaphore with every permit. `NotFound` if there is none."""
+        response, ambiguous = await self._client._call(
+            f"delete of semaphore {self.name!r}", "DELETE", semaphore_path(self.name)
+        )
+        read_deleted(response, ambiguous)
+
+
+class Acquisition:
+    """What `Semaphore.acquire` returns: use it in `async with`, or await it."""
+
+    def __init__(
+        self,
+        semaphore: Semaphore,
+        body: dict[str, Any],
+        *,
+        key: str,
+        wait: float,
+        timeout: float,
+    ) -> None:
+        self._semaphore = semaphore
+        self._body = body
+        self.idempotency_key = key
+        self._wait = wait
+        self._timeout = timeout
+        self._permit: Permit | None = None
+
+    def __await__(self) -> Generator[Any, None, Permit]:
+        return self._acquire().__await__()
+
+    async def __aenter__(self) -> Permit:
+        permit = await self._acquire()
+        permit._start_keeping_alive()
+        self._permit = permit
+        return permit
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._permit is not None:
+            await self._permit._end_block(exc)
+
+    async def _acquire(self) -> Permit:
+        client = self._semaphore._client
+        name = self._semaphore.name
+        plan = AcquirePlan(
+            semaphore=name,
+            body=self._body,
+            key=self.idempotency_key,
+            wait=self._wait,
+            timeout=self._timeout,
+            max_wait=client.max_wait,
+            now=monotonic(),
+        )
+        path = semaphore_path(name) + "/permits"
+        while True:
+            sent = monotonic()
+            body, http_timeout = plan.next_request(sent)
+            try:
+                response = await client._send(
+                    "POST",
+                    path,
+                    json=body,
+                    headers={"Idempotency-Key": plan.key},
+                    within=http_timeout,
+                )
+            except _TRANSPORT_ERRORS as exc:
+                delay = plan.failed(exc, monotonic())
+            else:
+                answered = monotonic()
+                result = plan.answered(response, answered)
+                if isinstance(result, Grant):
+                    return Permit(
+                        client,
+                        result,
+                        ttl_ms=self._body.get("ttl_ms"),
+                        sent_at=sent,
+                        answered_at=answered,
+                        # 200: an earlier request was granted this permit.
+                        replayed=response.status_code == 200,
+                    )
+                delay = result
+            await asyncio.sleep(delay)
+
+
+class Permit(PermitBase):
+    """A held permit: its fencing token and lease, and the calls to refresh and release it."""
+
+    def __init__(
+        self,
+        client: Client,
+        grant: Grant,
+        *,
+        ttl_ms: int | None,
+        sent_at: float,
+        answered_at: float,
+        replayed: bool = False,
+    ) -> None:
+        super().__init__(
+            grant, ttl_ms=ttl_ms, sent_at=sent_at, answered_at=answered_at, replayed=replayed
+        )
+        self._client = client
+        self._lost_event = asyncio.Event()
+        self._keeper: asyncio.Task[None] | None = None
+
+    async def wait_lost(self) -> PermitLost:
+        """Returns once the lease is lost, with the error saying how."""
+        await self._lost_event.wait()
+        assert self._lost is not None
+        return self._lost
+
+    async def refresh(self, ttl: float | None = None) -> None:
+        """A new lease of `ttl` seconds from now (default: the current lease length).
+
+        A new `ttl` also becomes the lease the background refresh renews.
+        Raises `PermitLost` when the server no longer has the permit.
+        """
+        ttl_ms = self._refresh_ttl_ms(ttl)
+        sent = monotonic()
+        response, _ = await self._client._call(
+            f"refresh of permit {self.id}", "PATCH", self._path, {"ttl_ms": ttl_ms}
+        )
+        self._refreshed(response, ttl_ms, sent, monotonic())
+
+    async def release(self) -> None:
+        """Hands the units back. Raises `PermitLost` if the lease had already ended.
+
+        Releasing twice is harmless; the second does nothing.
+        """
+        if self._released:
+            return
+        await self._stop_keeping_alive()
+        if self._lost is not None:
+            self._released = True
+            raise self._lost
+        response, ambiguous = await self._client._call(
+            f"release of permit {self.id}", "DELETE", self._path
+        )
+        self._released_by(response, ambiguous)
+
+    def _signal_lost(self) -> None:
+        self._lost_event.set()
+
+    def _start_keeping_alive(self) -> None:
+        self._keeper = asyncio.create_task(
+            self._keep_alive(), name=f"permitd refresh {self.semaphore} {self.id}"
+        )
+
+    async def _stop_keeping_alive(self) -> None:
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None and not keeper.done():
+            keeper.cancel()
+            # wait, unlike await, does not re-raise the keeper's CancelledError.
+            await asyncio.wait([keeper])
+
+    async def _keep_alive(self) -> None:
+        next_at: float | None = self._schedule.refresh_at
+        while next_at is not None:
+            await asyncio.sleep(max(0.0, next_at - monotonic()))
+            sent = monotonic()
+            attempt = self._keep_alive_attempt(sent, self._client.timeout)
+            if attempt is None:
+                return
+            ttl_ms, timeout = attempt
+            try:
+                response = await self._client._send(
+                    "PATCH", self._path, json={"ttl_ms": ttl_ms}, within=timeout
+                )
+            except _TRANSPORT_ERRORS as exc:
+                next_at = self._keep_alive_failed(exc, monotonic())
+            else:
+                next_at = self._keep_alive_answered(response, ttl_ms, sent, monotonic())
+
+    async def _end_block(self, exc: BaseException | None) -> None:
+        ending = self._client._spawn(self._finish())
+        # Shielded: a task cancelled (again) while it releases must not cancel
+        # the release too, or the units would stay held until the lease ran out.
+        await asyncio.shield(ending)
+        lost = self._lost
+        if lost is None:
+            return
+        if exc is None:
+            # Raised afresh: its traceback would otherwise show where the
+            # loss was first recorded, not the block it ends.
+            raise lost.with_traceback(None)
+        # The block's own exception says more about what went wrong; keep it,
+        # and say that the permit had been lost as well.
+        exc.add_note(str(lost))
+
+    async def _finish(self) -> None:
+        try:
+            await self.release()
+        except PermitLost:
+            pass  # recorded in self._lost; _end_block raises it
+        except PermitdError as exc:
+            logger.warning(
+                "could not release permit %s of %r (%s); its lease runs out by itself",
+                self.id,
+                self.semaphore,
+                exc,
+            )
