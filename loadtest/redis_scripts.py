@@ -57,8 +57,12 @@ async def main(url: str) -> None:
             "waiters",
             "wleases",
             "left",
+            "ended",
         )
     ]
+    # What the Rust store appends to every script's ARGV (see prelude.lua):
+    # the default idle TTL and the Idempotency-Key retention, both 24 h.
+    lifecycle = [86_400_000, 86_400_000]
     start = time.monotonic()
     window = (start + WARMUP_S, start + WARMUP_S + DURATION_S)
     counts = [0] * CLIENTS
@@ -84,12 +88,13 @@ async def main(url: str) -> None:
                     3000,
                     "permitd:wake:bench",
                     "",
+                    *lifecycle,
                 ],
             )
             if reply[1][0] != b"granted":
                 errors += 1
                 continue
-            await release(keys=keys, args=[ticket])
+            await release(keys=keys, args=[ticket, *lifecycle])
             if window[0] <= sent < window[1]:
                 counts[index] += 1
 
