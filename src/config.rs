@@ -229,11 +229,15 @@ pub struct Settings {
     )]
     pub wait_recheck_ms: u64,
 
-    /// A bearer token clients must present (`Authorization: Bearer <token>`).
-    /// Repeat the flag for several; in the environment, separate them with
-    /// commas. With no token configured (here or in --api-token-file), the API
-    /// is open to anyone who can reach it. Prefer the environment or the file:
-    /// flags are visible to other local users in the process list.
+    /// A bearer token clients must present (`Authorization: Bearer <token>`),
+    /// as `scope[@prefix]:token`: scope `read` (status, listing, metrics),
+    /// `use` (permits, demo, and read) or `admin` (create, change, delete,
+    /// and use); with `@prefix`, only semaphores whose names start with it.
+    /// A bare token may do everything. Repeat the flag for several; in the
+    /// environment, separate them with commas. With no token configured (here
+    /// or in --api-token-file), the API is open to anyone who can reach it.
+    /// Prefer the environment or the file: flags are visible to other local
+    /// users in the process list.
     #[arg(
         long = "api-token",
         global = true,
@@ -243,8 +247,8 @@ pub struct Settings {
     )]
     pub api_tokens: Vec<Secret>,
 
-    /// A file of bearer tokens, one per line; blank lines and lines starting
-    /// with # are skipped. Adds to --api-token.
+    /// A file of bearer tokens, one per line, each like --api-token; blank
+    /// lines and lines starting with # are skipped. Adds to --api-token.
     #[arg(long, global = true, env = "PERMITD_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
 

@@ -30,6 +30,10 @@ pub enum ApiError {
     /// token; `presented` says whether it had a (wrong) one.
     #[error("a valid bearer token is required")]
     Unauthorized { presented: bool },
+    /// 403: the token is accepted but lacks the scope, or the semaphore name
+    /// prefix, this request needs; the detail says which.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such permit or route.
     #[error("{0}")]
     NotFound(String),
@@ -81,6 +85,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::SemaphoreNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::LimitConflict { .. }
@@ -99,6 +104,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "invalid-request",
             ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) | ApiError::SemaphoreNotFound { .. } => "not-found",
             ApiError::MethodNotAllowed => "method-not-allowed",
             ApiError::LimitConflict { .. } => "limit-conflict",
@@ -116,6 +122,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "Invalid request",
             ApiError::Unauthorized { .. } => "Unauthorized",
+            ApiError::Forbidden(_) => "Forbidden",
             ApiError::NotFound(_) | ApiError::SemaphoreNotFound { .. } => "Not found",
             ApiError::MethodNotAllowed => "Method not allowed",
             ApiError::LimitConflict { .. } => "Semaphore exists with another limit",
@@ -131,9 +138,10 @@ impl ApiError {
 
     fn detail(&self) -> String {
         match self {
-            ApiError::BadRequest(d) | ApiError::NotFound(d) | ApiError::PayloadTooLarge(d) => {
-                d.clone()
-            }
+            ApiError::BadRequest(d)
+            | ApiError::NotFound(d)
+            | ApiError::PayloadTooLarge(d)
+            | ApiError::Forbidden(d) => d.clone(),
             ApiError::SemaphoreNotFound {
                 to_acquire: false, ..
             } => self.to_string(),
@@ -297,6 +305,13 @@ pub struct Problem {
     headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))
 )]
 pub struct Unavailable(#[allow(dead_code)] Problem);
+
+/// The bearer token is accepted but lacks the scope (`read`, `use`,
+/// `admin`) or the semaphore name prefix this operation needs; `detail`
+/// names what is missing. Only on a server with API tokens.
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+pub struct Forbidden(#[allow(dead_code)] Problem);
 
 /// Request body over the size limit (`--max-body-bytes`, 16 KiB by default).
 #[derive(ToResponse)]

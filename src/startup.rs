@@ -14,7 +14,9 @@ use tokio::net::TcpListener;
 
 use crate::config::{Settings, StoreChoice};
 use crate::demo::{AllowedHosts, DemoConfig};
+use crate::http::auth::{Scope, TokenEntry};
 use crate::http::{AccessControl, AppState, HttpLimits, StateParts, router};
+use crate::secret::Secret;
 use crate::store::SemaphoreStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -53,7 +55,7 @@ impl Application {
             bounds.max_wait_ms,
             waiting.clone(),
         )?
-        .with_upstream_token(tokens.first().cloned());
+        .with_upstream_token(upstream_token(&tokens));
         if settings.uses_redis() && settings.request_timeout_ms <= settings.redis_timeout_ms {
             // The request timeout would cut store calls short mid-script, where
             // the store's own timeout would have answered a clear 503.
@@ -63,7 +65,7 @@ impl Application {
                 "--request-timeout-ms is not above --redis-timeout-ms"
             );
         }
-        let access = AccessControl::new(&tokens, settings.metrics_public);
+        let access = AccessControl::new(&tokens, settings.metrics_public)?;
         if access.is_enabled() {
             tracing::info!(
                 tokens = tokens.len(),
@@ -127,6 +129,16 @@ impl Application {
             })
             .await
     }
+}
+
+/// A token the demo may call its built-in upstream with (`use` suffices; the
+/// upstream names no semaphore, so a name prefix does not matter).
+fn upstream_token(entries: &[Secret]) -> Option<Secret> {
+    entries
+        .iter()
+        .filter_map(|entry| TokenEntry::parse(entry).ok())
+        .find(|entry| entry.scope >= Scope::Use)
+        .map(|entry| entry.token)
 }
 
 /// The store the settings choose, with the start-up log lines about it.

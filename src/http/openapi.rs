@@ -12,11 +12,12 @@
 //! generated client sees the limits this server actually enforces. Access
 //! control is stated the same way: the bearer scheme is always described (so
 //! Swagger UI offers "Authorize"), and when this server has API tokens, every
-//! operation that needs one says so and lists its 401.
+//! operation that needs one says so, with the scope it needs (`read`, `use`
+//! or `admin`, as `auth::required_scope` decides), and lists its 401 and 403.
 
 use std::sync::Arc;
 
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::response::IntoResponse;
 use axum::{Extension, Router};
 use utoipa::OpenApi;
@@ -29,9 +30,9 @@ use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::RequestBounds;
-use super::auth::AccessControl;
+use super::auth::{AccessControl, required_scope};
 use crate::demo::{DEFAULT_LIMIT, MAX_LIMIT};
-use crate::error::{PayloadTooLarge, Unavailable};
+use crate::error::{Forbidden, PayloadTooLarge, Unavailable};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -51,7 +52,7 @@ use crate::error::{PayloadTooLarge, Unavailable};
     servers((url = "/", description = "the permitd that served this document")),
     // The paths come from the router (`http::routes`); these are the
     // components no handler names by type.
-    components(responses(Unavailable, PayloadTooLarge)),
+    components(responses(Unavailable, PayloadTooLarge, Forbidden)),
     tags(
         (name = "semaphores", description = "Create, inspect, change and delete semaphores."),
         (name = "permits", description = "Acquire, look up, refresh and release permits."),
@@ -133,15 +134,21 @@ fn describe_bearer(doc: &mut Document) {
                     "An API token of this server (`--api-token`, `PERMITD_API_TOKENS` or \
                      `--api-token-file`), sent as `Authorization: Bearer <token>`. Needed only \
                      when the server has tokens configured; the probes, this document and \
-                     Swagger UI (and `/metrics`, by default) never need one.",
+                     Swagger UI (and `/metrics`, by default) never need one. A token has a \
+                     scope: `read` (status, listing, metrics), `use` (permits and the demo, \
+                     and `read`) or `admin` (create, change and delete semaphores, and \
+                     `use`); each operation's security requirement names the scope it needs, \
+                     and a token without it, or without the semaphore name prefix it is \
+                     limited to, gets 403.",
                 ))
                 .build(),
         ),
     );
 }
 
-/// Marks every operation `access` guards as needing the bearer token, with
-/// its 401 answer: the document a server with API tokens serves.
+/// Marks every operation `access` guards as needing the bearer token with
+/// the scope it needs, with its 401 and 403 answers: the document a server
+/// with API tokens serves.
 pub fn require_bearer(doc: &mut Document, access: &AccessControl) {
     let unauthorized = ResponseBuilder::new()
         .description(
@@ -167,22 +174,26 @@ pub fn require_bearer(doc: &mut Document, access: &AccessControl) {
         if access.is_open(path) {
             continue;
         }
-        let operations: [&mut Option<Operation>; 8] = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-            &mut item.head,
-            &mut item.options,
-            &mut item.trace,
+        let operations: [(Method, &mut Option<Operation>); 8] = [
+            (Method::GET, &mut item.get),
+            (Method::PUT, &mut item.put),
+            (Method::POST, &mut item.post),
+            (Method::DELETE, &mut item.delete),
+            (Method::PATCH, &mut item.patch),
+            (Method::HEAD, &mut item.head),
+            (Method::OPTIONS, &mut item.options),
+            (Method::TRACE, &mut item.trace),
         ];
-        for operation in operations.into_iter().flatten() {
-            operation.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
-            operation
-                .responses
-                .responses
-                .insert("401".into(), RefOr::T(unauthorized.clone()));
+        for (method, operation) in operations {
+            let Some(operation) = operation else { continue };
+            let scope = required_scope(&method, Some(path));
+            operation.security = Some(vec![SecurityRequirement::new(BEARER, [scope.as_str()])]);
+            let responses = &mut operation.responses.responses;
+            responses.insert("401".into(), RefOr::T(unauthorized.clone()));
+            responses.insert(
+                "403".into(),
+                RefOr::Ref(Ref::from_response_name("Forbidden")),
+            );
         }
     }
 }

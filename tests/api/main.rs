@@ -11,6 +11,7 @@
 //! private clusters and Sentinel setups.
 //! `TEST_LOG=1 cargo test` shows the logs of the apps under test.
 
+mod access;
 mod browser;
 mod contract;
 mod demo;

@@ -442,9 +442,9 @@ async fn the_openapi_document_says_where_a_token_is_needed() {
     let response = locked.get("/openapi.json").await;
     assert_eq!(response.status(), 200);
     let doc: Value = response.json().await.unwrap();
-    // ...and say which operations need it, with their 401.
+    // ...and say which operations need it, with the scope, and their 401.
     let acquire = &doc["paths"]["/semaphores/{name}/permits"]["post"];
-    assert_eq!(acquire["security"], json!([{ "bearer": [] }]));
+    assert_eq!(acquire["security"], json!([{ "bearer": ["use"] }]));
     assert!(acquire["responses"]["401"]["headers"]["WWW-Authenticate"].is_object());
     for (path, item) in doc["paths"].as_object().unwrap() {
         let open = matches!(
