@@ -313,6 +313,18 @@ pub struct Settings {
     )]
     pub redis_timeout_ms: u64,
 
+    /// Whether the demo is served (true or false): with false, `/demo` and
+    /// `/demo/upstream` answer 404 and are left out of the served OpenAPI
+    /// document. `permitd demo` runs either way.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_DEMO",
+        default_value_t = true,
+        action = ArgAction::Set
+    )]
+    pub demo: bool,
+
     /// Hosts `GET /demo?url=...` may call, comma-separated, each `host` (any
     /// port) or `host:port`. The built-in upstream is always allowed; any
     /// other URL is refused unless its host is listed here.
@@ -651,6 +663,16 @@ mod tests {
         let tokens = cli.settings.api_tokens().unwrap();
         assert_eq!(tokens.len(), 2);
         assert_eq!(tokens[1].expose(), "tok-two-secret");
+    }
+
+    #[test]
+    fn the_demo_is_served_unless_switched_off() {
+        assert!(Cli::parse_from(["permitd"]).settings.demo);
+        assert!(
+            !Cli::parse_from(["permitd", "--demo", "false"])
+                .settings
+                .demo
+        );
     }
 
     #[test]

@@ -90,6 +90,7 @@ impl Application {
                     request_timeout: settings.request_timeout(),
                 },
                 access,
+                serve_demo: settings.demo,
             }),
         })
     }

@@ -69,10 +69,13 @@ pub struct StateParts {
     pub limits: HttpLimits,
     /// Which tokens are accepted, and where none is needed.
     pub access: AccessControl,
+    /// Whether `/demo` and `/demo/upstream` are served (`--demo`).
+    pub serve_demo: bool,
 }
 
 /// The OpenAPI document of a server enforcing `bounds`, as `GET
-/// /openapi.json` serves it when no API token is configured.
+/// /openapi.json` serves it when no API token is configured and the demo is
+/// on (the defaults).
 pub fn document(bounds: &RequestBounds) -> utoipa::openapi::OpenApi {
     // Budgets only bound requests being served: none is served from this one.
     let unused = TimeBudgets {
@@ -80,7 +83,7 @@ pub fn document(bounds: &RequestBounds) -> utoipa::openapi::OpenApi {
         acquire: Duration::ZERO,
         demo: Duration::ZERO,
     };
-    let doc = routes::api(&unused).into_openapi();
+    let doc = routes::api(&unused, true).into_openapi();
     openapi::with_bounds(doc, bounds)
 }
 
@@ -94,8 +97,13 @@ pub fn document_yaml(bounds: &RequestBounds) -> anyhow::Result<String> {
 
 pub fn router(state: AppState) -> Router {
     let budgets = TimeBudgets::new(&state.limits, &state.bounds);
-    let (api, doc) = routes::api(&budgets).split_for_parts();
+    let (api, doc) = routes::api(&budgets, state.serve_demo).split_for_parts();
     let mut doc = openapi::with_bounds(doc, &state.bounds);
+    if !state.serve_demo
+        && let Some(tags) = doc.tags.as_mut()
+    {
+        tags.retain(|tag| tag.name != "demo");
+    }
     if state.access.is_enabled() {
         openapi::require_bearer(&mut doc, &state.access);
     }

@@ -73,10 +73,21 @@ pub fn with_bounds(mut doc: Document, bounds: &RequestBounds) -> Document {
         }
         let wait = property(&mut components.schemas, "AcquireBody", "wait_ms");
         set_bounds(wait, 0, bounds.max_wait_ms, None);
-        let reply = property(&mut components.schemas, "UpstreamReply", "delay_ms");
-        set_bounds(reply, 0, bounds.demo.max_delay_ms, None);
     }
+    if doc.paths.paths.contains_key("/demo") {
+        with_demo_bounds(&mut doc, bounds);
+    }
+    describe_bearer(&mut doc);
+    doc
+}
+
+/// The demo's bounds, on a document that has its routes (`--demo`).
+fn with_demo_bounds(doc: &mut Document, bounds: &RequestBounds) {
     let demo = bounds.demo;
+    if let Some(components) = doc.components.as_mut() {
+        let reply = property(&mut components.schemas, "UpstreamReply", "delay_ms");
+        set_bounds(reply, 0, demo.max_delay_ms, None);
+    }
     for (path, name, minimum, maximum, default) in [
         (
             "/demo",
@@ -101,12 +112,12 @@ pub fn with_bounds(mut doc: Document, bounds: &RequestBounds) -> Document {
             demo.default_delay_ms(),
         ),
     ] {
-        let number = query_number(&mut doc, path, name);
+        let number = query_number(doc, path, name);
         set_bounds(number, minimum, maximum, Some(default));
     }
     if !demo.urls_allowed {
         // No host is listed: only an empty url (the built-in upstream) passes.
-        let url = query_parameter(&mut doc, "/demo", "url")
+        let url = query_parameter(doc, "/demo", "url")
             .and_then(|p| match p.schema.as_mut()? {
                 RefOr::T(Schema::Object(url)) => Some(url),
                 _ => None,
@@ -114,8 +125,6 @@ pub fn with_bounds(mut doc: Document, bounds: &RequestBounds) -> Document {
             .expect("GET /demo documents its url parameter");
         url.max_length = Some(0);
     }
-    describe_bearer(&mut doc);
-    doc
 }
 
 /// The name of the bearer scheme in the document.
