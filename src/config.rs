@@ -15,7 +15,7 @@ use clap::{ArgAction, Parser};
 use crate::demo::DemoBounds;
 use crate::http::RequestBounds;
 use crate::secret::Secret;
-use crate::semaphore::{Ttl, WaitTime};
+use crate::semaphore::{SemaphoreName, Ttl, WaitTime};
 use crate::store::redis::{RedisSettings, RedisTarget, RedisTls};
 use crate::telemetry::LogFormat;
 
@@ -264,6 +264,18 @@ pub struct Settings {
     )]
     pub metrics_public: bool,
 
+    /// Semaphores to export gauges of on /metrics (limit, held, waiting,
+    /// labelled `semaphore`), comma-separated, at most 100; read from the
+    /// store at each scrape. Only these names become labels, so the page
+    /// stays small however many semaphores there are.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_METRICS_SEMAPHORES",
+        value_delimiter = ','
+    )]
+    pub metrics_semaphores: Vec<String>,
+
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(
         long,
@@ -361,6 +373,9 @@ pub struct Settings {
     #[arg(long, global = true, env = "PERMITD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
 }
+
+/// Most names `--metrics-semaphores` may list.
+const MAX_METERED: usize = 100;
 
 /// Where semaphores live.
 #[derive(Debug, Clone)]
@@ -518,6 +533,29 @@ impl Settings {
         Ok(tokens)
     }
 
+    /// The names of `--metrics-semaphores`, blank entries skipped.
+    ///
+    /// # Errors
+    /// When a name is not a valid semaphore name, or more than 100 are listed.
+    pub fn metered_semaphores(&self) -> anyhow::Result<Vec<SemaphoreName>> {
+        let names = self
+            .metrics_semaphores
+            .iter()
+            .map(|name| name.trim())
+            .filter(|name| !name.is_empty())
+            .map(|name| {
+                SemaphoreName::parse(name)
+                    .map_err(|e| anyhow::anyhow!("--metrics-semaphores {name:?}: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(
+            names.len() <= MAX_METERED,
+            "--metrics-semaphores lists {} names; at most {MAX_METERED}, to keep /metrics small",
+            names.len()
+        );
+        Ok(names)
+    }
+
     /// See `--request-timeout-ms`; at least 1 ms.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms.max(1))
@@ -673,6 +711,19 @@ mod tests {
                 .settings
                 .demo
         );
+    }
+
+    #[test]
+    fn metered_semaphores_are_valid_names() {
+        let cli = Cli::parse_from(["permitd", "--metrics-semaphores", "pay, jobs:eu,"]);
+        let names = cli.settings.metered_semaphores().unwrap();
+        assert_eq!(
+            names.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+            ["pay", "jobs:eu"]
+        );
+        let cli = Cli::parse_from(["permitd", "--metrics-semaphores", "pay,no/slash"]);
+        let error = cli.settings.metered_semaphores().unwrap_err().to_string();
+        assert!(error.contains("no/slash"), "{error}");
     }
 
     #[test]

@@ -36,6 +36,7 @@ impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let bounds = settings.request_bounds()?;
         let tokens = settings.api_tokens()?;
+        let metered = settings.metered_semaphores()?;
         crate::telemetry::metrics();
         let allowed_hosts = AllowedHosts::parse(&settings.demo_allowed_hosts)?;
         let store = build_store(settings).await?;
@@ -91,6 +92,7 @@ impl Application {
                 },
                 access,
                 serve_demo: settings.demo,
+                metered,
             }),
         })
     }
@@ -156,6 +158,7 @@ pub async fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn Semaphor
             Ok(Arc::new(MemoryStore::new()))
         }
         StoreChoice::Redis(redis) => {
+            crate::telemetry::register_redis_series();
             let shown = redis.target.describe();
             let store = RedisStore::new(&redis).map_err(|e| anyhow::anyhow!("{e}"))?;
             // The seed's "check the Redis connection at start", without making a

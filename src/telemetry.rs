@@ -80,6 +80,46 @@ pub const REDIS_POOL_WAITING: &str = "permitd_redis_pool_waiting_calls";
 pub const REDIS_WAKE_SUBSCRIBED: &str = "permitd_redis_wake_subscribed";
 /// Always 1, labelled with the `version`: shows what runs where.
 pub const BUILD_INFO: &str = "permitd_build_info";
+/// Per-semaphore gauges, labelled `semaphore`, for the names listed in
+/// `--metrics-semaphores` only (so the label set stays the operator's
+/// choice): the limit, units held and acquires waiting, read at scrape time.
+pub const SEMAPHORE_LIMIT: &str = "permitd_semaphore_limit";
+pub const SEMAPHORE_HELD: &str = "permitd_semaphore_held";
+pub const SEMAPHORE_WAITING: &str = "permitd_semaphore_waiting";
+
+/// Every `outcome` of [`ACQUIRES`], [`REFRESHES`] and [`RELEASES`]: each
+/// series is exported at 0 from the start, so `increase()` sees the first
+/// event and an alert on a series is never silent for lack of it.
+pub const ACQUIRE_OUTCOMES: &[&str] = &[
+    "granted",
+    "replayed",
+    "unavailable",
+    "timed_out",
+    "not_found",
+    "conflict",
+    "too_large",
+    "idempotency_mismatch",
+    "invalid",
+    "error",
+];
+pub const REFRESH_OUTCOMES: &[&str] = &["refreshed", "gone"];
+pub const RELEASE_OUTCOMES: &[&str] = &["released", "gone"];
+/// The `call` labels of the Redis metrics (script names, `ping`, `info`)
+/// and the `kind` labels of [`REDIS_ERRORS`], exported at 0 on the Redis
+/// store from the start.
+pub const REDIS_CALLS: &[&str] = &[
+    "acquire",
+    "release",
+    "refresh",
+    "permit",
+    "status",
+    "set_limit",
+    "delete",
+    "leave",
+    "ping",
+    "info",
+];
+pub const REDIS_ERROR_KINDS: &[&str] = &["timeout", "unavailable", "internal"];
 
 static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
     std::sync::OnceLock::new();
@@ -194,6 +234,47 @@ fn describe() {
         "From the change that freed units (release, expiry, limit raise) to their grant to \
          the next waiter, on the store's clock"
     );
+    describe_gauge!(
+        SEMAPHORE_LIMIT,
+        "The limit of each semaphore listed in --metrics-semaphores (0 while it does not exist)"
+    );
+    describe_gauge!(
+        SEMAPHORE_HELD,
+        Unit::Count,
+        "Units held of each semaphore listed in --metrics-semaphores"
+    );
+    describe_gauge!(
+        SEMAPHORE_WAITING,
+        Unit::Count,
+        "Acquires waiting (on every instance) for each semaphore listed in --metrics-semaphores"
+    );
+    // Every series with a closed label set is there from the first scrape.
+    for (name, outcomes) in [
+        (ACQUIRES, ACQUIRE_OUTCOMES),
+        (REFRESHES, REFRESH_OUTCOMES),
+        (RELEASES, RELEASE_OUTCOMES),
+    ] {
+        for outcome in outcomes {
+            metrics::counter!(name, "outcome" => *outcome).increment(0);
+        }
+    }
+    // A registered histogram is rendered with empty buckets until it records.
+    let _ = metrics::histogram!(ACQUIRE_WAIT);
+    let _ = metrics::histogram!(HANDOFF);
+}
+
+/// The Redis store's series, at 0 until they count: registered when a
+/// Redis store is built, before it first connects, so
+/// `permitd_redis_wake_subscribed` reads 0 (not absent) while Redis is down
+/// at start.
+pub fn register_redis_series() {
+    metrics::gauge!(REDIS_WAKE_SUBSCRIBED).increment(0.0);
+    for call in REDIS_CALLS {
+        let _ = metrics::histogram!(REDIS_DURATION, "call" => *call);
+        for kind in REDIS_ERROR_KINDS {
+            metrics::counter!(REDIS_ERRORS, "call" => *call, "kind" => *kind).increment(0);
+        }
+    }
 }
 
 /// Like [`init`], but writes to stderr and shows only warnings by default:

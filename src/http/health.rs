@@ -86,7 +86,8 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
     operation_id = "metrics",
     summary = "Prometheus metrics",
     description = "This instance's counters and histograms in the Prometheus text exposition \
-        format (`text/plain; version=0.0.4`). Never touches the store.",
+        format (`text/plain; version=0.0.4`). Touches the store only to read the status of \
+        the semaphores `--metrics-semaphores` lists, for their gauges.",
     responses((status = 200, description = "The metrics, as Prometheus text.",
                content_type = "text/plain", body = String,
                example = "# TYPE permitd_http_requests_total counter\n")),
@@ -95,6 +96,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl axum::response::Into
     use crate::telemetry::{
         REDIS_POOL_IN_USE, REDIS_POOL_MAX, REDIS_POOL_OPEN, REDIS_POOL_WAITING,
     };
+    refresh_semaphore_gauges(&state).await;
     if let Some(pool) = state.store.pool_status() {
         metrics::gauge!(REDIS_POOL_MAX).set(pool.max_size as f64);
         metrics::gauge!(REDIS_POOL_OPEN).set(pool.size as f64);
@@ -108,4 +110,31 @@ pub async fn metrics(State(state): State<AppState>) -> impl axum::response::Into
         )],
         crate::telemetry::metrics().render(),
     )
+}
+
+/// Reads the status of every `--metrics-semaphores` name, all at once (each
+/// call bounded by the store's timeout, so a scrape during a Redis outage
+/// takes one timeout, not one per name), into the per-semaphore gauges. A
+/// semaphore that does not exist reads 0; one whose status failed keeps its
+/// last values (the failure is counted in the Redis metrics).
+async fn refresh_semaphore_gauges(state: &AppState) {
+    use crate::telemetry::{SEMAPHORE_HELD, SEMAPHORE_LIMIT, SEMAPHORE_WAITING};
+    let reads = state
+        .metered
+        .iter()
+        .map(|name| async move { (name, state.store.status(name).await) });
+    for (name, status) in futures::future::join_all(reads).await {
+        let (limit, held, waiting) = match status {
+            Ok(Some(status)) => (status.limit, status.held, status.waiting),
+            Ok(None) => (0, 0, 0),
+            Err(e) => {
+                tracing::debug!(semaphore = %name, error = %e, "no status for its gauges");
+                continue;
+            }
+        };
+        let label = name.to_string();
+        metrics::gauge!(SEMAPHORE_LIMIT, "semaphore" => label.clone()).set(f64::from(limit));
+        metrics::gauge!(SEMAPHORE_HELD, "semaphore" => label.clone()).set(f64::from(held));
+        metrics::gauge!(SEMAPHORE_WAITING, "semaphore" => label).set(f64::from(waiting));
+    }
 }

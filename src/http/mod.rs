@@ -35,6 +35,7 @@ pub use limits::{HttpLimits, RequestBounds, TimeBudgets};
 
 use crate::demo::DemoConfig;
 use crate::error::ApiError;
+use crate::semaphore::SemaphoreName;
 use crate::store::SemaphoreStore;
 use crate::waiting::WaitSettings;
 
@@ -71,6 +72,8 @@ pub struct StateParts {
     pub access: AccessControl,
     /// Whether `/demo` and `/demo/upstream` are served (`--demo`).
     pub serve_demo: bool,
+    /// Semaphores with their own gauges on `/metrics` (`--metrics-semaphores`).
+    pub metered: Vec<SemaphoreName>,
 }
 
 /// The OpenAPI document of a server enforcing `bounds`, as `GET

@@ -52,15 +52,20 @@ impl Scrape {
         Self(samples)
     }
 
-    /// The value of `name` with exactly these labels; 0 when absent.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    /// `{labels}` as the keys of a scrape spell them (empty for none).
+    fn labels(labels: &[(&str, &str)]) -> String {
         let mut pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}")).collect();
         pairs.sort_unstable();
-        let key = if pairs.is_empty() {
-            name.to_owned()
+        if pairs.is_empty() {
+            String::new()
         } else {
-            format!("{name}{{{}}}", pairs.join(","))
-        };
+            format!("{{{}}}", pairs.join(","))
+        }
+    }
+
+    /// The value of `name` with exactly these labels; 0 when absent.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let key = format!("{name}{}", Self::labels(labels));
         self.0.get(&key).copied().unwrap_or(0.0)
     }
 
@@ -227,6 +232,103 @@ async fn the_waiters_gauge_counts_long_polls_in_progress() {
     assert!(Scrape::of(&app).await.get("permitd_waiters", &[]) >= 1.0);
     assert_eq!(app.delete(&location).await.status(), 204);
     assert_eq!(waiter.await.unwrap().status, 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_with_a_closed_label_set_are_exported_at_0_from_the_first_scrape() {
+    // Redis is down from the start: nothing has counted anything yet.
+    let app = BinaryBuilder::new()
+        .arg("--redis-url")
+        .arg(&format!("redis://127.0.0.1:{}", free_port()))
+        .arg("--redis-timeout-ms")
+        .arg("200")
+        .start_alive()
+        .await;
+    let first = Scrape::of(&app).await;
+    let at_zero = |name: &str, labels: &[(&str, &str)]| {
+        let key = format!("{name}{}", Scrape::labels(labels));
+        assert_eq!(first.0.get(&key), Some(&0.0), "{key} is not exported at 0");
+    };
+    for outcome in [
+        "granted",
+        "replayed",
+        "unavailable",
+        "timed_out",
+        "not_found",
+        "conflict",
+        "too_large",
+        "idempotency_mismatch",
+        "invalid",
+        "error",
+    ] {
+        at_zero("permitd_acquires_total", &[("outcome", outcome)]);
+    }
+    for outcome in ["refreshed", "gone"] {
+        at_zero("permitd_refreshes_total", &[("outcome", outcome)]);
+    }
+    for outcome in ["released", "gone"] {
+        at_zero("permitd_releases_total", &[("outcome", outcome)]);
+    }
+    at_zero("permitd_lease_expiries_total", &[]);
+    at_zero("permitd_acquire_wait_seconds_count", &[]);
+    at_zero("permitd_acquire_wait_seconds_bucket", &[("le", "+Inf")]);
+    at_zero("permitd_handoff_seconds_count", &[]);
+    at_zero("permitd_redis_wake_subscribed", &[]);
+    for kind in ["timeout", "unavailable", "internal"] {
+        at_zero(
+            "permitd_redis_errors_total",
+            &[("call", "acquire"), ("kind", kind)],
+        );
+    }
+    at_zero(
+        "permitd_redis_call_duration_seconds_count",
+        &[("call", "release")],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_semaphores_have_gauges_of_their_own_and_no_others() {
+    let app = BinaryBuilder::new()
+        .env("PERMITD_METRICS_SEMAPHORES", "gauged,gauged-absent")
+        .start()
+        .await;
+    assert_eq!(
+        app.put_json("/semaphores/gauged", json!({ "limit": 3 }))
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        app.acquire("gauged", json!({ "count": 2 })).await.status(),
+        201
+    );
+    assert_eq!(
+        app.acquire("unlisted", json!({ "limit": 1 }))
+            .await
+            .status(),
+        201
+    );
+    let waiter = app.acquire_in_background("gauged", json!({ "count": 2, "wait_ms": 10_000 }));
+    app.until_waiting("gauged", 1).await;
+
+    let scrape = Scrape::of(&app).await;
+    let gauged = [("semaphore", "gauged")];
+    assert_eq!(scrape.get("permitd_semaphore_limit", &gauged), 3.0);
+    assert_eq!(scrape.get("permitd_semaphore_held", &gauged), 2.0);
+    assert_eq!(scrape.get("permitd_semaphore_waiting", &gauged), 1.0);
+    let absent = [("semaphore", "gauged-absent")];
+    for gauge in ["permitd_semaphore_limit", "permitd_semaphore_held"] {
+        assert_eq!(
+            scrape.0.get(&format!("{gauge}{}", Scrape::labels(&absent))),
+            Some(&0.0)
+        );
+    }
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        !text.contains("unlisted"),
+        "an unlisted name became a label"
+    );
+    waiter.abort();
 }
 
 // ---------------------------------------------------------------- request ids
