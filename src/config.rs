@@ -297,6 +297,18 @@ pub struct Settings {
     )]
     pub request_timeout_ms: u64,
 
+    /// On SIGTERM or Ctrl-C, how long requests in flight may take to finish
+    /// while /readyz already answers 503. Then (or once none is left)
+    /// waiting acquires are answered 503 and leave their queues, and
+    /// permitd exits.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_SHUTDOWN_GRACE_MS",
+        default_value_t = 10_000
+    )]
+    pub shutdown_grace_ms: u64,
+
     /// Most Redis connections one instance keeps open.
     #[arg(
         long,

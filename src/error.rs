@@ -71,6 +71,9 @@ pub enum ApiError {
         held: u32,
         retry_after_secs: u64,
     },
+    /// 503: permitd is shutting down (`/readyz` while draining).
+    #[error("shutting down")]
+    ShuttingDown,
     /// 503: the request was not answered within `--request-timeout-ms` (plus
     /// the wait it asked for).
     #[error("request timed out")]
@@ -93,7 +96,7 @@ impl ApiError {
             | ApiError::IdempotencyMismatch => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NoCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -113,6 +116,7 @@ impl ApiError {
             ApiError::IdempotencyMismatch => "idempotency-key-reused",
             ApiError::NoCapacity { .. } => "no-capacity",
             ApiError::Timeout => "request-timeout",
+            ApiError::ShuttingDown => "shutting-down",
             ApiError::Store(e) if e.is_transient() => "store-unavailable",
             ApiError::Store(_) => "internal",
         }
@@ -131,6 +135,7 @@ impl ApiError {
             ApiError::IdempotencyMismatch => "Idempotency key reused",
             ApiError::NoCapacity { .. } => "No permit available",
             ApiError::Timeout => "Request timed out",
+            ApiError::ShuttingDown => "Shutting down",
             ApiError::Store(e) if e.is_transient() => "Store unavailable",
             ApiError::Store(_) => "Internal error",
         }
@@ -157,6 +162,7 @@ impl ApiError {
             ApiError::Unauthorized { presented: true } => {
                 "the bearer token is not one this server accepts".into()
             }
+            ApiError::ShuttingDown => "this instance is shutting down; use another".into(),
             ApiError::Timeout => "the request was not answered within the server's time \
                  limit; retry shortly"
                 .into(),
@@ -212,7 +218,7 @@ impl ApiError {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             ApiError::Store(e) if e.is_transient() => Some(1),
-            ApiError::Timeout => Some(1),
+            ApiError::Timeout | ApiError::ShuttingDown => Some(1),
             _ => None,
         }
     }

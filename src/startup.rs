@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -26,6 +27,11 @@ use tokio_util::sync::CancellationToken;
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// `--shutdown-grace-ms`.
+    grace: Duration,
+    /// After the grace, how long waiting acquires get to leave their queues
+    /// and answer: one store call.
+    settle: Duration,
 }
 
 impl Application {
@@ -93,7 +99,10 @@ impl Application {
                 access,
                 serve_demo: settings.demo,
                 metered,
+                drain: Arc::default(),
             }),
+            grace: Duration::from_millis(settings.shutdown_grace_ms),
+            settle: Duration::from_millis(settings.redis_timeout_ms) + Duration::from_secs(1),
         })
     }
 
@@ -113,9 +122,13 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, answers
-    /// waiting acquires with 503 (rather than holding shutdown for their whole
-    /// wait), and lets other in-flight requests finish.
+    /// Serves until `shutdown` completes, then drains: `/readyz` answers
+    /// 503 at once while requests keep being served; once no request other
+    /// than an acquire is in flight, or the grace (`--shutdown-grace-ms`)
+    /// is over, waiting acquires are answered 503 and leave their queues
+    /// (rather than holding shutdown for their whole wait), the listener
+    /// closes, and this returns when the last answer is out, or a store
+    /// call's time after that at most.
     ///
     /// # Errors
     /// When the server fails to accept connections.
@@ -125,12 +138,38 @@ impl Application {
     ) -> std::io::Result<()> {
         tracing::info!(address = %self.local_addr(), store = self.state.store.kind(), "permitd listening");
         let waiters = self.state.waiting.shutdown.clone();
-        axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(async move {
+        let drain = Arc::clone(&self.state.drain);
+        let (grace, settle) = (self.grace, self.settle);
+        let stopping = CancellationToken::new();
+        let stopped = stopping.clone();
+        let server =
+            axum::serve(self.listener, router(self.state)).with_graceful_shutdown(async move {
                 shutdown.await;
+                drain.begin();
+                tracing::info!(
+                    grace_ms = grace.as_millis() as u64,
+                    in_flight = drain.in_flight(),
+                    "draining: /readyz answers 503, requests in flight may finish"
+                );
+                if tokio::time::timeout(grace, drain.until_idle())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        in_flight = drain.in_flight(),
+                        "the shutdown grace is over with requests still in flight"
+                    );
+                }
                 waiters.cancel();
-            })
-            .await
+                stopping.cancel();
+            });
+        tokio::select! {
+            served = server.into_future() => served,
+            () = async { stopped.cancelled().await; tokio::time::sleep(settle).await } => {
+                tracing::warn!("stopping with requests still unanswered after the grace");
+                Ok(())
+            }
+        }
     }
 }
 

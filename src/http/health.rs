@@ -53,19 +53,26 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// `GET /readyz`: the store answers (Redis `TIME`); 503 problem when not.
+/// `GET /readyz`: the store answers (Redis `TIME`); 503 problem when not,
+/// and from the moment shutdown begins.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "operations",
     operation_id = "readyz",
     summary = "Readiness: the store answers",
+    description = "200 while the store answers; 503 while it does not, and from the moment \
+        this instance begins to shut down (`shutting-down`), so a load balancer stops sending \
+        it requests while those in flight finish.",
     responses(
         (status = 200, description = "The store answers (Redis `TIME`); `mode` and `masters` say how Redis is deployed, `warnings` lists store settings to change.", body = Readiness),
         (status = 503, response = Unavailable),
     ),
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
+    if state.drain.is_draining() {
+        return Err(ApiError::ShuttingDown);
+    }
     state.store.ping().await?;
     let report = state.store.report().await?;
     Ok(Json(Readiness {

@@ -6,11 +6,13 @@
 //! JSON shapes and `extract` the extractors (a valid semaphore name from the
 //! path; rejections as problem+json); `openapi` completes the document and
 //! serves it with Swagger UI. The layers around them: `observe` (request ids,
-//! spans, access log, HTTP metrics), `auth` (bearer tokens) and `limits`
-//! (request bounds, body size, the per-route time budgets).
+//! spans, access log, HTTP metrics), `auth` (bearer tokens), `drain` (requests
+//! in flight, readiness during shutdown) and `limits` (request bounds, body
+//! size, the per-route time budgets).
 
 pub mod auth;
 mod demo;
+pub mod drain;
 mod extract;
 mod health;
 pub mod limits;
@@ -74,6 +76,8 @@ pub struct StateParts {
     pub serve_demo: bool,
     /// Semaphores with their own gauges on `/metrics` (`--metrics-semaphores`).
     pub metered: Vec<SemaphoreName>,
+    /// Shutdown's progress, and the requests it waits for.
+    pub drain: Arc<drain::Drain>,
 }
 
 /// The OpenAPI document of a server enforcing `bounds`, as `GET
@@ -121,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         // known to every one of them.
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(from_fn_with_state(state.clone(), auth::require_token))
+        .layer(from_fn_with_state(state.clone(), drain::track))
         .layer(from_fn(observe::record_metrics))
         .layer(PropagateRequestIdLayer::new(observe::X_REQUEST_ID.clone()))
         .layer(

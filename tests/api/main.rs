@@ -17,6 +17,7 @@ mod contract;
 mod demo;
 mod deployments;
 mod docs;
+mod drain;
 mod failover;
 mod faults;
 mod helpers;
