@@ -137,6 +137,7 @@ pub fn router(state: AppState) -> Router {
                 // the access line; tower-http's own line would repeat them.
                 .on_failure(()),
         )
+        .layer(from_fn(observe::trace_context))
         .layer(SetRequestIdLayer::new(
             observe::X_REQUEST_ID.clone(),
             MakeRequestUuid,

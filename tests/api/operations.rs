@@ -722,3 +722,105 @@ async fn secrets_never_reach_the_logs() {
         assert!(!logs.contains(secret), "{secret} appeared in the logs");
     }
 }
+
+// ---------------------------------------------------------------- trace context
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_names_the_trace_in_every_log_line_and_in_the_demos_calls() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    // An upstream that records the traceparent of every call it gets.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+    let seen: Seen = Seen::default();
+    let upstream = axum::Router::new()
+        .route(
+            "/ok",
+            axum::routing::get(
+                |axum::extract::State(seen): axum::extract::State<Seen>,
+                 headers: axum::http::HeaderMap| async move {
+                    let header = headers
+                        .get("traceparent")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    seen.lock().unwrap().push(header.unwrap_or_default());
+                    "ok"
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+
+    let log_path = std::env::temp_dir().join(unique("permitd-trace-log"));
+    let mut process = BinaryBuilder::new()
+        .arg("--log-format")
+        .arg("json")
+        .arg("--demo-allowed-hosts")
+        .arg(&upstream_addr.to_string())
+        .env("RUST_LOG", "permitd=debug")
+        .log_to(std::fs::File::create(&log_path).unwrap())
+        .start()
+        .await;
+    let traced = process
+        .client
+        .get(process.url(&format!("/demo?requests=2&url=http://{upstream_addr}/ok")))
+        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .header("x-request-id", "traced-request")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(traced.status(), 200);
+    // An invalid traceparent (upper-case hex) is ignored: a new trace.
+    let invalid = format!("00-{}-{PARENT}-01", TRACE.to_uppercase());
+    let untraced = process
+        .client
+        .get(process.url("/semaphores/no-such-one"))
+        .header("traceparent", &invalid)
+        .header("x-request-id", "untraced-request")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(untraced.status(), 404);
+    process.kill();
+
+    // The demo's calls carried a child: same trace, new parent ids, flags kept.
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    for call in &calls {
+        let fields: Vec<&str> = call.split('-').collect();
+        assert_eq!(fields.len(), 4, "{call}");
+        assert_eq!(
+            (fields[0], fields[1], fields[3]),
+            ("00", TRACE, "01"),
+            "{call}"
+        );
+        assert_eq!(fields[2].len(), 16, "{call}");
+        assert_ne!(fields[2], PARENT, "{call}");
+    }
+    assert_ne!(calls[0], calls[1], "each call has its own parent id");
+
+    // Every log line of each request carries its trace id.
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    let trace_ids_of = |request_id: &str| -> Vec<String> {
+        logs.lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line["span"]["request_id"] == request_id)
+            .map(|line| line["span"]["trace_id"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    let traced_lines = trace_ids_of("traced-request");
+    assert!(traced_lines.len() >= 2, "{logs}");
+    assert!(
+        traced_lines.iter().all(|id| id == TRACE),
+        "{traced_lines:?}"
+    );
+    let untraced_lines = trace_ids_of("untraced-request");
+    assert!(!untraced_lines.is_empty(), "{logs}");
+    let fresh = &untraced_lines[0];
+    assert!(
+        fresh.len() == 32 && fresh.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{fresh}"
+    );
+    assert!(fresh != TRACE && untraced_lines.iter().all(|id| id == fresh));
+}
