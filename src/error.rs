@@ -271,10 +271,10 @@ impl From<ValueError> for ApiError {
 /// An error, as `application/problem+json` (RFC 9457). `limit`, `held` and
 /// `available` appear where they help decide what to do next.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({
+#[schema(examples(json!({
     "type": "urn:permitd:problem:no-capacity", "title": "No permit available", "status": 429,
     "detail": "2 of 2 units are held; not enough are free", "limit": 2, "held": 2, "available": 0
-}))]
+})))]
 pub struct Problem {
     /// A stable identifier of the kind of problem, `urn:permitd:problem:<kind>`:
     /// clients switch on it.

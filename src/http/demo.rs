@@ -116,7 +116,7 @@ fn number_param(name: &str, description: &str) -> Parameter {
 
 /// The body of `GET /demo/upstream`.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({ "delay_ms": 100 }))]
+#[schema(examples(json!({ "delay_ms": 100 })))]
 pub struct UpstreamReply {
     /// The delay that was asked for (and waited).
     #[schema(minimum = 0, maximum = 5000)]

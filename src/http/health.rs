@@ -10,7 +10,7 @@ use crate::error::{ApiError, Unavailable};
 
 /// The body of `GET /healthz`.
 #[derive(Serialize, ToSchema)]
-#[schema(example = json!({ "status": "ok" }))]
+#[schema(examples(json!({ "status": "ok" })))]
 pub struct Health {
     #[schema(pattern = "^ok$")]
     pub status: &'static str,
@@ -18,7 +18,7 @@ pub struct Health {
 
 /// The body of `GET /readyz`.
 #[derive(Serialize, ToSchema)]
-#[schema(example = json!({ "status": "ready", "store": "redis", "mode": "cluster", "masters": 3 }))]
+#[schema(examples(json!({ "status": "ready", "store": "redis", "mode": "cluster", "masters": 3 })))]
 pub struct Readiness {
     #[schema(pattern = "^ready$")]
     pub status: &'static str,

@@ -99,7 +99,7 @@ pub fn document(bounds: &RequestBounds) -> utoipa::openapi::OpenApi {
 /// # Errors
 /// Never in practice: the document is plain data.
 pub fn document_yaml(bounds: &RequestBounds) -> anyhow::Result<String> {
-    Ok(document(bounds).to_yaml()?)
+    Ok(openapi::to_yaml(&document(bounds)))
 }
 
 pub fn router(state: AppState) -> Router {

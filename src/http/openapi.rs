@@ -261,6 +261,103 @@ fn set_bounds(property: Option<&mut Object>, minimum: u64, maximum: u64, default
     }
 }
 
+/// The document as YAML that every parser reads the same. The YAML writer
+/// follows YAML 1.2, where `2026-11-28T07:36:53.712Z`, `yes` or `1:30` are
+/// plain strings; YAML 1.1 parsers (PyYAML, many tools built on it) read
+/// them as a timestamp, a boolean, a number. Such plain scalars are quoted,
+/// so the YAML and the JSON document are the same data for everyone.
+///
+/// # Panics
+/// Never in practice: the document is plain data.
+pub fn to_yaml(doc: &Document) -> String {
+    let yaml = doc
+        .to_yaml()
+        .expect("the OpenAPI document serialises to YAML");
+    quote_yaml_1_1_scalars(&yaml)
+}
+
+/// Quotes every plain scalar value that YAML 1.1 would not read as a
+/// string (see [`to_yaml`]), leaving block scalars (`|`, `>`) alone.
+fn quote_yaml_1_1_scalars(yaml: &str) -> String {
+    let mut out = String::with_capacity(yaml.len() + 64);
+    // Lines indented deeper than this belong to a block scalar.
+    let mut block_at: Option<usize> = None;
+    for line in yaml.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(at) = block_at {
+            if line.trim().is_empty() || indent > at {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+            block_at = None;
+        }
+        let (head, value) = split_scalar(line);
+        if value.starts_with('|') || value.starts_with('>') {
+            block_at = Some(indent);
+        }
+        out.push_str(head);
+        if is_yaml_1_1_non_string(value) {
+            out.push('\'');
+            out.push_str(value);
+            out.push('\'');
+        } else {
+            out.push_str(value);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A line as what comes before its scalar value (indent, `- ` markers, a
+/// key and its `: `) and the value itself (possibly empty).
+fn split_scalar(line: &str) -> (&str, &str) {
+    let mut at = line.len() - line.trim_start().len();
+    while line[at..].starts_with("- ") {
+        at += 2;
+    }
+    let rest = &line[at..];
+    // A quoted key ends at its closing quote; a plain one at the first ": ".
+    let key_end = match rest.chars().next() {
+        Some(quote @ ('\'' | '"')) => rest[1..].find(quote).map(|end| end + 2),
+        _ => Some(0),
+    };
+    match key_end.and_then(|from| rest[from..].find(": ").map(|colon| from + colon + 2)) {
+        Some(value_at) => line.split_at(at + value_at),
+        None if rest.ends_with(':') => (line, ""),
+        None => line.split_at(at),
+    }
+}
+
+/// Whether a plain YAML scalar is something other than a string to a YAML
+/// 1.1 parser, though YAML 1.2 reads it as one: a boolean word, a
+/// timestamp, a sexagesimal or underscored number.
+fn is_yaml_1_1_non_string(value: &str) -> bool {
+    const BOOLEANS: &[&str] = &[
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF",
+    ];
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let number = value.trim_start_matches(['-', '+']);
+    let sexagesimal = number.contains(':')
+        && number
+            .split(':')
+            .all(|part| digits(part.split('.').next().unwrap_or("")));
+    let underscored = number.contains('_')
+        && number.starts_with(|c: char| c.is_ascii_digit())
+        && number
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'_' || b == b'x' || b == b'.');
+    let timestamp = value.len() >= 10
+        && digits(&value[..4])
+        && value.as_bytes()[4] == b'-'
+        && value[5..].starts_with(|c: char| c.is_ascii_digit())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-:.+ ".contains(&b));
+    BOOLEANS.contains(&value) || sexagesimal || underscored || timestamp
+}
+
 /// The document as served: rendered once, at start.
 pub struct Rendered {
     json: String,
@@ -275,9 +372,7 @@ impl Rendered {
             json: doc
                 .to_json()
                 .expect("the OpenAPI document serialises to JSON"),
-            yaml: doc
-                .to_yaml()
-                .expect("the OpenAPI document serialises to YAML"),
+            yaml: to_yaml(doc),
         }
     }
 }
@@ -329,4 +424,25 @@ where
                 .display_operation_id(true),
         )
         .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalars_yaml_1_1_reads_otherwise_are_quoted() {
+        let yaml = "a:\n  at: 2026-11-28T07:36:53.712Z\n  day: 2026-11-28\n  b: yes\n  \
+                    c: 1:30\n  d: 1_000\n  e: payments\n  f: '2026-11-28'\n  \
+                    text: |\n    on\n    2026-11-28T07:36:53Z\n  list:\n  - off\n  \
+                    - worker-7\n  'key: x': no\n";
+        let quoted = quote_yaml_1_1_scalars(yaml);
+        assert_eq!(
+            quoted,
+            "a:\n  at: '2026-11-28T07:36:53.712Z'\n  day: '2026-11-28'\n  b: 'yes'\n  \
+             c: '1:30'\n  d: '1_000'\n  e: payments\n  f: '2026-11-28'\n  \
+             text: |\n    on\n    2026-11-28T07:36:53Z\n  list:\n  - 'off'\n  \
+             - worker-7\n  'key: x': 'no'\n"
+        );
+    }
 }
