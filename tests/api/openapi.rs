@@ -206,7 +206,10 @@ fn every_endpoint_is_documented_with_its_problems_and_headers() {
     let metrics = operation("/metrics", "get");
     assert!(metrics["responses"]["200"]["content"]["text/plain"].is_object());
     let report = &doc["components"]["schemas"]["DemoReport"];
-    assert!(report["examples"][0].is_object(), "examples, as OpenAPI 3.1 has them");
+    assert!(
+        report["examples"][0].is_object(),
+        "examples, as OpenAPI 3.1 has them"
+    );
     assert_eq!(
         report["properties"]["results"]["items"]["$ref"],
         "#/components/schemas/RequestResult"
