@@ -15,7 +15,7 @@ use clap::{ArgAction, Parser};
 use crate::demo::DemoBounds;
 use crate::http::RequestBounds;
 use crate::secret::Secret;
-use crate::semaphore::{Ttl, WaitTime};
+use crate::semaphore::{SemaphoreName, Ttl, WaitTime};
 use crate::store::Lifecycle;
 use crate::store::redis::{RedisSettings, RedisTarget, RedisTls};
 use crate::telemetry::LogFormat;
@@ -326,11 +326,15 @@ pub struct Settings {
     )]
     pub wait_recheck_ms: u64,
 
-    /// A bearer token clients must present (`Authorization: Bearer <token>`).
-    /// Repeat the flag for several; in the environment, separate them with
-    /// commas. With no token configured (here or in --api-token-file), the API
-    /// is open to anyone who can reach it. Prefer the environment or the file:
-    /// flags are visible to other local users in the process list.
+    /// A bearer token clients must present (`Authorization: Bearer <token>`),
+    /// as `scope[@prefix]:token`: scope `read` (status, listing, metrics),
+    /// `use` (permits, demo, and read) or `admin` (create, change, delete,
+    /// and use); with `@prefix`, only semaphores whose names start with it.
+    /// A bare token may do everything. Repeat the flag for several; in the
+    /// environment, separate them with commas. With no token configured (here
+    /// or in --api-token-file), the API is open to anyone who can reach it.
+    /// Prefer the environment or the file: flags are visible to other local
+    /// users in the process list.
     #[arg(
         long = "api-token",
         global = true,
@@ -340,8 +344,8 @@ pub struct Settings {
     )]
     pub api_tokens: Vec<Secret>,
 
-    /// A file of bearer tokens, one per line; blank lines and lines starting
-    /// with # are skipped. Adds to --api-token.
+    /// A file of bearer tokens, one per line, each like --api-token; blank
+    /// lines and lines starting with # are skipped. Adds to --api-token.
     #[arg(long, global = true, env = "PERMITD_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
 
@@ -356,6 +360,18 @@ pub struct Settings {
         action = ArgAction::Set
     )]
     pub metrics_public: bool,
+
+    /// Semaphores to export gauges of on /metrics (limit, held, waiting,
+    /// labelled `semaphore`), comma-separated, at most 100; read from the
+    /// store at each scrape. Only these names become labels, so the page
+    /// stays small however many semaphores there are.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_METRICS_SEMAPHORES",
+        value_delimiter = ','
+    )]
+    pub metrics_semaphores: Vec<String>,
 
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(
@@ -377,6 +393,18 @@ pub struct Settings {
         default_value_t = 10_000
     )]
     pub request_timeout_ms: u64,
+
+    /// On SIGTERM or Ctrl-C, how long requests in flight may take to finish
+    /// while /readyz already answers 503. Then (or once none is left)
+    /// waiting acquires are answered 503 and leave their queues, and
+    /// permitd exits.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_SHUTDOWN_GRACE_MS",
+        default_value_t = 10_000
+    )]
+    pub shutdown_grace_ms: u64,
 
     /// Most Redis connections one instance keeps open.
     #[arg(
@@ -405,6 +433,18 @@ pub struct Settings {
         default_value_t = 2_000
     )]
     pub redis_timeout_ms: u64,
+
+    /// Whether the demo is served (true or false): with false, `/demo` and
+    /// `/demo/upstream` answer 404 and are left out of the served OpenAPI
+    /// document. `permitd demo` runs either way.
+    #[arg(
+        long,
+        global = true,
+        env = "PERMITD_DEMO",
+        default_value_t = true,
+        action = ArgAction::Set
+    )]
+    pub demo: bool,
 
     /// Hosts `GET /demo?url=...` may call, comma-separated, each `host` (any
     /// port) or `host:port`. The built-in upstream is always allowed; any
@@ -442,6 +482,9 @@ pub struct Settings {
     #[arg(long, global = true, env = "PERMITD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
 }
+
+/// Most names `--metrics-semaphores` may list.
+const MAX_METERED: usize = 100;
 
 /// Where semaphores live.
 #[derive(Debug, Clone)]
@@ -609,6 +652,29 @@ impl Settings {
         Ok(tokens)
     }
 
+    /// The names of `--metrics-semaphores`, blank entries skipped.
+    ///
+    /// # Errors
+    /// When a name is not a valid semaphore name, or more than 100 are listed.
+    pub fn metered_semaphores(&self) -> anyhow::Result<Vec<SemaphoreName>> {
+        let names = self
+            .metrics_semaphores
+            .iter()
+            .map(|name| name.trim())
+            .filter(|name| !name.is_empty())
+            .map(|name| {
+                SemaphoreName::parse(name)
+                    .map_err(|e| anyhow::anyhow!("--metrics-semaphores {name:?}: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(
+            names.len() <= MAX_METERED,
+            "--metrics-semaphores lists {} names; at most {MAX_METERED}, to keep /metrics small",
+            names.len()
+        );
+        Ok(names)
+    }
+
     /// See `--request-timeout-ms`; at least 1 ms.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms.max(1))
@@ -754,6 +820,29 @@ mod tests {
         let tokens = cli.settings.api_tokens().unwrap();
         assert_eq!(tokens.len(), 2);
         assert_eq!(tokens[1].expose(), "tok-two-secret");
+    }
+
+    #[test]
+    fn the_demo_is_served_unless_switched_off() {
+        assert!(Cli::parse_from(["permitd"]).settings.demo);
+        assert!(
+            !Cli::parse_from(["permitd", "--demo", "false"])
+                .settings
+                .demo
+        );
+    }
+
+    #[test]
+    fn metered_semaphores_are_valid_names() {
+        let cli = Cli::parse_from(["permitd", "--metrics-semaphores", "pay, jobs:eu,"]);
+        let names = cli.settings.metered_semaphores().unwrap();
+        assert_eq!(
+            names.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+            ["pay", "jobs:eu"]
+        );
+        let cli = Cli::parse_from(["permitd", "--metrics-semaphores", "pay,no/slash"]);
+        let error = cli.settings.metered_semaphores().unwrap_err().to_string();
+        assert!(error.contains("no/slash"), "{error}");
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub enum ApiError {
     /// token; `presented` says whether it had a (wrong) one.
     #[error("a valid bearer token is required")]
     Unauthorized { presented: bool },
+    /// 403: the token is accepted but lacks the scope, or the semaphore name
+    /// prefix, this request needs; the detail says which.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such permit or route.
     #[error("{0}")]
     NotFound(String),
@@ -74,6 +78,9 @@ pub enum ApiError {
         held: u32,
         retry_after_secs: u64,
     },
+    /// 503: permitd is shutting down (`/readyz` while draining).
+    #[error("shutting down")]
+    ShuttingDown,
     /// 503: the request was not answered within `--request-timeout-ms` (plus
     /// the wait it asked for).
     #[error("request timed out")]
@@ -88,6 +95,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::SemaphoreNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::LimitConflict { .. }
@@ -97,7 +105,7 @@ impl ApiError {
             ApiError::PermitEnded => StatusCode::GONE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NoCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -108,6 +116,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "invalid-request",
             ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) | ApiError::SemaphoreNotFound { .. } => "not-found",
             ApiError::MethodNotAllowed => "method-not-allowed",
             ApiError::LimitConflict { .. } => "limit-conflict",
@@ -118,6 +127,7 @@ impl ApiError {
             ApiError::PermitEnded => "permit-ended",
             ApiError::NoCapacity { .. } => "no-capacity",
             ApiError::Timeout => "request-timeout",
+            ApiError::ShuttingDown => "shutting-down",
             ApiError::Store(e) if e.is_transient() => "store-unavailable",
             ApiError::Store(_) => "internal",
         }
@@ -127,6 +137,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "Invalid request",
             ApiError::Unauthorized { .. } => "Unauthorized",
+            ApiError::Forbidden(_) => "Forbidden",
             ApiError::NotFound(_) | ApiError::SemaphoreNotFound { .. } => "Not found",
             ApiError::MethodNotAllowed => "Method not allowed",
             ApiError::LimitConflict { .. } => "Semaphore exists with another limit",
@@ -137,6 +148,7 @@ impl ApiError {
             ApiError::PermitEnded => "Permit ended",
             ApiError::NoCapacity { .. } => "No permit available",
             ApiError::Timeout => "Request timed out",
+            ApiError::ShuttingDown => "Shutting down",
             ApiError::Store(e) if e.is_transient() => "Store unavailable",
             ApiError::Store(_) => "Internal error",
         }
@@ -144,9 +156,10 @@ impl ApiError {
 
     fn detail(&self) -> String {
         match self {
-            ApiError::BadRequest(d) | ApiError::NotFound(d) | ApiError::PayloadTooLarge(d) => {
-                d.clone()
-            }
+            ApiError::BadRequest(d)
+            | ApiError::NotFound(d)
+            | ApiError::PayloadTooLarge(d)
+            | ApiError::Forbidden(d) => d.clone(),
             ApiError::SemaphoreNotFound {
                 to_acquire: false, ..
             } => self.to_string(),
@@ -162,6 +175,7 @@ impl ApiError {
             ApiError::Unauthorized { presented: true } => {
                 "the bearer token is not one this server accepts".into()
             }
+            ApiError::ShuttingDown => "this instance is shutting down; use another".into(),
             ApiError::Timeout => "the request was not answered within the server's time \
                  limit; retry shortly"
                 .into(),
@@ -223,7 +237,7 @@ impl ApiError {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             ApiError::Store(e) if e.is_transient() => Some(1),
-            ApiError::Timeout => Some(1),
+            ApiError::Timeout | ApiError::ShuttingDown => Some(1),
             _ => None,
         }
     }
@@ -276,10 +290,10 @@ impl From<ValueError> for ApiError {
 /// An error, as `application/problem+json` (RFC 9457). `limit`, `held` and
 /// `available` appear where they help decide what to do next.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({
+#[schema(examples(json!({
     "type": "urn:permitd:problem:no-capacity", "title": "No permit available", "status": 429,
     "detail": "2 of 2 units are held; not enough are free", "limit": 2, "held": 2, "available": 0
-}))]
+})))]
 pub struct Problem {
     /// A stable identifier of the kind of problem, `urn:permitd:problem:<kind>`:
     /// clients switch on it.
@@ -316,6 +330,13 @@ pub struct Problem {
     headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))
 )]
 pub struct Unavailable(#[allow(dead_code)] Problem);
+
+/// The bearer token is accepted but lacks the scope (`read`, `use`,
+/// `admin`) or the semaphore name prefix this operation needs; `detail`
+/// names what is missing. Only on a server with API tokens.
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+pub struct Forbidden(#[allow(dead_code)] Problem);
 
 /// Request body over the size limit (`--max-body-bytes`, 16 KiB by default).
 #[derive(ToResponse)]

@@ -8,13 +8,16 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::{Settings, StoreChoice};
 use crate::demo::{AllowedHosts, DemoConfig};
+use crate::http::auth::{Scope, TokenEntry};
 use crate::http::{AccessControl, AppState, HttpLimits, StateParts, router};
+use crate::secret::Secret;
 use crate::store::SemaphoreStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -24,6 +27,11 @@ use tokio_util::sync::CancellationToken;
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// `--shutdown-grace-ms`.
+    grace: Duration,
+    /// After the grace, how long waiting acquires get to leave their queues
+    /// and answer: one store call.
+    settle: Duration,
 }
 
 impl Application {
@@ -34,6 +42,7 @@ impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let bounds = settings.request_bounds()?;
         let tokens = settings.api_tokens()?;
+        let metered = settings.metered_semaphores()?;
         crate::telemetry::metrics();
         let allowed_hosts = AllowedHosts::parse(&settings.demo_allowed_hosts)?;
         let store = build_store(settings).await?;
@@ -53,7 +62,7 @@ impl Application {
             bounds.max_wait_ms,
             waiting.clone(),
         )?
-        .with_upstream_token(tokens.first().cloned());
+        .with_upstream_token(upstream_token(&tokens));
         if settings.uses_redis() && settings.request_timeout_ms <= settings.redis_timeout_ms {
             // The request timeout would cut store calls short mid-script, where
             // the store's own timeout would have answered a clear 503.
@@ -63,7 +72,7 @@ impl Application {
                 "--request-timeout-ms is not above --redis-timeout-ms"
             );
         }
-        let access = AccessControl::new(&tokens, settings.metrics_public);
+        let access = AccessControl::new(&tokens, settings.metrics_public)?;
         if access.is_enabled() {
             tracing::info!(
                 tokens = tokens.len(),
@@ -88,7 +97,12 @@ impl Application {
                     request_timeout: settings.request_timeout(),
                 },
                 access,
+                serve_demo: settings.demo,
+                metered,
+                drain: Arc::default(),
             }),
+            grace: Duration::from_millis(settings.shutdown_grace_ms),
+            settle: Duration::from_millis(settings.redis_timeout_ms) + Duration::from_secs(1),
         })
     }
 
@@ -108,9 +122,13 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, answers
-    /// waiting acquires with 503 (rather than holding shutdown for their whole
-    /// wait), and lets other in-flight requests finish.
+    /// Serves until `shutdown` completes, then drains: `/readyz` answers
+    /// 503 at once while requests keep being served; once no request other
+    /// than an acquire is in flight, or the grace (`--shutdown-grace-ms`)
+    /// is over, waiting acquires are answered 503 and leave their queues
+    /// (rather than holding shutdown for their whole wait), the listener
+    /// closes, and this returns when the last answer is out, or a store
+    /// call's time after that at most.
     ///
     /// # Errors
     /// When the server fails to accept connections.
@@ -120,13 +138,49 @@ impl Application {
     ) -> std::io::Result<()> {
         tracing::info!(address = %self.local_addr(), store = self.state.store.kind(), "permitd listening");
         let waiters = self.state.waiting.shutdown.clone();
-        axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(async move {
+        let drain = Arc::clone(&self.state.drain);
+        let (grace, settle) = (self.grace, self.settle);
+        let stopping = CancellationToken::new();
+        let stopped = stopping.clone();
+        let server =
+            axum::serve(self.listener, router(self.state)).with_graceful_shutdown(async move {
                 shutdown.await;
+                drain.begin();
+                tracing::info!(
+                    grace_ms = grace.as_millis() as u64,
+                    in_flight = drain.in_flight(),
+                    "draining: /readyz answers 503, requests in flight may finish"
+                );
+                if tokio::time::timeout(grace, drain.until_idle())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        in_flight = drain.in_flight(),
+                        "the shutdown grace is over with requests still in flight"
+                    );
+                }
                 waiters.cancel();
-            })
-            .await
+                stopping.cancel();
+            });
+        tokio::select! {
+            served = server.into_future() => served,
+            () = async { stopped.cancelled().await; tokio::time::sleep(settle).await } => {
+                tracing::warn!("stopping with requests still unanswered after the grace");
+                Ok(())
+            }
+        }
     }
+}
+
+/// A token the demo may call its built-in upstream with (`use` suffices; the
+/// upstream names no semaphore, so a name prefix does not matter).
+fn upstream_token(entries: &[Secret]) -> Option<Secret> {
+    entries
+        .iter()
+        .filter_map(|entry| TokenEntry::parse(entry).ok())
+        .find(|entry| entry.scope >= Scope::Use)
+        .map(|entry| entry.token)
 }
 
 /// The store the settings choose, with the start-up log lines about it.
@@ -143,6 +197,7 @@ pub async fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn Semaphor
             Ok(Arc::new(MemoryStore::with_lifecycle(settings.lifecycle())))
         }
         StoreChoice::Redis(redis) => {
+            crate::telemetry::register_redis_series();
             let shown = redis.target.describe();
             let store = RedisStore::new(&redis).map_err(|e| anyhow::anyhow!("{e}"))?;
             // The seed's "check the Redis connection at start", without making a

@@ -1,6 +1,8 @@
 //! What permitd tells its operators: log output (one `tracing` subscriber,
-//! text or JSON, filtered by `RUST_LOG`) and the Prometheus metrics, whose
-//! names are the constants below and whose descriptions live in `describe`.
+//! text or JSON, filtered by `RUST_LOG`), the Prometheus metrics, whose
+//! names are the constants below and whose descriptions live in `describe`,
+//! and the W3C trace context ([`TraceContext`]) a request's log lines carry
+//! and the demo's outbound calls pass on.
 //!
 //! Metrics are low-cardinality on purpose: labels are matched routes, methods,
 //! statuses, outcomes and script names, never a semaphore name or a permit id
@@ -80,6 +82,49 @@ pub const REDIS_POOL_WAITING: &str = "permitd_redis_pool_waiting_calls";
 pub const REDIS_WAKE_SUBSCRIBED: &str = "permitd_redis_wake_subscribed";
 /// Always 1, labelled with the `version`: shows what runs where.
 pub const BUILD_INFO: &str = "permitd_build_info";
+/// Per-semaphore gauges, labelled `semaphore`, for the names listed in
+/// `--metrics-semaphores` only (so the label set stays the operator's
+/// choice): the limit, units held and acquires waiting, read at scrape time.
+pub const SEMAPHORE_LIMIT: &str = "permitd_semaphore_limit";
+pub const SEMAPHORE_HELD: &str = "permitd_semaphore_held";
+pub const SEMAPHORE_WAITING: &str = "permitd_semaphore_waiting";
+
+/// Every `outcome` of [`ACQUIRES`], [`REFRESHES`] and [`RELEASES`]: each
+/// series is exported at 0 from the start, so `increase()` sees the first
+/// event and an alert on a series is never silent for lack of it.
+pub const ACQUIRE_OUTCOMES: &[&str] = &[
+    "granted",
+    "replayed",
+    "unavailable",
+    "timed_out",
+    "not_found",
+    "conflict",
+    "too_large",
+    "idempotency_mismatch",
+    "idempotency_in_flight",
+    "permit_ended",
+    "invalid",
+    "error",
+];
+pub const REFRESH_OUTCOMES: &[&str] = &["refreshed", "gone"];
+pub const RELEASE_OUTCOMES: &[&str] = &["released", "gone"];
+/// The `call` labels of the Redis metrics (script names, `ping`, `info`)
+/// and the `kind` labels of [`REDIS_ERRORS`], exported at 0 on the Redis
+/// store from the start.
+pub const REDIS_CALLS: &[&str] = &[
+    "scan",
+    "acquire",
+    "release",
+    "refresh",
+    "permit",
+    "status",
+    "set_limit",
+    "delete",
+    "leave",
+    "ping",
+    "info",
+];
+pub const REDIS_ERROR_KINDS: &[&str] = &["timeout", "unavailable", "internal"];
 
 static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
     std::sync::OnceLock::new();
@@ -194,6 +239,47 @@ fn describe() {
         "From the change that freed units (release, expiry, limit raise) to their grant to \
          the next waiter, on the store's clock"
     );
+    describe_gauge!(
+        SEMAPHORE_LIMIT,
+        "The limit of each semaphore listed in --metrics-semaphores (0 while it does not exist)"
+    );
+    describe_gauge!(
+        SEMAPHORE_HELD,
+        Unit::Count,
+        "Units held of each semaphore listed in --metrics-semaphores"
+    );
+    describe_gauge!(
+        SEMAPHORE_WAITING,
+        Unit::Count,
+        "Acquires waiting (on every instance) for each semaphore listed in --metrics-semaphores"
+    );
+    // Every series with a closed label set is there from the first scrape.
+    for (name, outcomes) in [
+        (ACQUIRES, ACQUIRE_OUTCOMES),
+        (REFRESHES, REFRESH_OUTCOMES),
+        (RELEASES, RELEASE_OUTCOMES),
+    ] {
+        for outcome in outcomes {
+            metrics::counter!(name, "outcome" => *outcome).increment(0);
+        }
+    }
+    // A registered histogram is rendered with empty buckets until it records.
+    let _ = metrics::histogram!(ACQUIRE_WAIT);
+    let _ = metrics::histogram!(HANDOFF);
+}
+
+/// The Redis store's series, at 0 until they count: registered when a
+/// Redis store is built, before it first connects, so
+/// `permitd_redis_wake_subscribed` reads 0 (not absent) while Redis is down
+/// at start.
+pub fn register_redis_series() {
+    metrics::gauge!(REDIS_WAKE_SUBSCRIBED).increment(0.0);
+    for call in REDIS_CALLS {
+        let _ = metrics::histogram!(REDIS_DURATION, "call" => *call);
+        for kind in REDIS_ERROR_KINDS {
+            metrics::counter!(REDIS_ERRORS, "call" => *call, "kind" => *kind).increment(0);
+        }
+    }
 }
 
 /// Like [`init`], but writes to stderr and shows only warnings by default:
@@ -206,5 +292,117 @@ pub fn init_for_terminal(format: LogFormat) {
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// A W3C trace context (`traceparent`, version 00): the trace a request
+/// belongs to, taken from its `traceparent` header when that is valid, or a
+/// new one otherwise, so every request's log lines carry a trace id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: [u8; 16],
+    flags: u8,
+}
+
+impl TraceContext {
+    /// Reads `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`
+    /// (lowercase hex, ids not all zero). Another version is read by the
+    /// same first four fields, as the specification asks; version `ff`,
+    /// or anything malformed, is `None`.
+    pub fn parse(header: &str) -> Option<Self> {
+        let mut fields = header.trim().split('-');
+        let version = fields.next()?;
+        let (trace_id, parent_id, flags) = (fields.next()?, fields.next()?, fields.next()?);
+        let hex = |text: &str, len: usize| {
+            text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        // Version 00 has exactly four fields; later versions may add more.
+        let extra = fields.next().is_some();
+        if !hex(version, 2) || version == "ff" || (version == "00" && extra) {
+            return None;
+        }
+        if !hex(trace_id, 32) || !hex(parent_id, 16) || !hex(flags, 2) {
+            return None;
+        }
+        let zero = |text: &str| text.bytes().all(|b| b == b'0');
+        if zero(trace_id) || zero(parent_id) {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self {
+            trace_id: id,
+            flags: u8::from_str_radix(flags, 16).ok()? & 0x01,
+        })
+    }
+
+    /// A new trace, not sampled: for a request that brought none.
+    pub fn fresh() -> Self {
+        Self {
+            trace_id: *uuid::Uuid::new_v4().as_bytes(),
+            flags: 0,
+        }
+    }
+
+    /// The trace id as 32 lowercase hex digits, as logged.
+    pub fn trace_id(&self) -> String {
+        self.trace_id.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The `traceparent` of a call made on behalf of this trace: the same
+    /// trace id and flags, and a new parent id naming that call.
+    pub fn child(&self) -> String {
+        let parent: String = uuid::Uuid::new_v4().as_bytes()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("00-{}-{parent}-{:02x}", self.trace_id(), self.flags)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TraceContext;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_valid_traceparent_is_read() {
+        let trace = TraceContext::parse(VALID).unwrap();
+        assert_eq!(trace.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        // A later version is read by its first four fields.
+        assert!(TraceContext::parse(&format!("01{}-more", &VALID[2..])).is_some());
+    }
+
+    #[test]
+    fn invalid_traceparents_are_refused() {
+        for bad in [
+            "",
+            "00",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x",
+        ] {
+            assert_eq!(TraceContext::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_child_keeps_the_trace_and_gets_a_new_parent() {
+        let trace = TraceContext::parse(VALID).unwrap();
+        let child = trace.child();
+        let again = TraceContext::parse(&child).unwrap();
+        assert_eq!(again, trace);
+        assert_ne!(&child[36..52], &VALID[36..52], "a new parent id");
+        assert!(child.ends_with("-01"), "{child}");
+        let fresh = TraceContext::fresh();
+        assert_eq!(TraceContext::parse(&fresh.child()), Some(fresh));
     }
 }

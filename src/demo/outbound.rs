@@ -124,12 +124,14 @@ impl DemoConfig {
     }
 }
 
-/// Calls `url` and reads (then drops) the body. Returns the status, or a
-/// coarse reason: details of the failure are logged, not reported.
+/// Calls `url` (with `traceparent`, when the run belongs to a trace) and
+/// reads (then drops) the body. Returns the status, or a coarse reason:
+/// details of the failure are logged, not reported.
 pub(super) async fn call(
     client: &reqwest::Client,
     url: &str,
     token: Option<&Secret>,
+    traceparent: Option<String>,
 ) -> Result<u16, &'static str> {
     let classify = |e: reqwest::Error| {
         tracing::debug!(error = %e, "demo call failed");
@@ -144,6 +146,9 @@ pub(super) async fn call(
     let mut request = client.get(url);
     if let Some(token) = token {
         request = request.bearer_auth(token.expose());
+    }
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent);
     }
     let mut response = request.send().await.map_err(classify)?;
     let status = response.status().as_u16();

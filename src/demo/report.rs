@@ -5,9 +5,9 @@ use serde::Serialize;
 
 /// One request of the fan-out. Times are milliseconds since the demo started.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({
+#[schema(examples(json!({
     "index": 2, "status": 200, "wait_ms": 103.9, "start_ms": 104.0, "end_ms": 206.3
-}))]
+})))]
 pub struct RequestResult {
     /// 1-based, in the order the tasks were started.
     #[schema(minimum = 1)]
@@ -52,7 +52,7 @@ impl RequestResult {
 
 /// The report of one run: `GET /demo` serves it as JSON or draws it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({
+#[schema(examples(json!({
     "requests": 2, "limit": 1, "total_seconds": 0.2071, "ideal_seconds": 0.2,
     "max_concurrency": 1,
     "summary": "takes ~0.2071 seconds to handle 2 with 1 bounded limit",
@@ -62,7 +62,7 @@ impl RequestResult {
         { "index": 1, "status": 200, "wait_ms": 0.8, "start_ms": 0.9, "end_ms": 103.7 },
         { "index": 2, "status": 200, "wait_ms": 103.9, "start_ms": 104.0, "end_ms": 206.3 }
     ]
-}))]
+})))]
 pub struct DemoReport {
     /// How many requests were fanned out.
     #[schema(minimum = 1, maximum = 100)]

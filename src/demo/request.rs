@@ -4,6 +4,7 @@
 
 use super::bounds::{DemoBounds, MAX_IDEAL_MS, MAX_LIMIT};
 use crate::semaphore::{Limit, ValueError};
+use crate::telemetry::TraceContext;
 
 /// Which hosts `GET /demo?url=…` may call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +73,9 @@ pub struct DemoRequest {
     requests: u32,
     limit: Limit,
     target: Target,
+    /// The trace of the request that asked for the run: each outbound call
+    /// passes it on as a child `traceparent`.
+    trace: Option<TraceContext>,
 }
 
 impl DemoRequest {
@@ -119,7 +123,18 @@ impl DemoRequest {
             requests: requests as u32,
             limit: Limit::new(limit)?,
             target,
+            trace: None,
         })
+    }
+
+    /// Makes the run's outbound calls part of `trace`.
+    pub fn within_trace(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_ref()
     }
 
     pub fn requests(&self) -> u32 {

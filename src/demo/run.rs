@@ -17,6 +17,7 @@ use crate::semaphore::{
     AcquireOutcome, AcquireRequest, Count, Holder, IdleTtl, SemaphoreName, Ttl, WaitTime,
 };
 use crate::store::{SemaphoreStore, StoreError};
+use crate::telemetry::TraceContext;
 use crate::waiting::{self, WaitSettings};
 
 /// Hard end of one demo: a request without a permit by then gives up.
@@ -46,6 +47,8 @@ struct Run {
     client: reqwest::Client,
     /// Sent as a bearer token with each call (built-in upstream only).
     token: Option<Secret>,
+    /// Each call passes on a child of this trace (`traceparent`).
+    trace: Option<TraceContext>,
     max_wait_ms: u64,
     waiting: WaitSettings,
     started: Instant,
@@ -89,6 +92,7 @@ pub async fn run(
         url: config.url_of(request.target()),
         client: config.client_for(request.target()).clone(),
         token: config.token_for(request.target()),
+        trace: request.trace().copied(),
         max_wait_ms: config.max_wait_ms,
         waiting: config.waiting.clone(),
         started,
@@ -155,7 +159,8 @@ async fn one_request(run: Arc<Run>, index: u32) -> Result<RequestResult, StoreEr
     let now_in_flight = run.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     run.max_in_flight.fetch_max(now_in_flight, Ordering::SeqCst);
     let start_ms = run.elapsed_ms();
-    let outcome = call(&run.client, &run.url, run.token.as_ref()).await;
+    let traceparent = run.trace.map(|trace| trace.child());
+    let outcome = call(&run.client, &run.url, run.token.as_ref(), traceparent).await;
     let end_ms = run.elapsed_ms();
     run.in_flight.fetch_sub(1, Ordering::SeqCst);
     run.store.release(&run.name, permit).await?;

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -23,6 +24,7 @@ use crate::demo::{
     self as scenario, DEFAULT_LIMIT, DemoError, DemoReport, DemoRequest, MAX_CONCURRENT_RUNS,
 };
 use crate::error::{ApiError, Problem, Unavailable};
+use crate::telemetry::TraceContext;
 
 /// Query of `GET /demo`. Values are taken as text so that an empty form field
 /// means "default" and a bad number gets a message naming its field.
@@ -114,7 +116,7 @@ fn number_param(name: &str, description: &str) -> Parameter {
 
 /// The body of `GET /demo/upstream`.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({ "delay_ms": 100 }))]
+#[schema(examples(json!({ "delay_ms": 100 })))]
 pub struct UpstreamReply {
     /// The delay that was asked for (and waited).
     #[schema(minimum = 0, maximum = 5000)]
@@ -233,6 +235,7 @@ fn rendering(headers: &HeaderMap) -> Rendering {
 )]
 pub async fn run_demo(
     State(state): State<AppState>,
+    trace: Option<Extension<TraceContext>>,
     headers: HeaderMap,
     QueryParams(query): QueryParams<DemoQuery>,
 ) -> Result<Response, ApiError> {
@@ -261,6 +264,10 @@ pub async fn run_demo(
         &state.bounds.demo,
     )
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let request = match trace {
+        Some(Extension(trace)) => request.within_trace(trace),
+        None => request,
+    };
     let Some(_slot) = state.demo.try_start_run() else {
         // The runs themselves are the semaphore here: all units held, retry.
         return Err(ApiError::NoCapacity {

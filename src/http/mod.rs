@@ -6,11 +6,13 @@
 //! JSON shapes and `extract` the extractors (a valid semaphore name from the
 //! path; rejections as problem+json); `openapi` completes the document and
 //! serves it with Swagger UI. The layers around them: `observe` (request ids,
-//! spans, access log, HTTP metrics), `auth` (bearer tokens) and `limits`
-//! (request bounds, body size, the per-route time budgets).
+//! spans, access log, HTTP metrics), `auth` (bearer tokens), `drain` (requests
+//! in flight, readiness during shutdown) and `limits` (request bounds, body
+//! size, the per-route time budgets).
 
 pub mod auth;
 mod demo;
+pub mod drain;
 mod extract;
 mod health;
 pub mod limits;
@@ -35,6 +37,7 @@ pub use limits::{HttpLimits, RequestBounds, TimeBudgets};
 
 use crate::demo::DemoConfig;
 use crate::error::ApiError;
+use crate::semaphore::SemaphoreName;
 use crate::store::SemaphoreStore;
 use crate::waiting::WaitSettings;
 
@@ -69,10 +72,17 @@ pub struct StateParts {
     pub limits: HttpLimits,
     /// Which tokens are accepted, and where none is needed.
     pub access: AccessControl,
+    /// Whether `/demo` and `/demo/upstream` are served (`--demo`).
+    pub serve_demo: bool,
+    /// Semaphores with their own gauges on `/metrics` (`--metrics-semaphores`).
+    pub metered: Vec<SemaphoreName>,
+    /// Shutdown's progress, and the requests it waits for.
+    pub drain: Arc<drain::Drain>,
 }
 
 /// The OpenAPI document of a server enforcing `bounds`, as `GET
-/// /openapi.json` serves it when no API token is configured.
+/// /openapi.json` serves it when no API token is configured and the demo is
+/// on (the defaults).
 pub fn document(bounds: &RequestBounds) -> utoipa::openapi::OpenApi {
     // Budgets only bound requests being served: none is served from this one.
     let unused = TimeBudgets {
@@ -80,7 +90,7 @@ pub fn document(bounds: &RequestBounds) -> utoipa::openapi::OpenApi {
         acquire: Duration::ZERO,
         demo: Duration::ZERO,
     };
-    let doc = routes::api(&unused).into_openapi();
+    let doc = routes::api(&unused, true).into_openapi();
     openapi::with_bounds(doc, bounds)
 }
 
@@ -89,13 +99,18 @@ pub fn document(bounds: &RequestBounds) -> utoipa::openapi::OpenApi {
 /// # Errors
 /// Never in practice: the document is plain data.
 pub fn document_yaml(bounds: &RequestBounds) -> anyhow::Result<String> {
-    Ok(document(bounds).to_yaml()?)
+    Ok(openapi::to_yaml(&document(bounds)))
 }
 
 pub fn router(state: AppState) -> Router {
     let budgets = TimeBudgets::new(&state.limits, &state.bounds);
-    let (api, doc) = routes::api(&budgets).split_for_parts();
+    let (api, doc) = routes::api(&budgets, state.serve_demo).split_for_parts();
     let mut doc = openapi::with_bounds(doc, &state.bounds);
+    if !state.serve_demo
+        && let Some(tags) = doc.tags.as_mut()
+    {
+        tags.retain(|tag| tag.name != "demo");
+    }
     if state.access.is_enabled() {
         openapi::require_bearer(&mut doc, &state.access);
     }
@@ -110,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         // known to every one of them.
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(from_fn_with_state(state.clone(), auth::require_token))
+        .layer(from_fn_with_state(state.clone(), drain::track))
         .layer(from_fn(observe::record_metrics))
         .layer(PropagateRequestIdLayer::new(observe::X_REQUEST_ID.clone()))
         .layer(
@@ -121,6 +137,7 @@ pub fn router(state: AppState) -> Router {
                 // the access line; tower-http's own line would repeat them.
                 .on_failure(()),
         )
+        .layer(from_fn(observe::trace_context))
         .layer(SetRequestIdLayer::new(
             observe::X_REQUEST_ID.clone(),
             MakeRequestUuid,

@@ -49,7 +49,7 @@ fn nullable_whole_number<'de, D: Deserializer<'de>>(
 /// Body of `PUT /semaphores/{name}`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({ "limit": 5, "idle_ttl_ms": 86_400_000 }))]
+#[schema(examples(json!({ "limit": 5, "idle_ttl_ms": 86_400_000 })))]
 pub struct SetLimitBody {
     /// The most units held at once. Lowering it never revokes permits
     /// already held; new acquires wait until what is held fits.
@@ -93,7 +93,7 @@ impl SetLimitBody {
 /// rather than a silently ignored setting.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({ "limit": 5, "count": 1, "ttl_ms": 30000, "wait_ms": 0, "holder": "worker-7" }))]
+#[schema(examples(json!({ "limit": 5, "count": 1, "ttl_ms": 30000, "wait_ms": 0, "holder": "worker-7" })))]
 pub struct AcquireBody {
     /// Creates an unknown semaphore with this limit. If the semaphore exists
     /// with another limit the acquire is refused (409) rather than silently
@@ -127,7 +127,7 @@ pub struct AcquireBody {
 /// configured default lease.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({ "ttl_ms": 30000 }))]
+#[schema(examples(json!({ "ttl_ms": 30000 })))]
 pub struct RefreshBody {
     /// The new lease, in milliseconds from now (default 30000). The default,
     /// minimum and maximum are the server's configuration.
@@ -189,11 +189,11 @@ impl AcquireBody {
 
 /// A permit as the acquire, lookup and refresh responses show it.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({
+#[schema(examples(json!({
     "id": "3b0c5a4e-8f1d-4c3a-9a57-2f6c1e0d9b21", "semaphore": "payments", "count": 1,
     "fencing_token": 1_795_851_413_712_265_u64, "acquired_at": "2026-11-28T07:36:53.712Z",
     "expires_at": "2026-11-28T07:37:23.712Z", "holder": "worker-7"
-}))]
+})))]
 pub struct PermitView {
     /// The permit's id: the capability to refresh or release it. Only the
     /// acquire that made the permit returns it.
@@ -266,11 +266,11 @@ impl From<&HolderInfo> for HolderView {
 
 /// A semaphore's status.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({
+#[schema(examples(json!({
     "name": "payments", "limit": 5, "held": 1, "available": 4, "waiting": 0,
     "holders": [{ "holder": "worker-7", "count": 1, "fencing_token": 1_795_851_413_712_265_u64,
                   "acquired_at": "2026-11-28T07:36:53.712Z", "expires_at": "2026-11-28T07:37:23.712Z" }]
-}))]
+})))]
 pub struct SemaphoreView {
     #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     pub name: String,

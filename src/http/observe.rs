@@ -4,10 +4,14 @@
 //! - **Request id**: taken from the client's `x-request-id` when it is a
 //!   sensible one (1–128 visible ASCII characters), generated (a UUID)
 //!   otherwise, and echoed on the response (tower-http's request-id layers).
+//! - **Trace context**: a valid W3C `traceparent` header names the request's
+//!   trace; without one (or with an invalid one, which is ignored) a new
+//!   trace id is made. It is in the request's extensions for calls made on
+//!   its behalf (the demo's), and `trace_id` in its span.
 //! - **Span** `request` per request, with `method`, `route` (the matched route
-//!   template, never the raw path), `request_id`, and `semaphore`, which
-//!   the handler fills in once it has parsed the name. Every log line of the
-//!   request carries them.
+//!   template, never the raw path), `request_id`, `trace_id`, and
+//!   `semaphore`, which the handler fills in once it has parsed the name.
+//!   Every log line of the request carries them.
 //! - **Access log**: one `request finished` line at the end, with status and
 //!   latency; target `permitd::access`, so it can be filtered on its own.
 //!   Probes and scrapes log at debug, server errors at warn, the rest at info.
@@ -22,7 +26,7 @@ use axum::http::{HeaderName, HeaderValue, Method, Response};
 use axum::middleware::Next;
 use tracing::Span;
 
-use crate::telemetry;
+use crate::telemetry::{self, TraceContext};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -72,6 +76,23 @@ pub async fn drop_unusable_request_id(mut request: Request, next: Next) -> Respo
     next.run(request).await
 }
 
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Middleware, before the span is made: settles the request's trace (its
+/// valid `traceparent`, else a new one) in its extensions.
+pub async fn trace_context(mut request: Request, next: Next) -> Response<Body> {
+    let mut headers = request.headers().get_all(&TRACEPARENT).iter();
+    // Two traceparent headers are as invalid as a malformed one.
+    let trace = match (headers.next(), headers.next()) {
+        (Some(value), None) => value.to_str().ok().and_then(TraceContext::parse),
+        _ => None,
+    };
+    request
+        .extensions_mut()
+        .insert(trace.unwrap_or_else(TraceContext::fresh));
+    next.run(request).await
+}
+
 /// The span of one request (see the module docs for its fields).
 pub fn request_span<B>(request: &axum::http::Request<B>) -> Span {
     let request_id = request
@@ -79,11 +100,17 @@ pub fn request_span<B>(request: &axum::http::Request<B>) -> Span {
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    let trace_id = request
+        .extensions()
+        .get::<TraceContext>()
+        .map(TraceContext::trace_id)
+        .unwrap_or_default();
     tracing::info_span!(
         "request",
         method = %request.method(),
         route = route_of(request),
         request_id,
+        trace_id,
         semaphore = tracing::field::Empty,
     )
 }

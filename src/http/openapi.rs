@@ -12,11 +12,12 @@
 //! generated client sees the limits this server actually enforces. Access
 //! control is stated the same way: the bearer scheme is always described (so
 //! Swagger UI offers "Authorize"), and when this server has API tokens, every
-//! operation that needs one says so and lists its 401.
+//! operation that needs one says so, with the scope it needs (`read`, `use`
+//! or `admin`, as `auth::required_scope` decides), and lists its 401 and 403.
 
 use std::sync::Arc;
 
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::response::IntoResponse;
 use axum::{Extension, Router};
 use utoipa::OpenApi;
@@ -29,9 +30,9 @@ use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::RequestBounds;
-use super::auth::AccessControl;
+use super::auth::{AccessControl, required_scope};
 use crate::demo::{DEFAULT_LIMIT, MAX_LIMIT};
-use crate::error::{PayloadTooLarge, Unavailable};
+use crate::error::{Forbidden, PayloadTooLarge, Unavailable};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -51,7 +52,7 @@ use crate::error::{PayloadTooLarge, Unavailable};
     servers((url = "/", description = "the permitd that served this document")),
     // The paths come from the router (`http::routes`); these are the
     // components no handler names by type.
-    components(responses(Unavailable, PayloadTooLarge)),
+    components(responses(Unavailable, PayloadTooLarge, Forbidden)),
     tags(
         (name = "semaphores", description = "Create, inspect, change and delete semaphores."),
         (name = "permits", description = "Acquire, look up, refresh and release permits."),
@@ -72,10 +73,21 @@ pub fn with_bounds(mut doc: Document, bounds: &RequestBounds) -> Document {
         }
         let wait = property(&mut components.schemas, "AcquireBody", "wait_ms");
         set_bounds(wait, 0, bounds.max_wait_ms, None);
-        let reply = property(&mut components.schemas, "UpstreamReply", "delay_ms");
-        set_bounds(reply, 0, bounds.demo.max_delay_ms, None);
     }
+    if doc.paths.paths.contains_key("/demo") {
+        with_demo_bounds(&mut doc, bounds);
+    }
+    describe_bearer(&mut doc);
+    doc
+}
+
+/// The demo's bounds, on a document that has its routes (`--demo`).
+fn with_demo_bounds(doc: &mut Document, bounds: &RequestBounds) {
     let demo = bounds.demo;
+    if let Some(components) = doc.components.as_mut() {
+        let reply = property(&mut components.schemas, "UpstreamReply", "delay_ms");
+        set_bounds(reply, 0, demo.max_delay_ms, None);
+    }
     for (path, name, minimum, maximum, default) in [
         (
             "/demo",
@@ -100,12 +112,12 @@ pub fn with_bounds(mut doc: Document, bounds: &RequestBounds) -> Document {
             demo.default_delay_ms(),
         ),
     ] {
-        let number = query_number(&mut doc, path, name);
+        let number = query_number(doc, path, name);
         set_bounds(number, minimum, maximum, Some(default));
     }
     if !demo.urls_allowed {
         // No host is listed: only an empty url (the built-in upstream) passes.
-        let url = query_parameter(&mut doc, "/demo", "url")
+        let url = query_parameter(doc, "/demo", "url")
             .and_then(|p| match p.schema.as_mut()? {
                 RefOr::T(Schema::Object(url)) => Some(url),
                 _ => None,
@@ -113,8 +125,6 @@ pub fn with_bounds(mut doc: Document, bounds: &RequestBounds) -> Document {
             .expect("GET /demo documents its url parameter");
         url.max_length = Some(0);
     }
-    describe_bearer(&mut doc);
-    doc
 }
 
 /// The name of the bearer scheme in the document.
@@ -133,15 +143,21 @@ fn describe_bearer(doc: &mut Document) {
                     "An API token of this server (`--api-token`, `PERMITD_API_TOKENS` or \
                      `--api-token-file`), sent as `Authorization: Bearer <token>`. Needed only \
                      when the server has tokens configured; the probes, this document and \
-                     Swagger UI (and `/metrics`, by default) never need one.",
+                     Swagger UI (and `/metrics`, by default) never need one. A token has a \
+                     scope: `read` (status, listing, metrics), `use` (permits and the demo, \
+                     and `read`) or `admin` (create, change and delete semaphores, and \
+                     `use`); each operation's security requirement names the scope it needs, \
+                     and a token without it, or without the semaphore name prefix it is \
+                     limited to, gets 403.",
                 ))
                 .build(),
         ),
     );
 }
 
-/// Marks every operation `access` guards as needing the bearer token, with
-/// its 401 answer: the document a server with API tokens serves.
+/// Marks every operation `access` guards as needing the bearer token with
+/// the scope it needs, with its 401 and 403 answers: the document a server
+/// with API tokens serves.
 pub fn require_bearer(doc: &mut Document, access: &AccessControl) {
     let unauthorized = ResponseBuilder::new()
         .description(
@@ -167,22 +183,26 @@ pub fn require_bearer(doc: &mut Document, access: &AccessControl) {
         if access.is_open(path) {
             continue;
         }
-        let operations: [&mut Option<Operation>; 8] = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-            &mut item.head,
-            &mut item.options,
-            &mut item.trace,
+        let operations: [(Method, &mut Option<Operation>); 8] = [
+            (Method::GET, &mut item.get),
+            (Method::PUT, &mut item.put),
+            (Method::POST, &mut item.post),
+            (Method::DELETE, &mut item.delete),
+            (Method::PATCH, &mut item.patch),
+            (Method::HEAD, &mut item.head),
+            (Method::OPTIONS, &mut item.options),
+            (Method::TRACE, &mut item.trace),
         ];
-        for operation in operations.into_iter().flatten() {
-            operation.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
-            operation
-                .responses
-                .responses
-                .insert("401".into(), RefOr::T(unauthorized.clone()));
+        for (method, operation) in operations {
+            let Some(operation) = operation else { continue };
+            let scope = required_scope(&method, Some(path));
+            operation.security = Some(vec![SecurityRequirement::new(BEARER, [scope.as_str()])]);
+            let responses = &mut operation.responses.responses;
+            responses.insert("401".into(), RefOr::T(unauthorized.clone()));
+            responses.insert(
+                "403".into(),
+                RefOr::Ref(Ref::from_response_name("Forbidden")),
+            );
         }
     }
 }
@@ -241,6 +261,103 @@ fn set_bounds(property: Option<&mut Object>, minimum: u64, maximum: u64, default
     }
 }
 
+/// The document as YAML that every parser reads the same. The YAML writer
+/// follows YAML 1.2, where `2026-11-28T07:36:53.712Z`, `yes` or `1:30` are
+/// plain strings; YAML 1.1 parsers (PyYAML, many tools built on it) read
+/// them as a timestamp, a boolean, a number. Such plain scalars are quoted,
+/// so the YAML and the JSON document are the same data for everyone.
+///
+/// # Panics
+/// Never in practice: the document is plain data.
+pub fn to_yaml(doc: &Document) -> String {
+    let yaml = doc
+        .to_yaml()
+        .expect("the OpenAPI document serialises to YAML");
+    quote_yaml_1_1_scalars(&yaml)
+}
+
+/// Quotes every plain scalar value that YAML 1.1 would not read as a
+/// string (see [`to_yaml`]), leaving block scalars (`|`, `>`) alone.
+fn quote_yaml_1_1_scalars(yaml: &str) -> String {
+    let mut out = String::with_capacity(yaml.len() + 64);
+    // Lines indented deeper than this belong to a block scalar.
+    let mut block_at: Option<usize> = None;
+    for line in yaml.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(at) = block_at {
+            if line.trim().is_empty() || indent > at {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+            block_at = None;
+        }
+        let (head, value) = split_scalar(line);
+        if value.starts_with('|') || value.starts_with('>') {
+            block_at = Some(indent);
+        }
+        out.push_str(head);
+        if is_yaml_1_1_non_string(value) {
+            out.push('\'');
+            out.push_str(value);
+            out.push('\'');
+        } else {
+            out.push_str(value);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A line as what comes before its scalar value (indent, `- ` markers, a
+/// key and its `: `) and the value itself (possibly empty).
+fn split_scalar(line: &str) -> (&str, &str) {
+    let mut at = line.len() - line.trim_start().len();
+    while line[at..].starts_with("- ") {
+        at += 2;
+    }
+    let rest = &line[at..];
+    // A quoted key ends at its closing quote; a plain one at the first ": ".
+    let key_end = match rest.chars().next() {
+        Some(quote @ ('\'' | '"')) => rest[1..].find(quote).map(|end| end + 2),
+        _ => Some(0),
+    };
+    match key_end.and_then(|from| rest[from..].find(": ").map(|colon| from + colon + 2)) {
+        Some(value_at) => line.split_at(at + value_at),
+        None if rest.ends_with(':') => (line, ""),
+        None => line.split_at(at),
+    }
+}
+
+/// Whether a plain YAML scalar is something other than a string to a YAML
+/// 1.1 parser, though YAML 1.2 reads it as one: a boolean word, a
+/// timestamp, a sexagesimal or underscored number.
+fn is_yaml_1_1_non_string(value: &str) -> bool {
+    const BOOLEANS: &[&str] = &[
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF",
+    ];
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let number = value.trim_start_matches(['-', '+']);
+    let sexagesimal = number.contains(':')
+        && number
+            .split(':')
+            .all(|part| digits(part.split('.').next().unwrap_or("")));
+    let underscored = number.contains('_')
+        && number.starts_with(|c: char| c.is_ascii_digit())
+        && number
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'_' || b == b'x' || b == b'.');
+    let timestamp = value.len() >= 10
+        && digits(&value[..4])
+        && value.as_bytes()[4] == b'-'
+        && value[5..].starts_with(|c: char| c.is_ascii_digit())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-:.+ ".contains(&b));
+    BOOLEANS.contains(&value) || sexagesimal || underscored || timestamp
+}
+
 /// The document as served: rendered once, at start.
 pub struct Rendered {
     json: String,
@@ -255,9 +372,7 @@ impl Rendered {
             json: doc
                 .to_json()
                 .expect("the OpenAPI document serialises to JSON"),
-            yaml: doc
-                .to_yaml()
-                .expect("the OpenAPI document serialises to YAML"),
+            yaml: to_yaml(doc),
         }
     }
 }
@@ -309,4 +424,25 @@ where
                 .display_operation_id(true),
         )
         .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalars_yaml_1_1_reads_otherwise_are_quoted() {
+        let yaml = "a:\n  at: 2026-11-28T07:36:53.712Z\n  day: 2026-11-28\n  b: yes\n  \
+                    c: 1:30\n  d: 1_000\n  e: payments\n  f: '2026-11-28'\n  \
+                    text: |\n    on\n    2026-11-28T07:36:53Z\n  list:\n  - off\n  \
+                    - worker-7\n  'key: x': no\n";
+        let quoted = quote_yaml_1_1_scalars(yaml);
+        assert_eq!(
+            quoted,
+            "a:\n  at: '2026-11-28T07:36:53.712Z'\n  day: '2026-11-28'\n  b: 'yes'\n  \
+             c: '1:30'\n  d: '1_000'\n  e: payments\n  f: '2026-11-28'\n  \
+             text: |\n    on\n    2026-11-28T07:36:53Z\n  list:\n  - 'off'\n  \
+             - worker-7\n  'key: x': 'no'\n"
+        );
+    }
 }

@@ -11,9 +11,11 @@ use utoipa_axum::routes;
 use super::limits::{self, TimeBudgets};
 use super::{AppState, demo, health, openapi, permits, semaphores};
 
-/// The documented routes, with `budgets` as their time bounds. The document
-/// alone (`http::document`) does not depend on the budgets.
-pub fn api(budgets: &TimeBudgets) -> OpenApiRouter<AppState> {
+/// The documented routes, with `budgets` as their time bounds; the demo's
+/// only when `demo` (`--demo`), so switched off they are neither routed nor
+/// documented. The document alone (`http::document`) does not depend on the
+/// budgets.
+pub fn api(budgets: &TimeBudgets, demo: bool) -> OpenApiRouter<AppState> {
     let budget = |duration| from_fn_with_state(duration, limits::within);
     let standard = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(semaphores::list_semaphores))
@@ -30,7 +32,6 @@ pub fn api(budgets: &TimeBudgets) -> OpenApiRouter<AppState> {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
-        .routes(routes!(demo::demo_upstream))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(openapi::openapi_yaml))
         .route_layer(budget(budgets.standard));
@@ -38,8 +39,15 @@ pub fn api(budgets: &TimeBudgets) -> OpenApiRouter<AppState> {
     let acquire = OpenApiRouter::new()
         .routes(routes!(permits::acquire_permit))
         .route_layer(budget(budgets.acquire));
-    let demo = OpenApiRouter::new()
+    let api = standard.merge(acquire);
+    if !demo {
+        return api;
+    }
+    let upstream = OpenApiRouter::new()
+        .routes(routes!(demo::demo_upstream))
+        .route_layer(budget(budgets.standard));
+    let run = OpenApiRouter::new()
         .routes(routes!(demo::run_demo))
         .route_layer(budget(budgets.demo));
-    standard.merge(acquire).merge(demo)
+    api.merge(upstream).merge(run)
 }

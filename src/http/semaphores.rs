@@ -10,6 +10,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::AppState;
+use super::auth::{Access, Scope};
 use super::extract::{JsonBody, QueryParams, SemaphorePath};
 use super::models::{SemaphoreList, SemaphoreView, SetLimitBody};
 use crate::error::{ApiError, PayloadTooLarge, Problem, Unavailable};
@@ -25,7 +26,10 @@ pub struct ListQuery {
     #[param(pattern = "^[A-Za-z0-9._:-]{0,128}$", max_length = 128)]
     prefix: Option<String>,
     /// Where to go on: the `next_cursor` of the page before.
-    #[param(max_length = 512)]
+    #[param(
+        pattern = r"^[0-9]{1,9}\.[0-9]{1,19}(\.[A-Za-z0-9._:-]{1,128})?$",
+        max_length = 160
+    )]
     cursor: Option<String>,
     /// The most semaphores on this page (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -54,9 +58,22 @@ pub struct ListQuery {
 )]
 pub async fn list_semaphores(
     State(state): State<AppState>,
+    access: Access,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<SemaphoreList>, ApiError> {
-    let prefix = query.prefix.unwrap_or_default();
+    let mut prefix = query.prefix.unwrap_or_default();
+    // A token limited to a name prefix lists only within it.
+    if let Some(allowed) = access.prefix() {
+        if prefix.starts_with(allowed) {
+        } else if allowed.starts_with(&prefix) {
+            prefix = allowed.to_owned();
+        } else {
+            return Ok(Json(SemaphoreList {
+                semaphores: Vec::new(),
+                next_cursor: None,
+            }));
+        }
+    }
     if prefix.len() > SemaphoreName::MAX_LEN
         || !prefix.is_empty() && SemaphoreName::parse(&prefix).is_err()
     {
@@ -167,12 +184,16 @@ pub async fn put_semaphore(
 )]
 pub async fn get_semaphore(
     State(state): State<AppState>,
+    access: Access,
     SemaphorePath(name): SemaphorePath,
     QueryParams(query): QueryParams<StatusQuery>,
 ) -> Result<Json<SemaphoreView>, ApiError> {
     let with_ids = match query.include.as_deref() {
-        None | Some("") => false,
-        Some("ids") => true,
+        None => false,
+        Some("ids") => {
+            access.require(Scope::Admin, "permit ids in status")?;
+            true
+        }
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
                 "include may only be \"ids\", not {other:?}"

@@ -662,10 +662,21 @@ impl SemaphoreStore for MemoryStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<SemaphorePage, ListError> {
-        // The cursor is the last name listed.
+        // The cursor has the Redis store's shape (`node.scan.after`, see
+        // `store::redis`), so clients see one format; here only the last name
+        // listed (`after`) matters.
         let from = match cursor {
             Some(text) => {
-                Bound::Excluded(SemaphoreName::parse(text).map_err(|_| ListError::BadCursor)?)
+                let mut parts = text.splitn(3, '.');
+                let numbers = parts.next().is_some_and(|n| n.parse::<u32>().is_ok())
+                    && parts.next().is_some_and(|n| n.parse::<u64>().is_ok());
+                match (numbers, parts.next()) {
+                    (false, _) => return Err(ListError::BadCursor),
+                    (true, None) => Bound::Unbounded,
+                    (true, Some(after)) => Bound::Excluded(
+                        SemaphoreName::parse(after).map_err(|_| ListError::BadCursor)?,
+                    ),
+                }
             }
             None => Bound::Unbounded,
         };
@@ -681,6 +692,8 @@ impl SemaphoreStore for MemoryStore {
             .cloned()
             .collect();
         let more = names.len() > limit;
+        // After the last name looked at, listed or found forgotten.
+        let next_cursor = more.then(|| format!("0.0.{}", names[limit - 1]));
         let mut page = Vec::with_capacity(limit);
         for name in names.into_iter().take(limit) {
             if let Some(state) = semaphores.live(&name, now) {
@@ -693,9 +706,7 @@ impl SemaphoreStore for MemoryStore {
             }
         }
         Ok(SemaphorePage {
-            next_cursor: more
-                .then(|| page.last().map(|s| s.name.as_str().to_owned()))
-                .flatten(),
+            next_cursor,
             semaphores: page,
         })
     }

@@ -491,3 +491,32 @@ async fn at_most_four_runs_at_once_then_429() {
     let response = app.get("/demo?requests=1&limit=1&delay_ms=0").await;
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switched_off_the_demo_is_a_404_and_leaves_the_document() {
+    let app = crate::helpers::BinaryBuilder::new()
+        .env("PERMITD_DEMO", "false")
+        .start()
+        .await;
+    for path in ["/demo", "/demo?requests=1", "/demo/upstream?delay_ms=0"] {
+        crate::helpers::expect_problem(app.get(path).await, 404).await;
+    }
+    let doc: serde_json::Value = app.get("/openapi.json").await.json().await.unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(
+        paths.keys().all(|path| !path.starts_with("/demo")),
+        "{:?}",
+        paths.keys()
+    );
+    assert!(paths.contains_key("/semaphores/{name}/permits"));
+    assert!(doc["components"]["schemas"]["DemoReport"].is_null());
+    let tags = doc["tags"].as_array().unwrap();
+    assert!(tags.iter().all(|tag| tag["name"] != "demo"), "{tags:?}");
+    // The API itself is unchanged.
+    assert_eq!(
+        app.acquire("still-here", serde_json::json!({ "limit": 1 }))
+            .await
+            .status(),
+        201
+    );
+}

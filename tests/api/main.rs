@@ -11,12 +11,14 @@
 //! private clusters and Sentinel setups.
 //! `TEST_LOG=1 cargo test` shows the logs of the apps under test.
 
+mod access;
 mod browser;
 mod client;
 mod contract;
 mod demo;
 mod deployments;
 mod docs;
+mod drain;
 mod failover;
 mod faults;
 mod helpers;

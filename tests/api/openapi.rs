@@ -206,7 +206,10 @@ fn every_endpoint_is_documented_with_its_problems_and_headers() {
     let metrics = operation("/metrics", "get");
     assert!(metrics["responses"]["200"]["content"]["text/plain"].is_object());
     let report = &doc["components"]["schemas"]["DemoReport"];
-    assert!(report["example"].is_object());
+    assert!(
+        report["examples"][0].is_object(),
+        "examples, as OpenAPI 3.1 has them"
+    );
     assert_eq!(
         report["properties"]["results"]["items"]["$ref"],
         "#/components/schemas/RequestResult"
@@ -214,7 +217,7 @@ fn every_endpoint_is_documented_with_its_problems_and_headers() {
 
     let body = &doc["components"]["schemas"]["AcquireBody"];
     assert_eq!(body["additionalProperties"], false);
-    assert!(body["example"].is_object());
+    assert!(body["examples"][0].is_object());
     let limit = &body["properties"]["limit"];
     assert_eq!(
         (&limit["minimum"], &limit["maximum"]),
@@ -318,4 +321,59 @@ fn inline_shared_responses(doc: &mut Value) {
             }
         }
     }
+}
+
+/// `yaml` read by PyYAML (a YAML 1.1 parser, like many tools built on it),
+/// as JSON. Uses the fuzzing virtualenv's Python when there is one (its
+/// schemathesis brings PyYAML), else `python3`; either needs PyYAML.
+fn read_with_pyyaml(yaml: &str) -> Value {
+    use std::io::Write;
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let python = if std::path::Path::new(venv).exists() {
+        venv
+    } else {
+        "python3"
+    };
+    let mut child = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("this test needs {python} with PyYAML: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{python} could not read the YAML; this test needs PyYAML \
+         (`pip install pyyaml` or `apt-get install python3-yaml`):\n{stderr}"
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_yaml_1_1_parser_reads_the_yaml_as_the_same_data_as_the_json() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml");
+    let checked_in = std::fs::read_to_string(path).unwrap();
+    let generated = serde_json::to_value(permitd::http::document(&default_bounds())).unwrap();
+    assert_eq!(
+        read_with_pyyaml(&checked_in),
+        generated,
+        "PyYAML reads openapi.yaml differently from the JSON document (an unquoted \
+         timestamp, yes/no/on/off, 1:30 ...?)"
+    );
+
+    let app = spawn_app(Store::Memory).await;
+    let served_json: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let served_yaml = app.get("/openapi.yaml").await.text().await.unwrap();
+    assert_eq!(read_with_pyyaml(&served_yaml), served_json);
 }

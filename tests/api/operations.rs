@@ -52,15 +52,20 @@ impl Scrape {
         Self(samples)
     }
 
-    /// The value of `name` with exactly these labels; 0 when absent.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    /// `{labels}` as the keys of a scrape spell them (empty for none).
+    fn labels(labels: &[(&str, &str)]) -> String {
         let mut pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}")).collect();
         pairs.sort_unstable();
-        let key = if pairs.is_empty() {
-            name.to_owned()
+        if pairs.is_empty() {
+            String::new()
         } else {
-            format!("{name}{{{}}}", pairs.join(","))
-        };
+            format!("{{{}}}", pairs.join(","))
+        }
+    }
+
+    /// The value of `name` with exactly these labels; 0 when absent.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let key = format!("{name}{}", Self::labels(labels));
         self.0.get(&key).copied().unwrap_or(0.0)
     }
 
@@ -227,6 +232,103 @@ async fn the_waiters_gauge_counts_long_polls_in_progress() {
     assert!(Scrape::of(&app).await.get("permitd_waiters", &[]) >= 1.0);
     assert_eq!(app.delete(&location).await.status(), 204);
     assert_eq!(waiter.await.unwrap().status, 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_with_a_closed_label_set_are_exported_at_0_from_the_first_scrape() {
+    // Redis is down from the start: nothing has counted anything yet.
+    let app = BinaryBuilder::new()
+        .arg("--redis-url")
+        .arg(&format!("redis://127.0.0.1:{}", free_port()))
+        .arg("--redis-timeout-ms")
+        .arg("200")
+        .start_alive()
+        .await;
+    let first = Scrape::of(&app).await;
+    let at_zero = |name: &str, labels: &[(&str, &str)]| {
+        let key = format!("{name}{}", Scrape::labels(labels));
+        assert_eq!(first.0.get(&key), Some(&0.0), "{key} is not exported at 0");
+    };
+    for outcome in [
+        "granted",
+        "replayed",
+        "unavailable",
+        "timed_out",
+        "not_found",
+        "conflict",
+        "too_large",
+        "idempotency_mismatch",
+        "invalid",
+        "error",
+    ] {
+        at_zero("permitd_acquires_total", &[("outcome", outcome)]);
+    }
+    for outcome in ["refreshed", "gone"] {
+        at_zero("permitd_refreshes_total", &[("outcome", outcome)]);
+    }
+    for outcome in ["released", "gone"] {
+        at_zero("permitd_releases_total", &[("outcome", outcome)]);
+    }
+    at_zero("permitd_lease_expiries_total", &[]);
+    at_zero("permitd_acquire_wait_seconds_count", &[]);
+    at_zero("permitd_acquire_wait_seconds_bucket", &[("le", "+Inf")]);
+    at_zero("permitd_handoff_seconds_count", &[]);
+    at_zero("permitd_redis_wake_subscribed", &[]);
+    for kind in ["timeout", "unavailable", "internal"] {
+        at_zero(
+            "permitd_redis_errors_total",
+            &[("call", "acquire"), ("kind", kind)],
+        );
+    }
+    at_zero(
+        "permitd_redis_call_duration_seconds_count",
+        &[("call", "release")],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_semaphores_have_gauges_of_their_own_and_no_others() {
+    let app = BinaryBuilder::new()
+        .env("PERMITD_METRICS_SEMAPHORES", "gauged,gauged-absent")
+        .start()
+        .await;
+    assert_eq!(
+        app.put_json("/semaphores/gauged", json!({ "limit": 3 }))
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        app.acquire("gauged", json!({ "count": 2 })).await.status(),
+        201
+    );
+    assert_eq!(
+        app.acquire("unlisted", json!({ "limit": 1 }))
+            .await
+            .status(),
+        201
+    );
+    let waiter = app.acquire_in_background("gauged", json!({ "count": 2, "wait_ms": 10_000 }));
+    app.until_waiting("gauged", 1).await;
+
+    let scrape = Scrape::of(&app).await;
+    let gauged = [("semaphore", "gauged")];
+    assert_eq!(scrape.get("permitd_semaphore_limit", &gauged), 3.0);
+    assert_eq!(scrape.get("permitd_semaphore_held", &gauged), 2.0);
+    assert_eq!(scrape.get("permitd_semaphore_waiting", &gauged), 1.0);
+    let absent = [("semaphore", "gauged-absent")];
+    for gauge in ["permitd_semaphore_limit", "permitd_semaphore_held"] {
+        assert_eq!(
+            scrape.0.get(&format!("{gauge}{}", Scrape::labels(&absent))),
+            Some(&0.0)
+        );
+    }
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        !text.contains("unlisted"),
+        "an unlisted name became a label"
+    );
+    waiter.abort();
 }
 
 // ---------------------------------------------------------------- request ids
@@ -442,9 +544,9 @@ async fn the_openapi_document_says_where_a_token_is_needed() {
     let response = locked.get("/openapi.json").await;
     assert_eq!(response.status(), 200);
     let doc: Value = response.json().await.unwrap();
-    // ...and say which operations need it, with their 401.
+    // ...and say which operations need it, with the scope, and their 401.
     let acquire = &doc["paths"]["/semaphores/{name}/permits"]["post"];
-    assert_eq!(acquire["security"], json!([{ "bearer": [] }]));
+    assert_eq!(acquire["security"], json!([{ "bearer": ["use"] }]));
     assert!(acquire["responses"]["401"]["headers"]["WWW-Authenticate"].is_object());
     for (path, item) in doc["paths"].as_object().unwrap() {
         let open = matches!(
@@ -619,4 +721,106 @@ async fn secrets_never_reach_the_logs() {
     for secret in [PASSWORD, TOKEN, OTHER_TOKEN, WRONG_TOKEN] {
         assert!(!logs.contains(secret), "{secret} appeared in the logs");
     }
+}
+
+// ---------------------------------------------------------------- trace context
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_names_the_trace_in_every_log_line_and_in_the_demos_calls() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    // An upstream that records the traceparent of every call it gets.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+    let seen: Seen = Seen::default();
+    let upstream = axum::Router::new()
+        .route(
+            "/ok",
+            axum::routing::get(
+                |axum::extract::State(seen): axum::extract::State<Seen>,
+                 headers: axum::http::HeaderMap| async move {
+                    let header = headers
+                        .get("traceparent")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    seen.lock().unwrap().push(header.unwrap_or_default());
+                    "ok"
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+
+    let log_path = std::env::temp_dir().join(unique("permitd-trace-log"));
+    let mut process = BinaryBuilder::new()
+        .arg("--log-format")
+        .arg("json")
+        .arg("--demo-allowed-hosts")
+        .arg(&upstream_addr.to_string())
+        .env("RUST_LOG", "permitd=debug")
+        .log_to(std::fs::File::create(&log_path).unwrap())
+        .start()
+        .await;
+    let traced = process
+        .client
+        .get(process.url(&format!("/demo?requests=2&url=http://{upstream_addr}/ok")))
+        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .header("x-request-id", "traced-request")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(traced.status(), 200);
+    // An invalid traceparent (upper-case hex) is ignored: a new trace.
+    let invalid = format!("00-{}-{PARENT}-01", TRACE.to_uppercase());
+    let untraced = process
+        .client
+        .get(process.url("/semaphores/no-such-one"))
+        .header("traceparent", &invalid)
+        .header("x-request-id", "untraced-request")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(untraced.status(), 404);
+    process.kill();
+
+    // The demo's calls carried a child: same trace, new parent ids, flags kept.
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    for call in &calls {
+        let fields: Vec<&str> = call.split('-').collect();
+        assert_eq!(fields.len(), 4, "{call}");
+        assert_eq!(
+            (fields[0], fields[1], fields[3]),
+            ("00", TRACE, "01"),
+            "{call}"
+        );
+        assert_eq!(fields[2].len(), 16, "{call}");
+        assert_ne!(fields[2], PARENT, "{call}");
+    }
+    assert_ne!(calls[0], calls[1], "each call has its own parent id");
+
+    // Every log line of each request carries its trace id.
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    let trace_ids_of = |request_id: &str| -> Vec<String> {
+        logs.lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line["span"]["request_id"] == request_id)
+            .map(|line| line["span"]["trace_id"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    let traced_lines = trace_ids_of("traced-request");
+    assert!(traced_lines.len() >= 2, "{logs}");
+    assert!(
+        traced_lines.iter().all(|id| id == TRACE),
+        "{traced_lines:?}"
+    );
+    let untraced_lines = trace_ids_of("untraced-request");
+    assert!(!untraced_lines.is_empty(), "{logs}");
+    let fresh = &untraced_lines[0];
+    assert!(
+        fresh.len() == 32 && fresh.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{fresh}"
+    );
+    assert!(fresh != TRACE && untraced_lines.iter().all(|id| id == fresh));
 }

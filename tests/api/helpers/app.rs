@@ -119,12 +119,18 @@ impl ApiClient {
         }
     }
 
-    /// Polls `/readyz` until it answers 200, or panics after `within`;
-    /// `exited` says whether the server has died meanwhile (then `false`).
-    async fn until_ready(&self, within: Duration, mut exited: impl FnMut() -> bool) -> bool {
+    /// Polls `probe` (`/readyz`, or `/healthz` for a server that may not be
+    /// ready) until it answers 200, or panics after `within`; `exited` says
+    /// whether the server has died meanwhile (then `false`).
+    async fn until_ready(
+        &self,
+        probe: &str,
+        within: Duration,
+        mut exited: impl FnMut() -> bool,
+    ) -> bool {
         let deadline = Instant::now() + within;
         loop {
-            let response = self.client.get(self.url("/readyz")).send().await;
+            let response = self.client.get(self.url(probe)).send().await;
             if response.is_ok_and(|r| r.status() == 200) {
                 return true;
             }
@@ -453,13 +459,26 @@ impl BinaryBuilder {
 
     /// Starts it and waits until `/readyz` answers 200.
     pub async fn start(self) -> BinaryApp {
+        self.start_until("/readyz").await
+    }
+
+    /// Starts it and waits only until `/healthz` answers 200: for a server
+    /// whose store is down on purpose.
+    pub async fn start_alive(self) -> BinaryApp {
+        self.start_until("/healthz").await
+    }
+
+    async fn start_until(self, probe: &str) -> BinaryApp {
         // The free port may be taken before permitd binds it; then it exits.
         for _ in 0..5 {
             let port = free_port();
             let mut child = self.command(port).spawn().expect("permitd starts");
             let api = ApiClient::new(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
             let exited = || matches!(child.try_wait(), Ok(Some(_)));
-            if api.until_ready(Duration::from_secs(10), exited).await {
+            if api
+                .until_ready(probe, Duration::from_secs(10), exited)
+                .await
+            {
                 return BinaryApp {
                     api,
                     child,
@@ -486,6 +505,28 @@ impl BinaryApp {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM, as a container runtime stops it; returns at once.
+    pub fn terminate(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) with a pid this process started and still owns.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM sent");
+    }
+
+    /// Its exit status once it has exited, or `None` if it still runs after
+    /// `within`.
+    pub async fn exit_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the child's status") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

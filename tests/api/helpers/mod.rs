@@ -22,7 +22,9 @@ pub mod cluster;
 mod redis_server;
 pub mod sentinel;
 
-pub use app::{ApiClient, BinaryBuilder, Harness, TestApp, Waited, spawn_app, spawn_app_with};
+pub use app::{
+    ApiClient, BinaryApp, BinaryBuilder, Harness, TestApp, Waited, spawn_app, spawn_app_with,
+};
 // The crate paths that are expected to move live here only, so a move is
 // one line to change.
 pub use permitd::http::RequestBounds;

@@ -1,0 +1,181 @@
+//! A clean drain, on the real binary: on SIGTERM `/readyz` turns 503 at
+//! once while requests in flight finish, then waiting acquires are answered
+//! 503 with `Retry-After` and leave the queue (a second instance on the same
+//! Redis sees nobody stranded), and the process exits 0.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::get;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::helpers::{ApiClient, Harness, Store, expect_problem};
+
+/// An upstream whose one call is held open until the test lets it go: while
+/// it is held, the demo request calling it is certainly in flight.
+struct HeldUpstream {
+    addr: std::net::SocketAddr,
+    arrived: mpsc::Receiver<()>,
+    release: oneshot::Sender<()>,
+}
+
+async fn held_upstream() -> HeldUpstream {
+    type Shared = std::sync::Arc<(mpsc::Sender<()>, Mutex<Option<oneshot::Receiver<()>>>)>;
+    let (arrived_tx, arrived) = mpsc::channel(1);
+    let (release, release_rx) = oneshot::channel();
+    let shared: Shared = std::sync::Arc::new((arrived_tx, Mutex::new(Some(release_rx))));
+    let app = axum::Router::new()
+        .route(
+            "/hold",
+            get(|State(shared): State<Shared>| async move {
+                let _ = shared.0.send(()).await;
+                if let Some(release) = shared.1.lock().await.take() {
+                    let _ = release.await;
+                }
+                "released"
+            }),
+        )
+        .with_state(shared);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    HeldUpstream {
+        addr,
+        arrived,
+        release,
+    }
+}
+
+/// A waiting acquire sent in the background, answered with its headers.
+fn wait_for_permit(api: &ApiClient, name: &str) -> tokio::task::JoinHandle<reqwest::Response> {
+    let request = api
+        .client
+        .post(api.url(&format!("/semaphores/{name}/permits")))
+        .json(&json!({ "wait_ms": 60_000 }));
+    tokio::spawn(async move { request.send().await.unwrap() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_answers_waiters_and_exits_0() {
+    let harness = Harness::new(Store::Redis);
+    let observer = harness.spawn().await;
+    let mut upstream = held_upstream().await;
+    let mut app = harness
+        .binary()
+        .arg("--shutdown-grace-ms")
+        .arg("30000")
+        .arg("--demo-allowed-hosts")
+        .arg(&upstream.addr.to_string())
+        .start()
+        .await;
+
+    // One unit, held elsewhere; a waiter queued on the instance to stop.
+    let held = observer.acquire("drained", json!({ "limit": 1 })).await;
+    assert_eq!(held.status(), 201);
+    let waiter = wait_for_permit(&app, "drained");
+    observer.until_waiting("drained", 1).await;
+    // A request in flight: the demo, calling the held upstream.
+    // ':' and '/' may stand unescaped in a query.
+    let demo_path = format!("/demo?requests=1&url=http://{}/hold", upstream.addr);
+    let demo = app.client.get(app.url(&demo_path)).send();
+    let demo = tokio::spawn(demo);
+    upstream
+        .arrived
+        .recv()
+        .await
+        .expect("the demo called the upstream");
+
+    app.terminate();
+    let signalled = Instant::now();
+    // Readiness turns 503 while the request is in flight; the server still
+    // answers, and the waiter still waits.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let not_ready = loop {
+        let response = app.get("/readyz").await;
+        if response.status() == 503 {
+            break response;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {}",
+            response.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let problem = expect_problem(not_ready, 503).await;
+    assert_eq!(problem["type"], "urn:permitd:problem:shutting-down");
+    assert!(
+        !waiter.is_finished(),
+        "the waiter was answered before the drain"
+    );
+    assert_eq!(observer.status("drained").await["waiting"], 1);
+
+    // The request in flight finishes normally.
+    upstream.release.send(()).unwrap();
+    let demo = demo.await.unwrap().unwrap();
+    assert_eq!(demo.status(), 200);
+    let report: Value = demo.json().await.unwrap();
+    assert_eq!(report["results"][0]["status"], 200, "{report}");
+
+    // Then the waiter gets 503 with Retry-After, long before the 30 s grace.
+    let answered = waiter.await.unwrap();
+    assert_eq!(answered.status(), 503);
+    assert!(answered.headers().contains_key("retry-after"));
+    expect_problem(answered, 503).await;
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "held for the grace"
+    );
+
+    // It left the queue: nobody is stranded in front of the next acquire.
+    assert_eq!(observer.status("drained").await["waiting"], 0);
+    let status = app.exit_status(Duration::from_secs(10)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_outlives_the_grace_does_not_hold_the_exit() {
+    let harness = Harness::new(Store::Memory);
+    let mut upstream = held_upstream().await;
+    let mut app = harness
+        .binary()
+        .arg("--shutdown-grace-ms")
+        .arg("500")
+        .arg("--demo-allowed-hosts")
+        .arg(&upstream.addr.to_string())
+        .start()
+        .await;
+    let held = app.acquire("outlived", json!({ "limit": 1 })).await;
+    assert_eq!(held.status(), 201);
+    let waiter = wait_for_permit(&app, "outlived");
+    app.until_waiting("outlived", 1).await;
+    // ':' and '/' may stand unescaped in a query.
+    let demo_path = format!("/demo?requests=1&url=http://{}/hold", upstream.addr);
+    let demo = app.client.get(app.url(&demo_path)).send();
+    let _demo = tokio::spawn(demo);
+    upstream
+        .arrived
+        .recv()
+        .await
+        .expect("the demo called the upstream");
+
+    app.terminate();
+    let signalled = Instant::now();
+    // The upstream is never released: the grace ends it.
+    let answered = waiter.await.unwrap();
+    assert_eq!(answered.status(), 503);
+    assert!(answered.headers().contains_key("retry-after"));
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(450),
+        "before the grace"
+    );
+    let status = app.exit_status(Duration::from_secs(10)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}"
+    );
+}
