@@ -90,9 +90,14 @@ pub async fn list_semaphores(
             )));
         }
     };
-    let cursor = query.cursor.filter(|c| !c.is_empty());
-    if cursor.as_ref().is_some_and(|c| c.len() > 512) {
-        return Err(ApiError::BadRequest("cursor is too long".into()));
+    let cursor = query.cursor;
+    if cursor
+        .as_ref()
+        .is_some_and(|c| c.is_empty() || c.len() > 160)
+    {
+        return Err(ApiError::BadRequest(
+            "cursor must be a next_cursor a listing returned".into(),
+        ));
     }
     let page = state
         .store

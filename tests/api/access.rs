@@ -250,3 +250,74 @@ async fn an_ambiguous_scoped_entry_stops_the_start() {
         "the token is not shown: {said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permit_ids_are_for_admins_and_a_prefixed_token_lists_only_its_prefix() {
+    let app = scoped_binary().await;
+    for name in ["pay.a", "pay.b", "other"] {
+        let created = call(
+            &app,
+            Method::PUT,
+            &format!("/semaphores/{name}"),
+            ADMIN,
+            Some(json!({ "limit": 1 })),
+        )
+        .await;
+        assert_eq!(created.status(), 201);
+    }
+    let held = call(&app, Method::POST, "/semaphores/pay.a/permits", USE, None).await;
+    assert_eq!(held.status(), 201);
+    let held: Value = held.json().await.unwrap();
+
+    forbidden(
+        call(
+            &app,
+            Method::GET,
+            "/semaphores/pay.a?include=ids",
+            USE,
+            None,
+        )
+        .await,
+        "admin scope",
+    )
+    .await;
+    let seen: Value = call(
+        &app,
+        Method::GET,
+        "/semaphores/pay.a?include=ids",
+        ADMIN,
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(seen["holders"][0]["id"], held["id"]);
+
+    let names = |list: Value| -> Vec<String> {
+        list["semaphores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all: Value = call(&app, Method::GET, "/semaphores", READ, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(names(all), ["other", "pay.a", "pay.b"]);
+    let within: Value = call(&app, Method::GET, "/semaphores", PAYMENTS, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(names(within), ["pay.a", "pay.b"]);
+    let outside: Value = call(&app, Method::GET, "/semaphores?prefix=oth", PAYMENTS, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(names(outside).is_empty());
+}

@@ -360,6 +360,7 @@ async fn bad_listing_queries_are_400(store: Store) {
         "limit=x",
         "prefix=a%20b",
         "cursor=not-a-cursor!",
+        "cursor=",
         "other=1",
     ] {
         expect_problem(app.get(&format!("/semaphores?{query}")).await, 400).await;
