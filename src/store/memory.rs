@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{Attempt, Lifecycle, ListError, SemaphoreStore, StoreError, Wakeups};
+use super::{Attempt, Lifecycle, ListCursor, ListError, SemaphoreStore, StoreError, Wakeups};
 use crate::semaphore::{
     AcquireOutcome, AcquireRequest, HolderInfo, IdleTtl, Limit, MAX_LISTED_HOLDERS, Millis, Permit,
     PermitId, ReleaseOutcome, SemaphoreName, SemaphorePage, SemaphoreStatus, SemaphoreSummary,
@@ -662,21 +662,14 @@ impl SemaphoreStore for MemoryStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<SemaphorePage, ListError> {
-        // The cursor has the Redis store's shape (`node.scan.after`, see
-        // `store::redis`), so clients see one format; here only the last name
-        // listed (`after`) matters.
-        let from = match cursor {
-            Some(text) => {
-                let mut parts = text.splitn(3, '.');
-                let numbers = parts.next().is_some_and(|n| n.parse::<u32>().is_ok())
-                    && parts.next().is_some_and(|n| n.parse::<u64>().is_ok());
-                match (numbers, parts.next()) {
-                    (false, _) => return Err(ListError::BadCursor),
-                    (true, None) => Bound::Unbounded,
-                    (true, Some(after)) => Bound::Excluded(
-                        SemaphoreName::parse(after).map_err(|_| ListError::BadCursor)?,
-                    ),
-                }
+        // Of the cursor (see `ListCursor`) only the last name listed matters.
+        let after = match cursor {
+            Some(text) => ListCursor::parse(text).ok_or(ListError::BadCursor)?.after,
+            None => None,
+        };
+        let from = match after {
+            Some(name) => {
+                Bound::Excluded(SemaphoreName::parse(&name).map_err(|_| ListError::BadCursor)?)
             }
             None => Bound::Unbounded,
         };
@@ -693,7 +686,13 @@ impl SemaphoreStore for MemoryStore {
             .collect();
         let more = names.len() > limit;
         // After the last name looked at, listed or found forgotten.
-        let next_cursor = more.then(|| format!("0.0.{}", names[limit - 1]));
+        let next_cursor = more.then(|| {
+            ListCursor {
+                after: Some(names[limit - 1].as_str().to_owned()),
+                ..ListCursor::default()
+            }
+            .render()
+        });
         let mut page = Vec::with_capacity(limit);
         for name in names.into_iter().take(limit) {
             if let Some(state) = semaphores.live(&name, now) {

@@ -111,6 +111,40 @@ impl StoreError {
     }
 }
 
+/// Where a listing goes on, the one cursor shape of both stores: on Redis,
+/// which master, the SCAN cursor on it, and the last name already listed
+/// from that SCAN step (a step can find more than a page holds; the next
+/// page repeats it and skips what was listed); in memory only the last name
+/// listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListCursor {
+    pub node: usize,
+    pub scan: u64,
+    pub after: Option<String>,
+}
+
+impl ListCursor {
+    /// `node.scan[.after]`: `after` is last and taken whole, so the dots a
+    /// name may hold are no ambiguity.
+    pub fn render(&self) -> String {
+        match &self.after {
+            Some(after) => format!("{}.{}.{after}", self.node, self.scan),
+            None => format!("{}.{}", self.node, self.scan),
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.splitn(3, '.');
+        let node = parts.next()?.parse().ok()?;
+        let scan = parts.next()?.parse().ok()?;
+        let after = match parts.next() {
+            Some(after) => Some(SemaphoreName::parse(after).ok()?.as_str().to_owned()),
+            None => None,
+        };
+        Some(Self { node, scan, after })
+    }
+}
+
 /// Why a listing page could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {

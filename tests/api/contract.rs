@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::helpers::{ApiClient, Store, expect_problem, on_each_store, spawn_app};
+use crate::helpers::{ApiClient, Store, expect_problem, on_each_store, permit_path, spawn_app};
 use serde_json::{Value, json};
 
 on_each_store!(
@@ -52,14 +52,6 @@ async fn granted(app: &ApiClient, name: &str, body: Value) -> Value {
         )
     );
     permit
-}
-
-fn permit_path(permit: &Value) -> String {
-    format!(
-        "/semaphores/{}/permits/{}",
-        permit["semaphore"].as_str().unwrap(),
-        permit["id"].as_str().unwrap()
-    )
 }
 
 async fn acquire_grants_until_the_limit_then_returns_429(store: Store) {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::cluster::RedisCluster;
-use crate::helpers::{ApiClient, Harness, Reply, Store, expect_problem, on_each_store, spawn_app};
+use crate::helpers::{
+    ApiClient, Harness, Reply, Store, expect_problem, on_each_store, permit_path, spawn_app,
+};
 
 on_each_store!(
     a_key_used_with_another_body_is_422,
@@ -30,14 +32,6 @@ fn keyed(app: &ApiClient, name: &str, key: &str, body: Value) -> reqwest::Reques
         .post(app.url(&format!("/semaphores/{name}/permits")))
         .header("Idempotency-Key", key)
         .json(&body)
-}
-
-fn permit_path(permit: &Value) -> String {
-    format!(
-        "/semaphores/{}/permits/{}",
-        permit["semaphore"].as_str().unwrap(),
-        permit["id"].as_str().unwrap()
-    )
 }
 
 async fn a_key_used_with_another_body_is_422(store: Store) {

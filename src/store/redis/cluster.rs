@@ -85,15 +85,20 @@ impl Cluster {
             .cloned()
     }
 
-    /// The addresses of the nodes that are not failed, as one node sees them
-    /// (`CLUSTER NODES`).
-    pub(super) async fn nodes(&self) -> Result<Vec<(String, u16)>, StoreError> {
+    /// `CLUSTER NODES`, as one node sees the cluster.
+    async fn cluster_nodes(&self) -> Result<String, StoreError> {
         let mut connection = self.connection().await?;
-        let text: String = redis::cmd("CLUSTER")
+        redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(&mut connection)
             .await
-            .map_err(classify)?;
+            .map_err(classify)
+    }
+
+    /// The addresses of the nodes that are not failed, as one node sees them
+    /// (`CLUSTER NODES`).
+    pub(super) async fn nodes(&self) -> Result<Vec<(String, u16)>, StoreError> {
+        let text = self.cluster_nodes().await?;
         let seed_host = match self.template.addr() {
             ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.as_str(),
             _ => "",
@@ -107,12 +112,7 @@ impl Cluster {
     /// One slot of each master that serves slots, in slot order: a stable
     /// way to name the masters one after another (the listing's SCAN).
     pub(super) async fn master_slots(&self) -> Result<Vec<u16>, StoreError> {
-        let mut connection = self.connection().await?;
-        let text: String = redis::cmd("CLUSTER")
-            .arg("NODES")
-            .query_async(&mut connection)
-            .await
-            .map_err(classify)?;
+        let text = self.cluster_nodes().await?;
         let mut slots: Vec<u16> = text.lines().filter_map(first_slot_of_master).collect();
         slots.sort_unstable();
         Ok(slots)

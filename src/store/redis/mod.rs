@@ -82,7 +82,8 @@ use self::sentinel::{NodeAuth, Sentinel};
 use self::subscriber::WakeSource;
 pub use self::tls::RedisTls;
 use super::{
-    Attempt, Lifecycle, ListError, PoolStatus, SemaphoreStore, StoreError, StoreReport, Wakeups,
+    Attempt, Lifecycle, ListCursor, ListError, PoolStatus, SemaphoreStore, StoreError, StoreReport,
+    Wakeups,
 };
 use crate::secret::{Secret, redact_url};
 use crate::semaphore::{
@@ -415,38 +416,6 @@ impl RedisStore {
             })),
             tag => Err(unexpected(tag)),
         }
-    }
-}
-
-/// Where a listing goes on: which master, the SCAN cursor on it, and the
-/// last name already listed from that SCAN step (a step can find more than
-/// a page holds; the next page repeats it and skips what was listed).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct ListCursor {
-    node: usize,
-    scan: u64,
-    after: Option<String>,
-}
-
-impl ListCursor {
-    /// `node.scan[.after]`: names cannot hold a `.`-free ambiguity, since
-    /// `after` is last and taken whole.
-    fn render(&self) -> String {
-        match &self.after {
-            Some(after) => format!("{}.{}.{after}", self.node, self.scan),
-            None => format!("{}.{}", self.node, self.scan),
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        let mut parts = text.splitn(3, '.');
-        let node = parts.next()?.parse().ok()?;
-        let scan = parts.next()?.parse().ok()?;
-        let after = match parts.next() {
-            Some(after) => Some(SemaphoreName::parse(after).ok()?.as_str().to_owned()),
-            None => None,
-        };
-        Some(Self { node, scan, after })
     }
 }
 

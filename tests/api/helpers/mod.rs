@@ -172,3 +172,12 @@ pub async fn expect_problem(response: reqwest::Response, status: u16) -> Value {
     assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
     body
 }
+
+/// A permit's URL, from the acquire answer's `semaphore` and `id`.
+pub fn permit_path(permit: &Value) -> String {
+    format!(
+        "/semaphores/{}/permits/{}",
+        permit["semaphore"].as_str().unwrap(),
+        permit["id"].as_str().unwrap()
+    )
+}
