@@ -1,9 +1,13 @@
 // The peer on Redis: the npm redis-semaphore library's Semaphore, default
-// options, doing the contended loop directly against Redis. Measured like
-// permitd's loadgen: cycles/s, acquire wait, handoff (release -> next grant,
-// oldest unpaired release first), holders, per-client fairness.
+// options, doing permitd's loops directly against Redis (contended by
+// default; CLIENTS=16 LIMIT=16 HOLD_MS=0 for the uncontended one). Measured
+// like permitd's loadgen: cycles/s, acquire wait, handoff (release -> next
+// grant, oldest unpaired release first), holders, per-client fairness, and,
+// given REDIS_PID, the redis-server process's CPU (utime + stime from /proc)
+// per cycle over the same window.
 //
 // Run: REDIS_URL=redis://127.0.0.1:6379 node loadtest/redis-semaphore.mjs
+import { readFileSync } from 'node:fs';
 import Redis from 'ioredis';
 import { Semaphore } from 'redis-semaphore';
 
@@ -13,6 +17,9 @@ const LIMIT = Number(env('LIMIT', 4));
 const HOLD_MS = Number(env('HOLD_MS', 1));
 const DURATION_S = Number(env('DURATION_S', 10));
 const WARMUP_S = Number(env('WARMUP_S', 1));
+const REDIS_PID = env('REDIS_PID', '');
+// USER_HZ: what /proc/<pid>/stat counts utime and stime in (100 on Linux).
+const TICKS_PER_S = Number(env('CLK_TCK', 100));
 const redis = new Redis(env('REDIS_URL', 'redis://127.0.0.1:6379'));
 const key = `bench-rs-${process.pid}`;
 
@@ -43,7 +50,7 @@ async function client(index) {
     const granted = now();
     holders += 1;
     maxHolders = Math.max(maxHolders, holders);
-    await sleep(HOLD_MS);
+    if (HOLD_MS > 0) await sleep(HOLD_MS);
     holders -= 1;
     const releaseSent = now();
     await semaphore.release();
@@ -56,10 +63,29 @@ async function client(index) {
   }
 }
 
+// utime + stime of a process, in ticks; null when it cannot be read.
+function cpuTicks(pid) {
+  if (!pid) return null;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(fields[11]) + Number(fields[12]);
+  } catch {
+    return null;
+  }
+}
+
 const q = (sorted, p) => (sorted.length ? sorted[Math.round((sorted.length - 1) * p)] : null);
 const cpuBefore = { value: null };
-setTimeout(() => { cpuBefore.value = process.cpuUsage(); }, WARMUP_S * 1000);
-setTimeout(() => { stop = true; }, (WARMUP_S + DURATION_S) * 1000);
+const redisTicks = { before: null, after: null };
+setTimeout(() => {
+  cpuBefore.value = process.cpuUsage();
+  redisTicks.before = cpuTicks(REDIS_PID);
+}, WARMUP_S * 1000);
+setTimeout(() => {
+  stop = true;
+  redisTicks.after = cpuTicks(REDIS_PID);
+}, (WARMUP_S + DURATION_S) * 1000);
 const clientCpu = await (async () => {
   await Promise.all(Array.from({ length: CLIENTS }, (_, i) => client(i)));
   const used = process.cpuUsage(cpuBefore.value);
@@ -99,6 +125,9 @@ console.log(JSON.stringify({
   client_cycles_max: sortedClients[CLIENTS - 1],
   client_spread_vs_median: Math.round(spread * 1000) / 1000,
   client_cpu_us_per_cycle: cycles ? Math.round(clientCpu / cycles) : null,
+  redis_cpu_us_per_cycle: cycles && redisTicks.before !== null && redisTicks.after !== null
+    ? Math.round(((redisTicks.after - redisTicks.before) / TICKS_PER_S) * 1e6 / cycles)
+    : null,
   errors,
 }));
 await redis.quit();

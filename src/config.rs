@@ -20,6 +20,10 @@ use crate::store::Lifecycle;
 use crate::store::redis::{RedisSettings, RedisTarget, RedisTls};
 use crate::telemetry::LogFormat;
 
+/// The longest the idle TTL and the Idempotency-Key retention may be: a
+/// year, so that every expiry time stays an exact integer in the scripts.
+const MAX_KEEP_MS: u64 = 31_536_000_000;
+
 /// The command line: server settings, and optionally a subcommand. With no
 /// subcommand permitd serves HTTP.
 #[derive(Debug, Clone, Parser)]
@@ -283,23 +287,26 @@ pub struct Settings {
 
     /// A semaphore with no holders and no waiters for this long is forgotten
     /// (on Redis by key expiry); a PUT may set its own (`idle_ttl_ms`). Its
-    /// fencing tokens keep increasing when it is created again. 0: never.
+    /// fencing tokens keep increasing when it is created again. 0: never; at
+    /// most a year.
     #[arg(
         long,
         global = true,
         env = "PERMITD_SEMAPHORE_IDLE_TTL_MS",
-        default_value_t = 86_400_000
+        default_value_t = 86_400_000,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_KEEP_MS)
     )]
     pub semaphore_idle_ttl_ms: u64,
 
     /// How long an Idempotency-Key is remembered after its permit ended: a
     /// retry within it answers 410 instead of taking a second permit. 0:
-    /// forgotten with the permit.
+    /// forgotten with the permit; at most a year.
     #[arg(
         long,
         global = true,
         env = "PERMITD_IDEMPOTENCY_RETENTION_MS",
-        default_value_t = 86_400_000
+        default_value_t = 86_400_000,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_KEEP_MS)
     )]
     pub idempotency_retention_ms: u64,
 

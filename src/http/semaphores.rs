@@ -62,6 +62,13 @@ pub async fn list_semaphores(
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<SemaphoreList>, ApiError> {
     let mut prefix = query.prefix.unwrap_or_default();
+    if prefix.len() > SemaphoreName::MAX_LEN
+        || !prefix.is_empty() && SemaphoreName::parse(&prefix).is_err()
+    {
+        return Err(ApiError::BadRequest(
+            "prefix must be at most 128 characters of A-Z a-z 0-9 . _ - :".into(),
+        ));
+    }
     // A token limited to a name prefix lists only within it.
     if let Some(allowed) = access.prefix() {
         if prefix.starts_with(allowed) {
@@ -73,13 +80,6 @@ pub async fn list_semaphores(
                 next_cursor: None,
             }));
         }
-    }
-    if prefix.len() > SemaphoreName::MAX_LEN
-        || !prefix.is_empty() && SemaphoreName::parse(&prefix).is_err()
-    {
-        return Err(ApiError::BadRequest(
-            "prefix must be at most 128 characters of A-Z a-z 0-9 . _ - :".into(),
-        ));
     }
     let limit = match query.limit {
         None => 100,

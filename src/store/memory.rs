@@ -55,7 +55,7 @@ impl Semaphores {
     /// The semaphore, unless it is absent or was idle long enough to be
     /// forgotten (then it is removed).
     fn live(&mut self, name: &SemaphoreName, now: Millis) -> Option<&mut SemaphoreState> {
-        if self.map.get_mut(name)?.forgotten(now) {
+        if self.map.get(name)?.forgotten(now) {
             self.map.remove(name);
             return None;
         }
@@ -124,6 +124,9 @@ struct SemaphoreState {
     /// Leases ordered by end, so expiry only touches what has expired.
     expiries: BTreeSet<(Millis, PermitId)>,
     idempotency: HashMap<String, KeyUse>,
+    /// The Idempotency-Key of each queued ticket that came with one, so that
+    /// its waiting mark goes when the ticket leaves the queue.
+    waiting_keys: HashMap<PermitId, String>,
     /// Ended keys by when they are forgotten, so forgetting touches only
     /// those due.
     ended_keys: BTreeSet<(Millis, String)>,
@@ -151,6 +154,7 @@ impl SemaphoreState {
             permits: HashMap::new(),
             expiries: BTreeSet::new(),
             idempotency: HashMap::new(),
+            waiting_keys: HashMap::new(),
             ended_keys: BTreeSet::new(),
             retention: lifecycle.idempotency_retention,
             idle_ttl: lifecycle.idle_ttl,
@@ -167,12 +171,15 @@ impl SemaphoreState {
 
     /// Whether it has been idle for its idle TTL: no live holders, nobody
     /// waiting, nothing busy for that long.
-    fn forgotten(&mut self, now: Millis) -> bool {
+    ///
+    /// It only looks: sweeping here would take the expiries away from the
+    /// call that then meets the semaphore, which must wake who they let in.
+    fn forgotten(&self, now: Millis) -> bool {
         let Some(ttl) = self.idle_ttl else {
             return false;
         };
-        self.expire(now);
-        self.held == 0
+        let leased = self.expiries.last().is_some_and(|&(end, _)| end > now);
+        !leased
             && self.queue.len() == 0
             && now.0 >= self.busy_until.0.saturating_add(ttl.as_millis() as u64)
     }
@@ -203,7 +210,7 @@ impl SemaphoreState {
                 break;
             }
             self.expiries.pop_first();
-            self.remove(id, now);
+            self.remove(id, now, true);
             swept += 1;
         }
         if swept > 0 {
@@ -213,6 +220,13 @@ impl SemaphoreState {
     }
 
     fn dequeue(&mut self, ticket: PermitId) -> bool {
+        // A key that only marked this waiter is free again (a retry with it
+        // is a new request, not one still running).
+        if let Some(key) = self.waiting_keys.remove(&ticket)
+            && matches!(self.idempotency.get(&key), Some(KeyUse::Waiting(t, _)) if *t == ticket)
+        {
+            self.idempotency.remove(&key);
+        }
         match self.queue.remove(ticket) {
             Some(was_head) => {
                 self.head_left |= was_head;
@@ -274,18 +288,19 @@ impl SemaphoreState {
         }
     }
 
-    /// Takes a permit out and gives its units back; its Idempotency-Key is
+    /// Takes a permit out and gives its units back. Its Idempotency-Key is
     /// remembered as ended for the retention (a retry hears so instead of
-    /// taking a second permit).
-    fn remove(&mut self, id: PermitId, now: Millis) -> Option<PermitRecord> {
+    /// taking a second permit), unless the permit was never `delivered` (its
+    /// request went away before hearing of it): then a retry is a new request.
+    fn remove(&mut self, id: PermitId, now: Millis, delivered: bool) -> Option<PermitRecord> {
         let record = self.permits.remove(&id)?;
         self.expiries.remove(&(record.expires_at, id));
         self.held -= record.count;
         if let Some((key, fingerprint)) = &record.idempotency {
-            if self.retention.is_zero() {
+            if self.retention.is_zero() || !delivered {
                 self.idempotency.remove(key);
             } else {
-                let forget_at = Millis(now.0 + self.retention.as_millis() as u64);
+                let forget_at = Millis(now.0.saturating_add(self.retention.as_millis() as u64));
                 self.idempotency.insert(
                     key.clone(),
                     KeyUse::Ended {
@@ -492,6 +507,7 @@ impl MemoryStore {
                                 key.as_str().to_owned(),
                                 KeyUse::Waiting(ticket, request.fingerprint()),
                             );
+                            state.waiting_keys.insert(ticket, key.as_str().to_owned());
                         }
                         state.queue.push(ticket, count)
                     }
@@ -667,11 +683,16 @@ impl SemaphoreStore for MemoryStore {
             Some(text) => ListCursor::parse(text).ok_or(ListError::BadCursor)?.after,
             None => None,
         };
-        let from = match after {
-            Some(name) => {
-                Bound::Excluded(SemaphoreName::parse(&name).map_err(|_| ListError::BadCursor)?)
-            }
-            None => Bound::Unbounded,
+        let after = after
+            .map(|name| SemaphoreName::parse(&name).map_err(|_| ListError::BadCursor))
+            .transpose()?;
+        // From the later of the cursor and the prefix: the names before it
+        // are not walked under the lock.
+        let from = match (after, SemaphoreName::parse(prefix).ok()) {
+            (Some(after), Some(prefix)) if prefix > after => Bound::Included(prefix),
+            (Some(after), _) => Bound::Excluded(after),
+            (None, Some(prefix)) => Bound::Included(prefix),
+            (None, None) => Bound::Unbounded,
         };
         let mut semaphores = self.lock();
         let now = Millis::now();
@@ -679,7 +700,6 @@ impl SemaphoreStore for MemoryStore {
             .map
             .range((from, Bound::Unbounded))
             .map(|(name, _)| name)
-            .skip_while(|name| name.as_str() < prefix)
             .take_while(|name| name.as_str().starts_with(prefix))
             .take(limit + 1)
             .cloned()
@@ -738,7 +758,7 @@ impl SemaphoreStore for MemoryStore {
         self.with_swept(name, true, |state, now| {
             let left = state.dequeue(ticket);
             let claimed = state.permits.get(&ticket).is_some_and(|r| r.claimed);
-            let released = !claimed && state.remove(ticket, now).is_some();
+            let released = !claimed && state.remove(ticket, now, false).is_some();
             if left || released {
                 state.wake_heads(&self.wakeups);
             }
@@ -795,7 +815,7 @@ impl SemaphoreStore for MemoryStore {
         id: PermitId,
     ) -> Result<ReleaseOutcome, StoreError> {
         let released = self.with_swept(name, true, |state, now| {
-            let released = state.remove(id, now).is_some();
+            let released = state.remove(id, now, true).is_some();
             state.wake_heads(&self.wakeups);
             released
         });

@@ -111,14 +111,12 @@ impl StoreError {
     }
 }
 
-/// Where a listing goes on, the one cursor shape of both stores: on Redis,
-/// which master, the SCAN cursor on it, and the last name already listed
-/// from that SCAN step (a step can find more than a page holds; the next
-/// page repeats it and skips what was listed); in memory only the last name
-/// listed.
+/// Where a listing goes on, the one cursor shape of both stores
+/// (`node.scan[.after]`): on Redis the master (named by its lowest slot) and
+/// the SCAN cursor on it; in memory the last name listed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListCursor {
-    pub node: usize,
+    pub node: u16,
     pub scan: u64,
     pub after: Option<String>,
 }
@@ -135,7 +133,8 @@ impl ListCursor {
 
     pub fn parse(text: &str) -> Option<Self> {
         let mut parts = text.splitn(3, '.');
-        let node = parts.next()?.parse().ok()?;
+        // Past every slot is past every master: an empty last page.
+        let node = parts.next()?.parse::<u32>().ok()?.min(u32::from(u16::MAX)) as u16;
         let scan = parts.next()?.parse().ok()?;
         let after = match parts.next() {
             Some(after) => Some(SemaphoreName::parse(after).ok()?.as_str().to_owned()),

@@ -25,7 +25,33 @@ on_each_store!(
     the_listing_pages_through_every_semaphore_of_a_prefix_once,
     bad_listing_queries_are_400,
     an_admin_sees_permit_ids_and_revokes_one,
+    leases_ending_together_wake_every_waiter_they_let_in,
 );
+
+/// Two leases end at once and two waiters are queued behind them: the first
+/// waiter's attempt sweeps both leases and must wake the second, who would
+/// otherwise wait for its 30 s re-check.
+async fn leases_ending_together_wake_every_waiter_they_let_in(store: Store) {
+    let harness = Harness::new(store).configure(|s| s.wait_recheck_ms = 30_000);
+    let app = harness.spawn().await;
+    for _ in 0..2 {
+        let held = app
+            .acquire("pair", json!({ "limit": 2, "ttl_ms": 400 }))
+            .await;
+        assert_eq!(held.status(), 201);
+    }
+    let first = app.acquire_in_background("pair", json!({ "wait_ms": 5_000 }));
+    app.until_waiting("pair", 1).await;
+    let second = app.acquire_in_background("pair", json!({ "wait_ms": 5_000 }));
+    app.until_waiting("pair", 2).await;
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!((first.status, second.status), (201, 201));
+    assert!(
+        second.took < Duration::from_millis(1_500),
+        "the second waiter was served {:?} after it asked",
+        second.took
+    );
+}
 
 fn keyed(app: &ApiClient, name: &str, key: &str, body: Value) -> reqwest::RequestBuilder {
     app.client
@@ -152,7 +178,13 @@ fn keys_of(harness: &Harness, store: Store, name: &str) -> Vec<String> {
     }
     let pattern = format!("{}{{{name}}}:*", harness.key_prefix());
     match harness.redis().command(&["KEYS", &pattern]) {
-        Reply::Array(keys) => keys.iter().map(|k| format!("{k:?}")).collect(),
+        Reply::Array(keys) => keys
+            .iter()
+            .map(|k| match k {
+                Reply::Bulk(key) => key.clone(),
+                other => panic!("a key: {other:?}"),
+            })
+            .collect(),
         other => panic!("KEYS answered {other:?}"),
     }
 }
@@ -452,4 +484,40 @@ async fn the_binary_forgets_idle_semaphores_after_its_default_idle_ttl() {
         harness.redis().command(&["KEYS", &pattern]),
         Reply::Array(Vec::new())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_mark_goes_once_its_waiter_left_the_queue() {
+    // A short waiter lease (re-check plus two Redis timeouts), so the mark
+    // is looked at again soon after the waiter gave up.
+    let harness = Harness::new(Store::Redis).configure(|s| {
+        s.wait_recheck_ms = 100;
+        s.redis_timeout_ms = 150;
+    });
+    let app = harness.spawn().await;
+    assert_eq!(
+        app.acquire("marks", json!({ "limit": 1 })).await.status(),
+        201
+    );
+    let timed_out = keyed(&app, "marks", "gave-up", json!({ "wait_ms": 200 }))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(timed_out, 429).await;
+    let idem = format!("{}{{marks}}:idem", harness.key_prefix());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // Any write sweeps what is due; this one is refused, as the unit is held.
+        app.acquire("marks", json!({})).await;
+        if harness
+            .redis()
+            .command(&["HEXISTS", &idem, "gave-up"])
+            .integer()
+            == 0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the waiting mark stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

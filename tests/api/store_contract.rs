@@ -31,6 +31,7 @@ on_every_deployment!(
     leaving_withdraws_a_queued_ticket_and_releases_a_granted_one,
     delete_says_whether_the_semaphore_existed,
     withdrawing_never_takes_a_permit_a_retry_was_handed,
+    a_withdrawn_grant_frees_its_key_for_the_retry,
     a_new_token_is_never_below_the_store_clock,
 );
 
@@ -386,6 +387,25 @@ async fn an_idempotent_replay_is_the_same_permit_and_another_body_a_mismatch(sto
         AcquireOutcome::IdempotencyMismatch
     );
     assert_eq!(held_and_waiting(&store, "idem").await, (0, 0));
+}
+
+/// A grant whose request went away before hearing of it (withdrawn by
+/// `leave`) was never delivered: a retry with its key is a new request, not
+/// one whose permit ended.
+async fn a_withdrawn_grant_frees_its_key_for_the_retry(store: Store) {
+    let (_redis, store) = open(store);
+    let keyed = AcquireRequest {
+        limit: limit(1),
+        idempotency_key: Some(IdempotencyKey::parse("lost-answer").unwrap()),
+        ..request("withdrawn")
+    };
+    let ticket = PermitId::random();
+    let first = done(store.attempt(&keyed, ticket, false).await.unwrap());
+    assert!(matches!(first, AcquireOutcome::Granted(_)), "{first:?}");
+    store.leave(&name("withdrawn"), ticket).await.unwrap();
+    assert_eq!(held_and_waiting(&store, "withdrawn").await, (0, 0));
+    let retry = granted(&store, &keyed).await;
+    assert_ne!(retry.id, ticket);
 }
 
 async fn queued_tickets_keep_their_order_and_a_try_once_attempt_does_not_overtake(store: Store) {

@@ -419,6 +419,10 @@ impl RedisStore {
     }
 }
 
+/// The most SCAN calls one listing page makes: a keyspace where few keys
+/// match ends a page early (with a cursor) rather than running long.
+const MAX_SCAN_STEPS: usize = 64;
+
 /// `text` matched literally by a `SCAN MATCH` glob.
 fn glob_escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
@@ -530,6 +534,9 @@ impl SemaphoreStore for RedisStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<SemaphorePage, ListError> {
+        // On Redis the cursor is the master (its lowest slot), the SCAN
+        // cursor on it, and (rarely, see below) the last name listed from
+        // the step that cursor starts.
         let mut at = match cursor {
             Some(text) => ListCursor::parse(text).ok_or(ListError::BadCursor)?,
             None => ListCursor::default(),
@@ -537,52 +544,63 @@ impl SemaphoreStore for RedisStore {
         // Names hold no glob characters (see SemaphoreName); the key prefix
         // may, so it is escaped.
         let pattern = format!("{}{{{prefix}*}}:meta", glob_escape(&self.prefix));
-        let mut names = Vec::new();
+        let mut names: Vec<SemaphoreName> = Vec::new();
+        let mut steps = 0;
         let next = loop {
-            let step = self.nodes.scan(at.node, at.scan, &pattern, limit.max(100));
-            let (next_scan, keys, masters) = self.timed("scan", step).await?;
-            if at.node >= masters {
+            let wanted = limit - names.len();
+            let step = self.nodes.scan(at.node, at.scan, &pattern, wanted);
+            let Some(step) = self.timed("scan", step).await? else {
                 break None;
-            }
-            let mut found: Vec<SemaphoreName> = keys
+            };
+            let started = ListCursor {
+                node: step.master,
+                scan: step.cursor,
+                after: None,
+            };
+            let after = at.after.take().filter(|_| started.node == at.node);
+            let mut found: Vec<SemaphoreName> = step
+                .keys
                 .iter()
                 .filter_map(|key| self.name_of_meta_key(key))
-                .filter(|name| {
-                    at.after
-                        .as_deref()
-                        .is_none_or(|after| name.as_str() > after)
-                })
+                .filter(|name| after.as_deref().is_none_or(|after| name.as_str() > after))
                 .collect();
             found.sort();
             found.dedup();
-            let mut full = None;
-            for name in found {
-                if names.len() == limit {
-                    // Resumed from the same SCAN step, past what was listed.
-                    full = Some(ListCursor {
-                        after: names.last().map(|n: &SemaphoreName| n.as_str().to_owned()),
-                        ..at.clone()
-                    });
-                    break;
-                }
-                names.push(name);
+            // A step is not split between pages: SCAN's promise (every key
+            // present throughout is returned) holds for whole steps from the
+            // cursors it gave, not for a step run again and cut. So a step
+            // that does not fit ends the page before it...
+            if !names.is_empty() && names.len() + found.len() > limit {
+                break Some(started);
             }
-            if full.is_some() {
-                break full;
+            // ...unless it alone holds more than a page (its buckets held
+            // more than COUNT asked for): then it is cut after the last name
+            // listed, and run again for the rest, the one case where a name
+            // added or removed meanwhile may be missed.
+            if found.len() > limit {
+                found.truncate(limit);
+                let last = found.last().map(|n| n.as_str().to_owned());
+                names.extend(found);
+                break Some(ListCursor {
+                    after: last,
+                    ..started
+                });
             }
-            at = if next_scan == 0 {
+            names.extend(found);
+            at = if step.next == 0 {
                 ListCursor {
-                    node: at.node + 1,
+                    node: step.master + 1,
                     ..ListCursor::default()
                 }
             } else {
                 ListCursor {
-                    node: at.node,
-                    scan: next_scan,
-                    after: None,
+                    scan: step.next,
+                    ..started
                 }
             };
-            if names.len() == limit {
+            steps += 1;
+            // Bounded work per page, also where few keys match.
+            if names.len() >= limit || steps == MAX_SCAN_STEPS {
                 break Some(at);
             }
         };

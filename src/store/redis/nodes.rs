@@ -35,6 +35,15 @@ pub(super) enum Nodes {
     Cluster(Arc<Cluster>),
 }
 
+/// One SCAN call's answer: the master it ran on (its lowest slot), the
+/// cursor it ran from, the next cursor (0: that master is done), the keys.
+pub(super) struct ScanStep {
+    pub(super) master: u16,
+    pub(super) cursor: u64,
+    pub(super) next: u64,
+    pub(super) keys: Vec<String>,
+}
+
 /// Replicas to wait for after a write, and for how long (ms).
 #[derive(Clone, Copy)]
 pub(super) struct Wait {
@@ -105,45 +114,60 @@ impl Nodes {
         }
     }
 
-    /// One `SCAN` step on master `node` (the masters in a stable order, see
-    /// `Cluster::master_slots`): the next cursor (0 when that master is
-    /// done), the keys, and how many masters there are (`node` past them:
-    /// no keys).
+    /// One `SCAN` step on the first master whose lowest slot is `from` or
+    /// above (one Redis: master 0), from `cursor` when that is the master
+    /// `from` names (else from the start: the cluster changed); `None` when
+    /// no master is left. Masters are named by slot rather than by position,
+    /// so that a listing goes on right when a master fails or slots move.
     pub(super) async fn scan(
         &self,
-        node: usize,
+        from: u16,
         cursor: u64,
         pattern: &str,
         count: usize,
-    ) -> Result<(u64, Vec<String>, usize), StoreError> {
-        let mut scan = redis::cmd("SCAN");
-        scan.arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(count);
+    ) -> Result<Option<ScanStep>, StoreError> {
+        let scan = |cursor: u64| {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(count);
+            scan
+        };
         match self {
-            Self::Single { .. } if node > 0 => Ok((0, Vec::new(), 1)),
+            Self::Single { .. } if from > 0 => Ok(None),
             Self::Single { .. } => {
-                let (next, keys) = self.command(&scan).await?;
-                Ok((next, keys, 1))
+                let (next, keys) = self.command(&scan(cursor)).await?;
+                Ok(Some(ScanStep {
+                    master: 0,
+                    cursor,
+                    next,
+                    keys,
+                }))
             }
             Self::Cluster(cluster) => {
                 let slots = cluster.master_slots().await?;
-                let Some(&slot) = slots.get(node) else {
-                    return Ok((0, Vec::new(), slots.len()));
+                let Some(&master) = slots.iter().find(|&&slot| slot >= from) else {
+                    return Ok(None);
                 };
+                let cursor = if master == from { cursor } else { 0 };
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                    Route::new(slot, SlotAddr::Master),
+                    Route::new(master, SlotAddr::Master),
                 ));
                 let mut connection = cluster.connection().await?;
                 let reply = connection
-                    .route_command(scan, route)
+                    .route_command(scan(cursor), route)
                     .await
                     .map_err(classify)?;
                 let (next, keys) = FromRedisValue::from_redis_value(reply)
                     .map_err(|e| StoreError::Internal(format!("unexpected SCAN reply: {e}")))?;
-                Ok((next, keys, slots.len()))
+                Ok(Some(ScanStep {
+                    master,
+                    cursor,
+                    next,
+                    keys,
+                }))
             }
         }
     }

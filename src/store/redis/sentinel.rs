@@ -13,7 +13,8 @@
 //! the one that led it names the new master and the others the old one,
 //! which still answers as a master. Every sentinel is therefore asked, the
 //! answer with the highest configuration epoch wins, and a master named
-//! under an older epoch than the one in use is never switched back to.
+//! under an older epoch than the one in use is not switched back to, unless
+//! every sentinel names it (the sentinels were set up anew).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -148,7 +149,12 @@ impl Sentinel {
     fn set_current(&self, named: Named) -> NodeAddr {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         match current.as_mut() {
-            Some((addr, epoch)) if *epoch > named.epoch => return addr.clone(),
+            // An older epoch is a sentinel that has not heard of the last
+            // failover yet, unless every sentinel says so: then the sentinels
+            // were set up anew (their epochs start again) and are followed.
+            Some((addr, epoch)) if *epoch > named.epoch && !named.unanimous => {
+                return addr.clone();
+            }
             Some((addr, epoch)) if *addr == named.addr => {
                 *epoch = named.epoch;
                 return addr.clone();
@@ -176,9 +182,11 @@ impl Sentinel {
             .map(|sentinel| tokio::time::timeout(self.connect_timeout, self.ask(sentinel)));
         let mut newest: Option<Named> = None;
         let mut last_error = None;
+        let mut addresses = Vec::new();
         for answer in futures::future::join_all(asked).await {
             match answer {
                 Ok(Ok(named)) => {
+                    addresses.push(named.addr.clone());
                     if newest.as_ref().is_none_or(|n| named.epoch > n.epoch) {
                         newest = Some(named);
                     }
@@ -191,9 +199,13 @@ impl Sentinel {
                 }
             }
         }
-        newest.ok_or_else(|| {
-            last_error.unwrap_or_else(|| StoreError::Unavailable("no sentinel answered".into()))
-        })
+        let unanimous = addresses.len() == self.sentinels.len()
+            && addresses.windows(2).all(|pair| pair[0] == pair[1]);
+        newest
+            .map(|named| Named { unanimous, ..named })
+            .ok_or_else(|| {
+                last_error.unwrap_or_else(|| StoreError::Unavailable("no sentinel answered".into()))
+            })
     }
 
     /// One sentinel's view of the master: `SENTINEL MASTER <name>`.
@@ -291,6 +303,8 @@ impl Sentinel {
 struct Named {
     addr: NodeAddr,
     epoch: u64,
+    /// Every sentinel answered and named this master.
+    unanimous: bool,
 }
 
 impl Named {
@@ -308,6 +322,7 @@ impl Named {
                 port: field("port")?.parse().ok()?,
             },
             epoch: field("config-epoch")?.parse().ok()?,
+            unanimous: false,
         })
     }
 }
@@ -369,10 +384,47 @@ mod tests {
                     host: "10.0.0.2".into(),
                     port: 6380
                 },
-                epoch: 7
+                epoch: 7,
+                unanimous: false
             })
         );
         assert_eq!(Named::from_fields(&fields[..8]), None);
+    }
+
+    fn named(port: u16, epoch: u64, unanimous: bool) -> Named {
+        Named {
+            addr: NodeAddr {
+                host: "127.0.0.1".into(),
+                port,
+            },
+            epoch,
+            unanimous,
+        }
+    }
+
+    #[test]
+    fn an_older_epoch_is_followed_only_when_every_sentinel_names_it() {
+        let auth = NodeAuth {
+            username: None,
+            password: None,
+            certificates: None,
+        };
+        let urls = [Secret::new("redis://127.0.0.1:1")];
+        let sentinel = Sentinel::new(
+            &urls,
+            "m",
+            auth,
+            Arc::new(AtomicU64::new(0)),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let port = |named| sentinel.set_current(named).port;
+        assert_eq!(port(named(6380, 5, false)), 6380);
+        // A sentinel that missed the failover names the old master.
+        assert_eq!(port(named(6379, 4, false)), 6380);
+        assert_eq!(port(named(6381, 6, false)), 6381);
+        // Sentinels set up anew: every one of them, epoch 0.
+        assert_eq!(port(named(6390, 0, true)), 6390);
     }
 
     #[test]

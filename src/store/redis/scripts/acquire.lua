@@ -165,8 +165,14 @@ if not fit then
       redis.call('HSET', waiters_key, ticket, ARGV[2] .. '\n' .. ARGV[10])
       if ARGV[5] ~= '' then
         -- A retry with this key while this request waits is refused (409).
+        -- The mark is looked at again when the waiter lease ends, and goes
+        -- once the ticket left the queue (forget_ended).
+        local check = now_ms + tonumber(ARGV[9])
         redis.call('HSET', idem_key, ARGV[5], '?' .. ticket .. '\n' .. ARGV[6])
+        redis.call('ZADD', ended_key, check, ARGV[5])
+        lower_hint('isoon', check)
         touched(nil, idem_key)
+        touched(nil, ended_key)
       end
     end
     redis.call('ZADD', wleases_key, now_ms + tonumber(ARGV[9]), ticket)

@@ -28,7 +28,8 @@ local swept = expire() + drop_dead_waiters() > 0
 local left = dequeue(ARGV[1])
 -- A permit an idempotent retry was handed is that retry's now: keep it.
 local record = redis.call('HGET', permits_key, ARGV[1])
-local released = record and decode(record).claimed ~= '1' and remove_permit(ARGV[1])
+-- Never delivered: its Idempotency-Key is free again (see end_idem).
+local released = record and decode(record).claimed ~= '1' and remove_permit(ARGV[1], true)
 if left or released or swept then
   wake_heads()
 end

@@ -146,7 +146,9 @@ local function plan_expiry()
   if idle <= 0 then
     if meta.dies and meta.dies ~= '' and meta.dies ~= '0' then
       set_meta('dies', '0')
-      return KEYS, nil
+      -- `left` keeps its own short expiry (leave.lua).
+      return { meta_key, expiry_key, permits_key, idem_key, queue_key, waiters_key, wleases_key,
+        ended_key }, nil
     end
     return {}, nil
   end
@@ -288,11 +290,13 @@ end
 
 -- A permit made under an Idempotency-Key ended: for the retention, a retry
 -- with the key is told so (410) instead of being granted a second permit.
-local function end_idem(p)
+-- A permit never `delivered` (its request went away before hearing of it,
+-- leave.lua) frees its key instead: a retry is a new request.
+local function end_idem(p, delivered)
   if p.idem == '' then
     return
   end
-  if RETENTION <= 0 then
+  if RETENTION <= 0 or not delivered then
     redis.call('HDEL', idem_key, p.idem)
     return
   end
@@ -303,25 +307,39 @@ local function end_idem(p)
   touched(forget, ended_key)
 end
 
--- Forgets the ended keys whose retention is over (at most SWEEP_CAP; see
--- expire()). A key that was used again since holds something else now.
+-- Forgets the ended keys whose retention is over, and the waiting marks
+-- ("?" ticket) of tickets that left the queue without a permit; a mark of a
+-- ticket still queued is looked at again when its waiter lease ends (at most
+-- SWEEP_CAP per call; see expire()). A key used again since holds a live
+-- permit's id now and stays.
 local function forget_ended()
   if not_due('isoon') then
     return
   end
-  local over = redis.call('ZRANGEBYSCORE', ended_key, '-inf', now_ms, 'LIMIT', 0, 500)
-  for i = 1, #over do
-    local value = redis.call('HGET', idem_key, over[i])
-    if value and string.sub(value, 1, 1) == '~' then
-      redis.call('HDEL', idem_key, over[i])
+  local due = redis.call('ZRANGEBYSCORE', ended_key, '-inf', now_ms, 'LIMIT', 0, 500)
+  for i = 1, #due do
+    local value = redis.call('HGET', idem_key, due[i])
+    local mark = value and string.sub(value, 1, 1)
+    local lease
+    if mark == '?' then
+      local waiting = string.sub(value, 2, (string.find(value, '\n', 1, true) or 0) - 1)
+      lease = redis.call('ZSCORE', wleases_key, waiting)
     end
-    redis.call('ZREM', ended_key, over[i])
+    if lease then
+      redis.call('ZADD', ended_key, lease, due[i])
+    else
+      if mark == '~' or mark == '?' then
+        redis.call('HDEL', idem_key, due[i])
+      end
+      redis.call('ZREM', ended_key, due[i])
+    end
   end
   set_meta('isoon', soonest_score(ended_key))
 end
 
--- Removes one permit and gives its units back. Returns false if unknown.
-local function remove_permit(id)
+-- Removes one permit and gives its units back (see end_idem for
+-- `undelivered`). Returns false if unknown.
+local function remove_permit(id, undelivered)
   local record = redis.call('HGET', permits_key, id)
   if not record then
     return false
@@ -330,7 +348,7 @@ local function remove_permit(id)
   redis.call('HDEL', permits_key, id)
   redis.call('ZREM', expiry_key, id)
   add_held(-p.count)
-  end_idem(p)
+  end_idem(p, not undelivered)
   return true
 end
 
@@ -361,7 +379,7 @@ local function repair()
     else
       redis.call('HDEL', permits_key, id)
       redis.call('ZREM', expiry_key, id)
-      end_idem(p)
+      end_idem(p, true)
       swept = swept + 1
     end
   end
