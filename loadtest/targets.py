@@ -1,4 +1,4 @@
-"""Issue 13's tables from one run of scripts/bench: the peers side by side,
+"""The speed targets' tables from one run of scripts/bench: the peers side by side,
 then each target with the measured values, their ratio and whether it is met.
 
 Usage: targets.py RESULTS.jsonl [--out TARGETS.jsonl] [--duration S]
@@ -95,7 +95,7 @@ def main() -> None:
     seconds = f" of {args.duration:g} s" if args.duration else ""
     how = f"medians of {runs} runs{seconds}" if runs > 1 else f"one run{seconds}"
 
-    # The peers side by side, as issue 13's table.
+    # The peers side by side, in the shape the speed targets were set in.
     def v(label: str, key: str, index: int | None = None) -> str:
         return fmt(get(label, key, index))
 
@@ -356,7 +356,7 @@ def main() -> None:
         )
 
     met = sum(t["result"] == "met" for t in targets)
-    print(f"\nTargets of issue 13 ({how}): {met} of {len(targets)} met")
+    print(f"\nSpeed targets ({how}): {met} of {len(targets)} met")
     print("\n| target | measured | ratio | target | result |")
     print("|---|---|---|---|---|")
     for t in targets:
