@@ -122,7 +122,8 @@ async fn sigterm_drains_in_flight_requests_then_answers_waiters_and_exits_0() {
     let answered = waiter.await.unwrap();
     assert_eq!(answered.status(), 503);
     assert!(answered.headers().contains_key("retry-after"));
-    expect_problem(answered, 503).await;
+    let problem = expect_problem(answered, 503).await;
+    assert_eq!(problem["type"], "urn:permitd:problem:shutting-down");
     assert!(
         signalled.elapsed() < Duration::from_secs(15),
         "held for the grace"

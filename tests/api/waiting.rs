@@ -220,6 +220,7 @@ async fn shutdown_answers_waiting_requests_with_503(store: Store) {
     apps[0].shut_down();
     let waited = waiter.await.unwrap();
     assert_eq!(waited.status, 503);
+    assert_eq!(waited.body["type"], "urn:permitd:problem:shutting-down");
     assert!(stopped_at.elapsed() < Duration::from_secs(2));
 }
 
