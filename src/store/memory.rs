@@ -755,14 +755,21 @@ impl SemaphoreStore for MemoryStore {
     }
 
     async fn leave(&self, name: &SemaphoreName, ticket: PermitId) -> Result<(), StoreError> {
-        self.with_swept(name, true, |state, now| {
-            let left = state.dequeue(ticket);
-            let claimed = state.permits.get(&ticket).is_some_and(|r| r.claimed);
-            let released = !claimed && state.remove(ticket, now, false).is_some();
-            if left || released {
-                state.wake_heads(&self.wakeups);
-            }
-        });
+        let mut semaphores = self.lock();
+        let now = Millis::now();
+        let Some(state) = semaphores.live(name, now) else {
+            return Ok(());
+        };
+        state.busy(now);
+        let left = state.dequeue(ticket);
+        // Before the sweep, as leave.lua: a permit never delivered frees its
+        // Idempotency-Key, also when its lease has ended meanwhile.
+        let claimed = state.permits.get(&ticket).is_some_and(|r| r.claimed);
+        let released = !claimed && state.remove(ticket, now, false).is_some();
+        let expired = state.expire(now);
+        if left || released || expired {
+            state.wake_heads(&self.wakeups);
+        }
         Ok(())
     }
 

@@ -406,6 +406,21 @@ async fn a_withdrawn_grant_frees_its_key_for_the_retry(store: Store) {
     assert_eq!(held_and_waiting(&store, "withdrawn").await, (0, 0));
     let retry = granted(&store, &keyed).await;
     assert_ne!(retry.id, ticket);
+
+    // Also when the withdrawn permit's lease ended before the withdrawal
+    // came (a sweep then must not mark the key ended first).
+    let short = AcquireRequest {
+        ttl: ttl(100),
+        idempotency_key: Some(IdempotencyKey::parse("late-withdrawal").unwrap()),
+        ..keyed.clone()
+    };
+    store.release(&name("withdrawn"), retry.id).await.unwrap();
+    let ticket = PermitId::random();
+    let first = done(store.attempt(&short, ticket, false).await.unwrap());
+    assert!(matches!(first, AcquireOutcome::Granted(_)), "{first:?}");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    store.leave(&name("withdrawn"), ticket).await.unwrap();
+    granted(&store, &short).await;
 }
 
 async fn queued_tickets_keep_their_order_and_a_try_once_attempt_does_not_overtake(store: Store) {

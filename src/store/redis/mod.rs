@@ -546,9 +546,12 @@ impl SemaphoreStore for RedisStore {
         let pattern = format!("{}{{{prefix}*}}:meta", glob_escape(&self.prefix));
         let mut names: Vec<SemaphoreName> = Vec::new();
         let mut steps = 0;
+        let masters = self.timed("scan", self.nodes.masters()).await?;
+        // Keys scanned per call: a step that overflows the page ends it
+        // early, so a few more than the page holds cost nothing.
+        let count = limit.max(16);
         let next = loop {
-            let wanted = limit - names.len();
-            let step = self.nodes.scan(at.node, at.scan, &pattern, wanted);
+            let step = self.nodes.scan(&masters, at.node, at.scan, &pattern, count);
             let Some(step) = self.timed("scan", step).await? else {
                 break None;
             };
@@ -566,6 +569,8 @@ impl SemaphoreStore for RedisStore {
                 .collect();
             found.sort();
             found.dedup();
+            // SCAN may return a key twice (a rehash between calls).
+            found.retain(|name| !names.contains(name));
             // A step is not split between pages: SCAN's promise (every key
             // present throughout is returned) holds for whole steps from the
             // cursors it gave, not for a step run again and cut. So a step
@@ -588,8 +593,11 @@ impl SemaphoreStore for RedisStore {
             }
             names.extend(found);
             at = if step.next == 0 {
+                let Some(node) = step.master.checked_add(1) else {
+                    break None;
+                };
                 ListCursor {
-                    node: step.master + 1,
+                    node,
                     ..ListCursor::default()
                 }
             } else {

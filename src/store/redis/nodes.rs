@@ -114,62 +114,59 @@ impl Nodes {
         }
     }
 
-    /// One `SCAN` step on the first master whose lowest slot is `from` or
-    /// above (one Redis: master 0), from `cursor` when that is the master
-    /// `from` names (else from the start: the cluster changed); `None` when
-    /// no master is left. Masters are named by slot rather than by position,
-    /// so that a listing goes on right when a master fails or slots move.
+    /// The masters, each named by its lowest slot, in slot order (one
+    /// Redis: just 0): what a listing pages through (see `scan`).
+    pub(super) async fn masters(&self) -> Result<Vec<u16>, StoreError> {
+        match self {
+            Self::Single { .. } => Ok(vec![0]),
+            Self::Cluster(cluster) => cluster.master_slots().await,
+        }
+    }
+
+    /// One `SCAN` step on the first of `masters` (see `masters`) whose slot
+    /// is `from` or above, from `cursor` when that is the master `from`
+    /// names (else from the start: the cluster changed); `None` when no
+    /// master is left. Masters are named by slot rather than by position,
+    /// so that one that fails or gives up its slots shifts no other.
     pub(super) async fn scan(
         &self,
+        masters: &[u16],
         from: u16,
         cursor: u64,
         pattern: &str,
         count: usize,
     ) -> Result<Option<ScanStep>, StoreError> {
-        let scan = |cursor: u64| {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(count);
-            scan
+        let Some(&master) = masters.iter().find(|&&slot| slot >= from) else {
+            return Ok(None);
         };
-        match self {
-            Self::Single { .. } if from > 0 => Ok(None),
-            Self::Single { .. } => {
-                let (next, keys) = self.command(&scan(cursor)).await?;
-                Ok(Some(ScanStep {
-                    master: 0,
-                    cursor,
-                    next,
-                    keys,
-                }))
-            }
+        let cursor = if master == from { cursor } else { 0 };
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+        let (next, keys) = match self {
+            Self::Single { .. } => self.command(&scan).await?,
             Self::Cluster(cluster) => {
-                let slots = cluster.master_slots().await?;
-                let Some(&master) = slots.iter().find(|&&slot| slot >= from) else {
-                    return Ok(None);
-                };
-                let cursor = if master == from { cursor } else { 0 };
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
                     Route::new(master, SlotAddr::Master),
                 ));
                 let mut connection = cluster.connection().await?;
                 let reply = connection
-                    .route_command(scan(cursor), route)
+                    .route_command(scan, route)
                     .await
                     .map_err(classify)?;
-                let (next, keys) = FromRedisValue::from_redis_value(reply)
-                    .map_err(|e| StoreError::Internal(format!("unexpected SCAN reply: {e}")))?;
-                Ok(Some(ScanStep {
-                    master,
-                    cursor,
-                    next,
-                    keys,
-                }))
+                FromRedisValue::from_redis_value(reply)
+                    .map_err(|e| StoreError::Internal(format!("unexpected SCAN reply: {e}")))?
             }
-        }
+        };
+        Ok(Some(ScanStep {
+            master,
+            cursor,
+            next,
+            keys,
+        }))
     }
 
     /// `INFO` of every master: one, or each cluster master's.

@@ -24,12 +24,13 @@ end
 if now_ms + tonumber(ARGV[2]) > num('lefts') then
   set_meta('lefts', int(now_ms + tonumber(ARGV[2])))
 end
-local swept = expire() + drop_dead_waiters() > 0
 local left = dequeue(ARGV[1])
 -- A permit an idempotent retry was handed is that retry's now: keep it.
+-- Before the sweep: a permit never delivered frees its Idempotency-Key
+-- (see end_idem), also when its lease has ended meanwhile.
 local record = redis.call('HGET', permits_key, ARGV[1])
--- Never delivered: its Idempotency-Key is free again (see end_idem).
 local released = record and decode(record).claimed ~= '1' and remove_permit(ARGV[1], true)
+local swept = expire() + drop_dead_waiters() > 0
 if left or released or swept then
   wake_heads()
 end

@@ -1,24 +1,28 @@
 --[[ prelude.lua: shared by every permitd script; RedisStore prepends it to
 each script body before loading, so each script stays one atomic EVALSHA.
 
-KEYS (the same eight for every script, all under the semaphore's hash tag
+KEYS (the same nine for every script, all under the semaphore's hash tag
 `{name}` so every script runs on Redis Cluster):
   KEYS[1] meta     hash: limit, held (sum of live counts), fence (last token),
                    qseq (last queue ticket number), and hints that let the
                    common path skip work (see "The meta hash" below): qlen,
-                   soon, wsoon, lefts
+                   soon, wsoon, lefts, isoon; idle (its own idle TTL) and
+                   dies (when its keys expire)
   KEYS[2] expiry   zset: permit id -> lease end, ms on the Redis clock
   KEYS[3] permits  hash: permit id -> record (see encode below)
-  KEYS[4] idem     hash: Idempotency-Key -> permit id, only for live permits
+  KEYS[4] idem     hash: Idempotency-Key -> a live permit's id, or a mark
+                   (see below)
   KEYS[5] queue    zset: waiting ticket -> arrival number (FIFO order)
   KEYS[6] waiters  hash: waiting ticket -> count "\n" wake channel
   KEYS[7] wleases  zset: waiting ticket -> waiter lease end (ms); a waiter
                    whose instance stopped renewing it is dropped from the queue
   KEYS[8] left     zset: withdrawn ticket -> when to forget it (ms); an attempt
                    of a ticket found here does nothing (see leave.lua)
-  KEYS[9] ended    zset: Idempotency-Key whose permit ended -> when to forget
-                   it (ms); until then a retry with that key is told the
-                   permit ended instead of being granted a second one
+  KEYS[9] ended    zset: Idempotency-Key -> when to look at it again (ms): a
+                   key whose permit ended is forgotten then (until then a
+                   retry with it is told the permit ended instead of being
+                   granted a second one); a key marked waiting loses its mark
+                   then if its ticket left the queue
 
 The idem hash holds one of three things per key: a live permit's id; "?"
 ticket "\n" fingerprint while the key's first request waits in the queue (a
@@ -320,13 +324,19 @@ local function forget_ended()
   for i = 1, #due do
     local value = redis.call('HGET', idem_key, due[i])
     local mark = value and string.sub(value, 1, 1)
-    local lease
+    local again
     if mark == '?' then
+      -- Still queued: looked at again when its waiter lease ends (or in a
+      -- second, when that lease is past or lost: the dead-waiter sweep or
+      -- lease_orphans settles it meanwhile).
       local waiting = string.sub(value, 2, (string.find(value, '\n', 1, true) or 0) - 1)
-      lease = redis.call('ZSCORE', wleases_key, waiting)
+      if redis.call('ZSCORE', queue_key, waiting) then
+        local lease = tonumber(redis.call('ZSCORE', wleases_key, waiting))
+        again = (lease and lease > now_ms) and lease or now_ms + 1000
+      end
     end
-    if lease then
-      redis.call('ZADD', ended_key, lease, due[i])
+    if again then
+      redis.call('ZADD', ended_key, again, due[i])
     else
       if mark == '~' or mark == '?' then
         redis.call('HDEL', idem_key, due[i])
