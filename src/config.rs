@@ -165,6 +165,18 @@ pub struct DemoArgs {
     /// --demo-max-delay-ms; default 100, or --demo-max-delay-ms if lower).
     #[arg(long)]
     pub delay_ms: Option<u64>,
+
+    /// Run against this running permitd instead (e.g. http://permitd:8080),
+    /// through the Rust client, as any service using permitd would: the
+    /// permits come from it, and without --url its built-in upstream is
+    /// called.
+    #[arg(long, env = "PERMITD_URL")]
+    pub server: Option<String>,
+
+    /// The bearer token for --server (a `use` token can run the demo; an
+    /// `admin` one also removes the demo semaphore after).
+    #[arg(long, env = "PERMITD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Server settings. Flags may be given before or after a subcommand.

@@ -28,6 +28,6 @@ pub use bounds::{
     MAX_LIMIT, MAX_REQUESTS,
 };
 pub use outbound::{CALL_TIMEOUT, DemoConfig, MAX_CONCURRENT_RUNS};
-pub use report::{DemoReport, RequestResult};
+pub use report::{DemoReport, RequestResult, headline};
 pub use request::{AllowedHosts, DemoRequest, Target};
 pub use run::{DEADLINE, DemoError, run};

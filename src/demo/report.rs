@@ -92,6 +92,11 @@ pub struct DemoReport {
     pub results: Vec<RequestResult>,
 }
 
+/// The seed script's headline for a run of `requests` under `limit`.
+pub fn headline(total_seconds: f64, requests: u32, limit: u32) -> String {
+    format!("takes ~{total_seconds:.4} seconds to handle {requests} with {limit} bounded limit")
+}
+
 pub(super) fn mean_call_ms(results: &[RequestResult]) -> f64 {
     let calls: Vec<f64> = results
         .iter()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use super::outbound::{DemoConfig, call};
-use super::report::{DemoReport, RequestResult, mean_call_ms, round};
+use super::report::{DemoReport, RequestResult, headline, mean_call_ms, round};
 use super::request::{DemoRequest, Target};
 use crate::secret::Secret;
 use crate::semaphore::{
@@ -128,11 +128,7 @@ pub async fn run(
         total_seconds,
         ideal_seconds: round(rounds * delay_ms / 1000.0, 4),
         max_concurrency: shared.max_in_flight.load(Ordering::SeqCst),
-        summary: format!(
-            "takes ~{total_seconds:.4} seconds to handle {} with {} bounded limit",
-            request.requests(),
-            request.limit().get()
-        ),
+        summary: headline(total_seconds, request.requests(), request.limit().get()),
         url: shared.url.clone(),
         store: store.kind(),
         semaphore: name.to_string(),

@@ -520,3 +520,71 @@ async fn switched_off_the_demo_is_a_404_and_leaves_the_document() {
         201
     );
 }
+
+/// `permitd demo --server`: the same fan-out through the Rust client
+/// against a running permitd (the real binary), limit 1 against limit 5,
+/// and the demo semaphore removed after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_terminal_runs_against_a_server_through_the_client() {
+    let server = crate::helpers::Harness::new(Store::Redis)
+        .binary()
+        .start()
+        .await;
+    let url = server.url("");
+    let run = |limit: &'static str| {
+        let url = url.clone();
+        async move {
+            let output = permitd_command()
+                .args([
+                    "demo",
+                    "--server",
+                    &url,
+                    "--requests",
+                    "5",
+                    "--delay-ms",
+                    "100",
+                ])
+                .args(["--limit", limit])
+                .output()
+                .await
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            let stdout = String::from_utf8(output.stdout).unwrap();
+            let lines: Vec<String> = stdout.lines().map(str::to_owned).collect();
+            assert_eq!(lines.len(), 6, "{stdout}");
+            let mut handled = lines[..5].to_vec();
+            handled.sort_unstable();
+            for (i, line) in handled.iter().enumerate() {
+                assert_eq!(
+                    *line,
+                    format!("Handled api request №{} with status code 200", i + 1)
+                );
+            }
+            let seconds: f64 = lines[5]
+                .strip_prefix("takes ~")
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{stdout}"));
+            assert!(
+                lines[5].ends_with(&format!("seconds to handle 5 with {limit} bounded limit")),
+                "{stdout}"
+            );
+            seconds
+        }
+    };
+    let serial = run("1").await;
+    assert!(serial >= 0.5, "limit 1 took {serial} s");
+    let parallel = run("5").await;
+    assert!(parallel < 0.4, "limit 5 took {parallel} s");
+    let listed: Value = server
+        .get("/semaphores?prefix=demo-")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["semaphores"],
+        serde_json::json!([]),
+        "the demo semaphores are gone"
+    );
+}

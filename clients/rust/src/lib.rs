@@ -419,6 +419,35 @@ impl Semaphore {
             Err(answer.error())
         }
     }
+
+    /// Removes the semaphore and every permit of it (an admin token's call).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown semaphore, [`Error::Unavailable`]
+    /// when permitd does not answer, or the refusal it answers.
+    pub async fn delete(&self) -> Result<(), Error> {
+        check_name(&self.name)?;
+        let path = format!("/semaphores/{}", self.name);
+        let answer = self
+            .client
+            .call(
+                Method::DELETE,
+                &path,
+                None,
+                None,
+                self.client.request_timeout(),
+            )
+            .await
+            .map_err(|t| Error::Unavailable {
+                reason: t.message,
+                retry_after: None,
+            })?;
+        if answer.status == StatusCode::NO_CONTENT {
+            Ok(())
+        } else {
+            Err(answer.error())
+        }
+    }
 }
 
 /// A semaphore name as permitd accepts it (1-128 of `A-Z a-z 0-9 . _ - :`),
