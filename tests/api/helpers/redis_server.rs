@@ -142,9 +142,11 @@ impl RedisServer {
         }
     }
 
-    /// `field:value` of its `INFO` (the whole reply's lines).
+    /// One field (`field:value`) of `INFO section`; `None` also when the node did not answer
+    /// (Sentinel closes every client of a node it reconfigures in a
+    /// failover), so that callers polling for a state simply ask again.
     pub fn info_field(&self, section: &str, name: &str) -> Option<String> {
-        let Reply::Bulk(info) = self.command(&["INFO", section]) else {
+        let Ok(Reply::Bulk(info)) = self.try_command(&["INFO", section], COMMAND_TIMEOUT) else {
             return None;
         };
         info.lines()
