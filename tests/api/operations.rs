@@ -258,6 +258,8 @@ async fn series_with_a_closed_label_set_are_exported_at_0_from_the_first_scrape(
         "conflict",
         "too_large",
         "idempotency_mismatch",
+        "idempotency_in_flight",
+        "permit_ended",
         "invalid",
         "error",
     ] {

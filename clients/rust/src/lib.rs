@@ -397,22 +397,7 @@ impl Semaphore {
     /// [`Error::NotFound`] for an unknown semaphore, [`Error::Unavailable`]
     /// when permitd does not answer, or the refusal it answers.
     pub async fn status(&self) -> Result<Status, Error> {
-        check_name(&self.name)?;
-        let path = format!("/semaphores/{}", self.name);
-        let answer = self
-            .client
-            .call(
-                Method::GET,
-                &path,
-                None,
-                None,
-                self.client.request_timeout(),
-            )
-            .await
-            .map_err(|t| Error::Unavailable {
-                reason: t.message,
-                retry_after: None,
-            })?;
+        let answer = self.call(Method::GET).await?;
         if answer.status == StatusCode::OK {
             answer.json()
         } else {
@@ -426,27 +411,25 @@ impl Semaphore {
     /// [`Error::NotFound`] for an unknown semaphore, [`Error::Unavailable`]
     /// when permitd does not answer, or the refusal it answers.
     pub async fn delete(&self) -> Result<(), Error> {
-        check_name(&self.name)?;
-        let path = format!("/semaphores/{}", self.name);
-        let answer = self
-            .client
-            .call(
-                Method::DELETE,
-                &path,
-                None,
-                None,
-                self.client.request_timeout(),
-            )
-            .await
-            .map_err(|t| Error::Unavailable {
-                reason: t.message,
-                retry_after: None,
-            })?;
+        let answer = self.call(Method::DELETE).await?;
         if answer.status == StatusCode::NO_CONTENT {
             Ok(())
         } else {
             Err(answer.error())
         }
+    }
+
+    /// `method` on the semaphore's own URL, once; no answer is `Unavailable`.
+    async fn call(&self, method: Method) -> Result<Answer, Error> {
+        check_name(&self.name)?;
+        let path = format!("/semaphores/{}", self.name);
+        self.client
+            .call(method, &path, None, None, self.client.request_timeout())
+            .await
+            .map_err(|t| Error::Unavailable {
+                reason: t.message,
+                retry_after: None,
+            })
     }
 }
 
