@@ -312,6 +312,12 @@ impl SemaphoreState {
                 self.busy(forget_at);
             }
         }
+        if self.held == 0 && self.queue.len() == 0 {
+            // Emptied: its idle time counts from now (and past any key it
+            // remembers), not from the end of a lease released early.
+            let remembered = self.ended_keys.last().map(|(at, _)| *at);
+            self.busy_until = remembered.map_or(now, |at| at.max(now));
+        }
         Some(record)
     }
 

@@ -32,6 +32,7 @@ on_every_deployment!(
     delete_says_whether_the_semaphore_existed,
     withdrawing_never_takes_a_permit_a_retry_was_handed,
     a_withdrawn_grant_frees_its_key_for_the_retry,
+    an_idle_semaphore_is_forgotten_after_its_idle_ttl,
     a_new_token_is_never_below_the_store_clock,
 );
 
@@ -421,6 +422,50 @@ async fn a_withdrawn_grant_frees_its_key_for_the_retry(store: Store) {
     tokio::time::sleep(Duration::from_millis(150)).await;
     store.leave(&name("withdrawn"), ticket).await.unwrap();
     granted(&store, &short).await;
+}
+
+/// Idle for its idle TTL, a semaphore is forgotten (on Redis by key expiry,
+/// on every deployment), and a new one under its name still gets larger
+/// fencing tokens.
+async fn an_idle_semaphore_is_forgotten_after_its_idle_ttl(store: Store) {
+    let (_redis, store) = open(store);
+    let idle = name("idle");
+    let ttl = Duration::from_millis(1_000);
+    let first = granted(
+        &store,
+        &AcquireRequest {
+            limit: limit(1),
+            ..request("idle")
+        },
+    )
+    .await;
+    store
+        .set_limit(&idle, Limit::new(1).unwrap(), IdleTtl::After(ttl))
+        .await
+        .unwrap();
+    store.release(&idle, first.id).await.unwrap();
+    let idle_from = std::time::Instant::now();
+    while store.status(&idle).await.unwrap().is_some() {
+        assert!(
+            idle_from.elapsed() < Duration::from_secs(5),
+            "never forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        idle_from.elapsed() >= ttl,
+        "forgotten after {:?}",
+        idle_from.elapsed()
+    );
+    let again = granted(
+        &store,
+        &AcquireRequest {
+            limit: limit(1),
+            ..request("idle")
+        },
+    )
+    .await;
+    assert!(again.fencing_token > first.fencing_token);
 }
 
 async fn queued_tickets_keep_their_order_and_a_try_once_attempt_does_not_overtake(store: Store) {

@@ -157,6 +157,13 @@ local function plan_expiry()
     return {}, nil
   end
   local dies = tonumber(meta.dies) or 0
+  if dies > now_ms + idle + math.floor(idle / 4) and num('held') == 0 and num('qlen') == 0 then
+    -- Emptied long before `dies` (a lease much longer than the idle TTL
+    -- was released early): its idle time counts from now, not from the end
+    -- of that lease. Never in the common case (`dies` is at most an eighth
+    -- of the idle TTL past what a live lease needs).
+    dies = 0
+  end
   if dies <= 0 then
     -- Unknown (a new semaphore, a new idle TTL): everything live counts.
     touched(top_score(expiry_key))
