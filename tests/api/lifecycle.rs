@@ -287,19 +287,31 @@ async fn an_idle_ttl_of_null_keeps_a_semaphore_forever(store: Store) {
     if store == Store::Redis {
         let meta = format!("{}{{kept}}:meta", harness.key_prefix());
         assert_eq!(harness.redis().command(&["PTTL", &meta]).integer(), -1);
-        // A withdrawal's memory (`left`) keeps its own short expiry.
-        let kept = SemaphoreName::parse("kept").unwrap();
+        // Switched from an idle TTL to never: the keys lose their expiry,
+        // but a withdrawal's memory (`left`) keeps its own short one.
+        let created = app
+            .put_json(
+                "/semaphores/switched",
+                json!({ "limit": 1, "idle_ttl_ms": 60_000 }),
+            )
+            .await;
+        assert_eq!(created.status(), 201);
+        let switched = SemaphoreName::parse("switched").unwrap();
         let store = harness.semaphore_store();
-        store.leave(&kept, PermitId::random()).await.unwrap();
+        store.leave(&switched, PermitId::random()).await.unwrap();
         let changed = app
             .put_json(
-                "/semaphores/kept",
-                json!({ "limit": 2, "idle_ttl_ms": null }),
+                "/semaphores/switched",
+                json!({ "limit": 1, "idle_ttl_ms": null }),
             )
             .await;
         assert_eq!(changed.status(), 200);
-        let left = format!("{}{{kept}}:left", harness.key_prefix());
-        let ttl = harness.redis().command(&["PTTL", &left]).integer();
+        let key = |suffix: &str| format!("{}{{switched}}:{suffix}", harness.key_prefix());
+        assert_eq!(
+            harness.redis().command(&["PTTL", &key("meta")]).integer(),
+            -1
+        );
+        let ttl = harness.redis().command(&["PTTL", &key("left")]).integer();
         assert!(ttl > 0, "left has PTTL {ttl}");
     }
     // Given a TTL later, it is forgotten after it.
