@@ -18,6 +18,7 @@ use utoipa::{ToResponse, ToSchema};
 
 use crate::semaphore::{SemaphoreName, ValueError};
 use crate::store::StoreError;
+use crate::waiting::WaitError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -88,6 +89,17 @@ pub enum ApiError {
     /// 503 or 500, from the store's own classification.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A wait cut short by the drain says so (another instance serves); a store
+/// failure is one.
+impl From<WaitError> for ApiError {
+    fn from(e: WaitError) -> Self {
+        match e {
+            WaitError::Store(e) => ApiError::Store(e),
+            WaitError::ShuttingDown => ApiError::ShuttingDown,
+        }
+    }
 }
 
 impl ApiError {

@@ -66,16 +66,27 @@ impl Drop for LeaveGuard {
     }
 }
 
+/// Why a waiting acquire ended without an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// permitd began to shut down while the request waited; its place in
+    /// the queue was given up.
+    #[error("permitd is shutting down")]
+    ShuttingDown,
+}
+
 /// Acquires, waiting up to `request.wait` for capacity in FIFO order.
 ///
 /// # Errors
-/// Store failures, and `StoreError::Unavailable` when permitd shuts down
-/// while the request waits.
+/// Store failures, and `ShuttingDown` when permitd shuts down while the
+/// request waits.
 pub async fn acquire(
     store: &Arc<dyn SemaphoreStore>,
     request: &AcquireRequest,
     settings: &WaitSettings,
-) -> Result<AcquireOutcome, StoreError> {
+) -> Result<AcquireOutcome, WaitError> {
     let ticket = PermitId::random();
     // Armed until a final answer is in hand: a store call that failed or timed
     // out may still have run, so even a try-once acquire withdraws its ticket.
@@ -91,7 +102,7 @@ pub async fn acquire(
                 guard.armed = false;
                 Ok(outcome)
             }
-            Attempt::Queued { .. } => Err(queued_without_asking()),
+            Attempt::Queued { .. } => Err(queued_without_asking().into()),
         };
     }
 
@@ -118,7 +129,7 @@ pub async fn acquire(
                     () = wake.notified() => {}
                     () = tokio::time::sleep_until(until.into()) => {}
                     () = settings.shutdown.cancelled() => {
-                        return Err(StoreError::Unavailable("permitd is shutting down".into()));
+                        return Err(WaitError::ShuttingDown);
                     }
                 }
                 last_try = Instant::now() >= deadline;
@@ -141,7 +152,7 @@ pub async fn acquire(
                 }
                 return Ok(outcome);
             }
-            Attempt::Queued { .. } if last_try => return Err(queued_without_asking()),
+            Attempt::Queued { .. } if last_try => return Err(queued_without_asking().into()),
             Attempt::Queued {
                 position,
                 soonest_expiry,
@@ -169,7 +180,7 @@ pub async fn acquire(
                         if store.leave(&request.name, ticket).await.is_ok() {
                             guard.armed = false;
                         }
-                        return Err(StoreError::Unavailable("permitd is shutting down".into()));
+                        return Err(WaitError::ShuttingDown);
                     }
                 }
                 last_try = Instant::now() >= deadline;

@@ -18,7 +18,7 @@ use crate::semaphore::{
 };
 use crate::store::{SemaphoreStore, StoreError};
 use crate::telemetry::TraceContext;
-use crate::waiting::{self, WaitSettings};
+use crate::waiting::{self, WaitError, WaitSettings};
 
 /// Hard end of one demo: a request without a permit by then gives up.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -201,7 +201,14 @@ async fn acquire(run: &Run, index: u32) -> Result<Option<crate::semaphore::Permi
             holder: holder.clone(),
             idempotency_key: None,
         };
-        match waiting::acquire(&run.store, &request, &run.waiting).await? {
+        let outcome = waiting::acquire(&run.store, &request, &run.waiting).await;
+        // A demo cut short by a shutdown is abandoned like one whose store
+        // failed.
+        let outcome = outcome.map_err(|e| match e {
+            WaitError::Store(e) => e,
+            WaitError::ShuttingDown => StoreError::Unavailable("permitd is shutting down".into()),
+        })?;
+        match outcome {
             AcquireOutcome::Granted(permit) | AcquireOutcome::Replayed(permit) => {
                 return Ok(Some(permit.id));
             }

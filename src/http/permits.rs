@@ -131,10 +131,6 @@ pub async fn acquire_permit(
         Ok(outcome) => outcome,
         Err(e) => {
             count_acquire("error");
-            // A wait cut short by the drain says so: another instance serves.
-            if state.waiting.shutdown.is_cancelled() {
-                return Err(ApiError::ShuttingDown);
-            }
             return Err(e.into());
         }
     };
