@@ -69,17 +69,16 @@ pub async fn list_semaphores(
             "prefix must be at most 128 characters of A-Z a-z 0-9 . _ - :".into(),
         ));
     }
-    // A token limited to a name prefix lists only within it.
-    if let Some(allowed) = access.prefix() {
-        if prefix.starts_with(allowed) {
-        } else if allowed.starts_with(&prefix) {
-            prefix = allowed.to_owned();
-        } else {
+    // A token limited to a name prefix lists only within it: the longer of
+    // the two prefixes, when one extends the other; nothing otherwise.
+    if let Some(allowed) = access.prefix().filter(|a| !prefix.starts_with(a)) {
+        if !allowed.starts_with(&prefix) {
             return Ok(Json(SemaphoreList {
                 semaphores: Vec::new(),
                 next_cursor: None,
             }));
         }
+        prefix = allowed.to_owned();
     }
     let limit = match query.limit {
         None => 100,
