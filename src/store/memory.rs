@@ -65,19 +65,27 @@ impl Semaphores {
     /// Looks at the next few names after the last look and removes those
     /// idle long enough (see module docs).
     fn sweep_idle(&mut self, now: Millis) {
-        let from = match &self.swept_to {
-            Some(name) => Bound::Excluded(name.clone()),
-            None => Bound::Unbounded,
-        };
-        let names: Vec<SemaphoreName> = self
+        // Only the names to remove, and the last one looked at, are cloned:
+        // this runs on every call.
+        let from = self
+            .swept_to
+            .as_ref()
+            .map_or(Bound::Unbounded, Bound::Excluded);
+        let mut forgotten = Vec::new();
+        let mut last = None;
+        for (name, state) in self
             .map
-            .range((from, Bound::Unbounded))
+            .range::<SemaphoreName, _>((from, Bound::Unbounded))
             .take(IDLE_SWEEP_STEP)
-            .map(|(name, _)| name.clone())
-            .collect();
-        self.swept_to = names.last().cloned();
-        for name in names {
-            self.live(&name, now);
+        {
+            if state.forgotten(now) {
+                forgotten.push(name.clone());
+            }
+            last = Some(name);
+        }
+        self.swept_to = last.cloned();
+        for name in forgotten {
+            self.map.remove(&name);
         }
     }
 }
