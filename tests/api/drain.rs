@@ -10,7 +10,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::helpers::{ApiClient, Harness, Store, expect_problem};
+use crate::helpers::{ApiClient, BinaryApp, Harness, Store, expect_problem};
 
 /// An upstream whose one call is held open until the test lets it go: while
 /// it is held, the demo request calling it is certainly in flight.
@@ -56,35 +56,48 @@ fn wait_for_permit(api: &ApiClient, name: &str) -> tokio::task::JoinHandle<reqwe
     tokio::spawn(async move { request.send().await.unwrap() })
 }
 
+/// The binary with `grace_ms` to drain in, allowed to call `upstream`.
+async fn draining_binary(harness: &Harness, upstream: &HeldUpstream, grace_ms: &str) -> BinaryApp {
+    harness
+        .binary()
+        .arg("--shutdown-grace-ms")
+        .arg(grace_ms)
+        .arg("--demo-allowed-hosts")
+        .arg(&upstream.addr.to_string())
+        .start()
+        .await
+}
+
+/// A request in flight: the demo calling the held upstream, which it has
+/// reached when this returns.
+async fn demo_in_flight(
+    app: &ApiClient,
+    upstream: &mut HeldUpstream,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    // ':' and '/' may stand unescaped in a query.
+    let demo_path = format!("/demo?requests=1&url=http://{}/hold", upstream.addr);
+    let demo = tokio::spawn(app.client.get(app.url(&demo_path)).send());
+    upstream
+        .arrived
+        .recv()
+        .await
+        .expect("the demo called the upstream");
+    demo
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_answers_waiters_and_exits_0() {
     let harness = Harness::new(Store::Redis);
     let observer = harness.spawn().await;
     let mut upstream = held_upstream().await;
-    let mut app = harness
-        .binary()
-        .arg("--shutdown-grace-ms")
-        .arg("30000")
-        .arg("--demo-allowed-hosts")
-        .arg(&upstream.addr.to_string())
-        .start()
-        .await;
+    let mut app = draining_binary(&harness, &upstream, "30000").await;
 
     // One unit, held elsewhere; a waiter queued on the instance to stop.
     let held = observer.acquire("drained", json!({ "limit": 1 })).await;
     assert_eq!(held.status(), 201);
     let waiter = wait_for_permit(&app, "drained");
     observer.until_waiting("drained", 1).await;
-    // A request in flight: the demo, calling the held upstream.
-    // ':' and '/' may stand unescaped in a query.
-    let demo_path = format!("/demo?requests=1&url=http://{}/hold", upstream.addr);
-    let demo = app.client.get(app.url(&demo_path)).send();
-    let demo = tokio::spawn(demo);
-    upstream
-        .arrived
-        .recv()
-        .await
-        .expect("the demo called the upstream");
+    let demo = demo_in_flight(&app, &mut upstream).await;
 
     app.terminate();
     let signalled = Instant::now();
@@ -142,27 +155,12 @@ async fn sigterm_drains_in_flight_requests_then_answers_waiters_and_exits_0() {
 async fn a_request_that_outlives_the_grace_does_not_hold_the_exit() {
     let harness = Harness::new(Store::Memory);
     let mut upstream = held_upstream().await;
-    let mut app = harness
-        .binary()
-        .arg("--shutdown-grace-ms")
-        .arg("500")
-        .arg("--demo-allowed-hosts")
-        .arg(&upstream.addr.to_string())
-        .start()
-        .await;
+    let mut app = draining_binary(&harness, &upstream, "500").await;
     let held = app.acquire("outlived", json!({ "limit": 1 })).await;
     assert_eq!(held.status(), 201);
     let waiter = wait_for_permit(&app, "outlived");
     app.until_waiting("outlived", 1).await;
-    // ':' and '/' may stand unescaped in a query.
-    let demo_path = format!("/demo?requests=1&url=http://{}/hold", upstream.addr);
-    let demo = app.client.get(app.url(&demo_path)).send();
-    let _demo = tokio::spawn(demo);
-    upstream
-        .arrived
-        .recv()
-        .await
-        .expect("the demo called the upstream");
+    let _demo = demo_in_flight(&app, &mut upstream).await;
 
     app.terminate();
     let signalled = Instant::now();
