@@ -30,14 +30,15 @@ WARMUP_S = float(os.environ.get("WARMUP_S", "1"))
 
 
 def script(body: str) -> str:
-    # Exactly how the Rust store builds each script (src/store/redis/scripts.rs): the
-    # prelude, then the body as a function, its reply wrapped with the count
-    # of leases it swept.
+    # Exactly how the Rust store builds each script's EVALSHA text
+    # (src/store/redis/scripts.rs): the prelude, then the body as a function
+    # that the prelude's `run` calls, its reply wrapped with the count of
+    # leases it swept.
     return (
         (SCRIPTS / "prelude.lua").read_text()
-        + "\nlocal function body()\n"
+        + "\nlocal function body(KEYS, ARGV)\n"
         + (SCRIPTS / body).read_text()
-        + "\nend\nlocal reply = body()\nflush_meta()\nreturn { swept, reply }\n"
+        + "\nend\nreturn run(body, KEYS, ARGV)\n"
     )
 
 

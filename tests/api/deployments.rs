@@ -135,15 +135,16 @@ async fn a_dead_sentinel_is_skipped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_master_without_the_scripts_gets_them_by_eval() {
+async fn a_cluster_master_without_the_library_gets_it_in_the_retry() {
     let harness = Harness::new(Store::Cluster);
     let app = harness.spawn().await;
     assert_eq!(
         app.acquire("flushed", json!({ "limit": 2 })).await.status(),
         201
     );
-    // As after a failover to a replica that never loaded them.
+    // As after a restart without persistence.
     let master = harness.cluster().master_of("{flushed}");
+    assert!(master.command(&["FUNCTION", "FLUSH"]).is_ok());
     assert!(master.command(&["SCRIPT", "FLUSH"]).is_ok());
     assert_eq!(app.acquire("flushed", json!({})).await.status(), 201);
     assert_eq!(app.status("flushed").await["held"], 2);

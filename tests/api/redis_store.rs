@@ -138,12 +138,49 @@ async fn every_key_of_a_semaphore_shares_one_hash_tag_under_the_prefix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scripts_are_reloaded_after_script_flush() {
+async fn scripts_run_as_functions_and_the_library_is_loaded_again_after_a_flush() {
     let app = spawn_app(Store::Redis).await;
+    assert!(app.redis().command(&["CONFIG", "RESETSTAT"]).is_ok());
     assert_eq!(app.acquire("s", json!({ "limit": 5 })).await.status(), 201);
+    // As on a Redis restarted without persistence.
+    assert!(app.redis().command(&["FUNCTION", "FLUSH"]).is_ok());
     assert!(app.redis().command(&["SCRIPT", "FLUSH"]).is_ok());
     assert_eq!(app.acquire("s", json!({})).await.status(), 201);
     assert_eq!(app.status("s").await["held"], 2);
+    let libraries = format!("{:?}", app.redis().command(&["FUNCTION", "LIST"]));
+    assert!(libraries.contains("_acquire"), "{libraries}");
+    // Two acquires and a status, each one FCALL (and the library's loads
+    // went with an FCALL too): no script ran as EVAL.
+    assert!(calls(app.redis(), "fcall") >= 3);
+    assert_eq!(
+        calls(app.redis(), "evalsha") + calls(app.redis(), "eval"),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_whose_acl_refuses_functions_gets_the_scripts_by_evalsha() {
+    let app = spawn_app(Store::Redis).await;
+    assert!(app.redis().command(&["FUNCTION", "FLUSH"]).is_ok());
+    assert!(
+        app.redis()
+            .command(&["ACL", "SETUSER", "default", "-function"])
+            .is_ok()
+    );
+    assert_eq!(app.acquire("s", json!({ "limit": 5 })).await.status(), 201);
+    assert_eq!(app.acquire("s", json!({})).await.status(), 201);
+    assert_eq!(app.status("s").await["held"], 2);
+    assert!(calls(app.redis(), "evalsha") + calls(app.redis(), "eval") >= 3);
+    // And when FCALL itself is refused.
+    assert!(
+        app.redis()
+            .command(&["ACL", "SETUSER", "default", "+function", "-fcall"])
+            .is_ok()
+    );
+    assert!(app.redis().command(&["CONFIG", "RESETSTAT"]).is_ok());
+    assert_eq!(app.acquire("s", json!({})).await.status(), 201);
+    assert_eq!(app.status("s").await["held"], 3);
+    assert_eq!(calls(app.redis(), "fcall"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! The Redis store: semaphores shared by every permitd instance on one Redis.
 //!
 //! Each operation is one Lua script from `scripts/` (a shared prelude plus a
-//! body), run with EVALSHA on the semaphore's master. The scripts own the
+//! body), run on the semaphore's master as a function of one library (FCALL,
+//! Redis 7 on) or with EVALSHA (before 7). The scripts own the
 //! semantics; this module only passes keys and arguments and decodes replies.
 //! Three deployments (`RedisTarget`): one Redis, Redis behind Sentinel, or a
 //! Redis Cluster; every script touches only its own semaphore's slot, so all
@@ -64,7 +65,7 @@ mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -73,7 +74,7 @@ use deadpool_redis::redis;
 use self::clock::StoreClock;
 use self::cluster::Cluster;
 use self::connection::{Pool, Source};
-use self::nodes::{Nodes, Wait};
+use self::nodes::{Calling, Nodes, Wait};
 use self::reply::{Reply, unexpected};
 use self::scripts::{
     ACQUIRE, DELETE, LEAVE, NamedScript, PERMIT, REFRESH, RELEASE, SET_LIMIT, STATUS,
@@ -163,9 +164,12 @@ pub struct RedisSettings {
 
 pub struct RedisStore {
     nodes: Nodes,
-    /// Whether the scripts go with their `#!lua` line (Redis 7 on), read
-    /// from the masters' version before the first script.
-    flags: tokio::sync::OnceCell<bool>,
+    /// How scripts are called (FCALL on Redis 7 on), read from the masters'
+    /// version before the first script.
+    calling: tokio::sync::OnceCell<Calling>,
+    /// Set once a node refused Functions (its ACL) and EVALSHA worked: every
+    /// later call then runs as EVALSHA.
+    functions_refused: AtomicBool,
     wait: Option<Wait>,
     prefix: String,
     timeout: Duration,
@@ -272,7 +276,8 @@ impl RedisStore {
         };
         Ok(Self {
             nodes,
-            flags: tokio::sync::OnceCell::new(),
+            calling: tokio::sync::OnceCell::new(),
+            functions_refused: AtomicBool::new(false),
             // WAIT answers within half the call's bound, so that a shortfall
             // is reported as such rather than as a timeout.
             wait: (settings.wait_replicas > 0).then(|| Wait {
@@ -307,23 +312,28 @@ impl RedisStore {
         })
     }
 
-    /// The masters' `INFO`, checked: the warnings, and whether every master
-    /// reads script flags (Redis 7 on).
+    /// The masters' `INFO`, checked: the warnings, and how scripts are
+    /// called (Functions when every master is Redis 7 or newer).
     async fn checked_infos(&self) -> Result<(usize, Vec<String>), StoreError> {
         let infos = self.nodes.infos().await?;
         let mut warnings = Vec::new();
-        let mut flags = true;
+        let mut redis_7 = true;
         for info in &infos {
             for warning in server::check(info)? {
                 if !warnings.contains(&warning) {
                     warnings.push(warning);
                 }
             }
-            flags &= server::reads_script_flags(info);
+            redis_7 &= server::is_redis_7(info);
         }
         // Set once: a later answer (an upgrade) changes nothing that matters,
-        // since a Redis that reads flags also runs the plain text.
-        let _ = self.flags.set(flags);
+        // since a newer Redis also runs the scripts an older one does.
+        let calling = if redis_7 {
+            Calling::Functions
+        } else {
+            Calling::Scripts { flags: false }
+        };
+        let _ = self.calling.set(calling);
         Ok((infos.len(), warnings))
     }
 
@@ -337,20 +347,26 @@ impl RedisStore {
         args: &[&str],
     ) -> Result<T, StoreError> {
         let call = async {
-            let flags = match self.flags.get() {
-                Some(flags) => *flags,
+            let mut calling = match self.calling.get() {
+                Some(calling) => *calling,
                 None => {
                     self.checked_infos().await?;
-                    self.flags.get().copied().unwrap_or(false)
+                    self.calling
+                        .get()
+                        .copied()
+                        .unwrap_or(Calling::Scripts { flags: false })
                 }
             };
+            if calling == Calling::Functions && self.functions_refused.load(Ordering::Relaxed) {
+                calling = Calling::Scripts { flags: true };
+            }
             let keys = scripts::keys(&self.prefix, name);
             let wait = self.wait.filter(|_| named.writes);
             let mut all = Vec::with_capacity(args.len() + 2);
             all.extend_from_slice(args);
             all.extend(self.lifecycle_args.iter().map(String::as_str));
             self.nodes
-                .eval::<(u64, T)>(named.lua(flags), &keys, &all, wait)
+                .call::<(u64, T)>(named, calling, &self.functions_refused, &keys, &all, wait)
                 .await
         };
         let (swept, reply) = self.timed(named.name, call).await?;

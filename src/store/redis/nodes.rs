@@ -2,18 +2,27 @@
 //! pool (standalone, or the one Sentinel names), or a cluster through one
 //! cluster connection that routes each script by its semaphore's slot.
 //!
-//! Scripts run as EVALSHA. A node that does not have the script (a restart,
-//! `SCRIPT FLUSH`, a promoted replica: Redis 7.0 does not replicate `SCRIPT
-//! LOAD`) answers `NOSCRIPT`, and the same call is sent once more as EVAL,
-//! to the same node by the same key, which also caches it there. Never
-//! `SCRIPT LOAD` on every node: that fails while any node is down, which is
-//! exactly when a failover needs the script on the new master.
+//! On Redis 7 scripts run as FCALL of `scripts::LIBRARY`'s functions. A node
+//! without the library (a restart without persistence, `FUNCTION FLUSH`)
+//! answers that the function is not found, and the same call is sent once
+//! more pipelined after `FUNCTION LOAD REPLACE` of the library, to the same
+//! node by the same key. A node whose ACL refuses `FUNCTION` or `FCALL` gets
+//! EVALSHA instead, and once that works, so does every later call.
+//!
+//! Before Redis 7 scripts run as EVALSHA. A node that does not have the
+//! script (a restart, `SCRIPT FLUSH`, a promoted replica: `SCRIPT LOAD` is
+//! not replicated) answers `NOSCRIPT`, and the same call is sent once more as
+//! EVAL, to the same node by the same key, which also caches it there.
+//!
+//! Never load on every node up front: that fails while any node is down,
+//! which is exactly when a failover needs the scripts on the new master.
 //!
 //! With `--redis-wait-replicas N` a write is pipelined with `WAIT N`, so it
 //! reaches the semaphore's own master in the same round trip; fewer
 //! acknowledgements in time answer 503 (see `StoreError::Unavailable`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use deadpool_redis::redis::aio::ConnectionLike;
 use deadpool_redis::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
@@ -22,7 +31,7 @@ use deadpool_redis::redis::{self, FromRedisValue, RedisResult, Value};
 use super::cluster::Cluster;
 use super::connection::Pool;
 use super::failure::classify;
-use super::scripts::Lua;
+use super::scripts::{LIBRARY, Lua, NamedScript};
 use super::sentinel::Sentinel;
 use crate::store::{PoolStatus, StoreError};
 
@@ -42,6 +51,15 @@ pub(super) struct ScanStep {
     pub(super) cursor: u64,
     pub(super) next: u64,
     pub(super) keys: Vec<String>,
+}
+
+/// How scripts are called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Calling {
+    /// FCALL of the library's functions (every master is Redis 7 or newer).
+    Functions,
+    /// EVALSHA of each script's own text, `#!lua`-flagged when `flags`.
+    Scripts { flags: bool },
 }
 
 /// Replicas to wait for after a write, and for how long (ms).
@@ -64,22 +82,34 @@ impl Nodes {
     }
 
     /// Runs one script on its keys' node; see the module docs.
-    pub(super) async fn eval<T: FromRedisValue>(
+    /// `functions_refused` is set once a node refused Functions and EVALSHA
+    /// worked instead; the caller then calls scripts from then on.
+    pub(super) async fn call<T: FromRedisValue>(
         &self,
-        lua: &Lua,
+        script: &NamedScript,
+        calling: Calling,
+        functions_refused: &AtomicBool,
         keys: &[String],
         args: &[&str],
         wait: Option<Wait>,
     ) -> Result<T, StoreError> {
+        let call = Call {
+            script,
+            keys,
+            args,
+            wait,
+        };
         let (reply, acked) = match self {
             Self::Single { pool, .. } => {
                 let mut pooled = pool.get().await?;
-                let reply = eval_on(&mut pooled.connection, lua, keys, args, wait).await;
+                let reply = call
+                    .on(&mut pooled.connection, calling, functions_refused)
+                    .await;
                 reply.map_err(|e| pool.failed(pooled, e))?
             }
             Self::Cluster(cluster) => {
                 let mut connection = cluster.connection().await?;
-                eval_on(&mut connection, lua, keys, args, wait)
+                call.on(&mut connection, calling, functions_refused)
                     .await
                     .map_err(classify)?
             }
@@ -195,43 +225,111 @@ impl Nodes {
     }
 }
 
-/// EVALSHA, then EVAL when the node does not have the script. The second
-/// value is the replicas' acknowledgements when `wait` asked for them.
-async fn eval_on<C: ConnectionLike + Send, T: FromRedisValue>(
-    connection: &mut C,
-    lua: &Lua,
-    keys: &[String],
-    args: &[&str],
+/// One script call: the script, its keys and arguments, and the replicas to
+/// wait for.
+struct Call<'a> {
+    script: &'a NamedScript,
+    keys: &'a [String],
+    args: &'a [&'a str],
     wait: Option<Wait>,
-) -> RedisResult<(T, Option<u32>)> {
-    match invoke(connection, "EVALSHA", &lua.hash, keys, args, wait).await {
-        Err(e) if e.code() == Some("NOSCRIPT") => {
-            invoke(connection, "EVAL", &lua.source, keys, args, wait).await
+}
+
+impl Call<'_> {
+    /// The call on `connection` (see the module docs). The second value is
+    /// the replicas' acknowledgements when `wait` asked for them.
+    async fn on<C: ConnectionLike + Send, T: FromRedisValue>(
+        &self,
+        connection: &mut C,
+        calling: Calling,
+        functions_refused: &AtomicBool,
+    ) -> RedisResult<(T, Option<u32>)> {
+        let flags = match calling {
+            Calling::Scripts { flags } => flags,
+            Calling::Functions => {
+                let function = &self.script.function;
+                let refusal = match self.invoke(connection, "FCALL", function, false).await {
+                    Err(e) if function_missing(&e) => {
+                        match self.invoke(connection, "FCALL", function, true).await {
+                            Err(e) if e.code() == Some("NOPERM") => e,
+                            other => return other,
+                        }
+                    }
+                    Err(e) if e.code() == Some("NOPERM") => e,
+                    other => return other,
+                };
+                // Functions are refused (an ACL without them); scripts may
+                // not be. Only once they work are Functions given up.
+                let reply = self.scripts(connection, true).await;
+                if reply.is_ok() && !functions_refused.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %refusal,
+                        "Redis refuses FUNCTION or FCALL to this user: \
+                         scripts run as EVALSHA instead (more Redis CPU per call)"
+                    );
+                }
+                return reply;
+            }
+        };
+        self.scripts(connection, flags).await
+    }
+
+    /// EVALSHA, then EVAL when the node does not have the script.
+    async fn scripts<C: ConnectionLike + Send, T: FromRedisValue>(
+        &self,
+        connection: &mut C,
+        flags: bool,
+    ) -> RedisResult<(T, Option<u32>)> {
+        let lua: &Lua = self.script.lua(flags);
+        match self.invoke(connection, "EVALSHA", &lua.hash, false).await {
+            Err(e) if e.code() == Some("NOSCRIPT") => {
+                self.invoke(connection, "EVAL", &lua.source, false).await
+            }
+            other => other,
         }
-        other => other,
+    }
+
+    /// `verb` (EVALSHA, EVAL or FCALL) of `script`, after loading the
+    /// library when `load`, and followed by WAIT when the call asks for it.
+    async fn invoke<C: ConnectionLike + Send, T: FromRedisValue>(
+        &self,
+        connection: &mut C,
+        verb: &str,
+        script: &str,
+        load: bool,
+    ) -> RedisResult<(T, Option<u32>)> {
+        let mut command = redis::cmd(verb);
+        command
+            .arg(script)
+            .arg(self.keys.len())
+            .arg(self.keys)
+            .arg(self.args);
+        if !load && self.wait.is_none() {
+            return Ok((command.query_async(connection).await?, None));
+        }
+        // A pipeline goes where its first keyed command goes: FUNCTION LOAD
+        // and WAIT have no key, so they run on the node that runs the call.
+        let mut pipe = redis::pipe();
+        if load {
+            // REPLACE: another call may have loaded it meanwhile; the text
+            // is the same, as the library's name says.
+            pipe.cmd("FUNCTION")
+                .arg("LOAD")
+                .arg("REPLACE")
+                .arg(&LIBRARY.source)
+                .ignore();
+        }
+        pipe.add_command(command);
+        let Some(wait) = self.wait else {
+            let (reply,): (T,) = pipe.query_async(connection).await?;
+            return Ok((reply, None));
+        };
+        pipe.cmd("WAIT").arg(wait.replicas).arg(wait.timeout_ms);
+        let (reply, acked): (T, u32) = pipe.query_async(connection).await?;
+        Ok((reply, Some(acked)))
     }
 }
 
-async fn invoke<C: ConnectionLike + Send, T: FromRedisValue>(
-    connection: &mut C,
-    verb: &str,
-    script: &str,
-    keys: &[String],
-    args: &[&str],
-    wait: Option<Wait>,
-) -> RedisResult<(T, Option<u32>)> {
-    let mut command = redis::cmd(verb);
-    command.arg(script).arg(keys.len()).arg(keys).arg(args);
-    let Some(wait) = wait else {
-        return Ok((command.query_async(connection).await?, None));
-    };
-    // The pipeline goes where its first keyed command goes: WAIT has no
-    // key, so it runs on the node that just ran the script.
-    let mut pipe = redis::pipe();
-    pipe.add_command(command)
-        .cmd("WAIT")
-        .arg(wait.replicas)
-        .arg(wait.timeout_ms);
-    let (reply, acked): (T, u32) = pipe.query_async(connection).await?;
-    Ok((reply, Some(acked)))
+/// FCALL's answer when the node has no such function.
+fn function_missing(e: &redis::RedisError) -> bool {
+    e.code() == Some("ERR") && e.to_string().contains("Function not found")
 }

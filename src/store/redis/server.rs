@@ -24,9 +24,10 @@ fn major_minor(version: &str) -> Option<(u32, u32)> {
     Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
 }
 
-/// Whether this Redis reads a script's `#!lua` flags line (7.0 on); older
-/// ones cannot parse it. An unreadable version counts as old.
-pub fn reads_script_flags(info: &str) -> bool {
+/// Whether this Redis is 7.0 or newer: it has Functions, and reads a script's
+/// `#!lua` flags line (older ones cannot parse it). An unreadable version
+/// counts as old.
+pub fn is_redis_7(info: &str) -> bool {
     field(info, "redis_version")
         .and_then(major_minor)
         .is_some_and(|v| v >= (7, 0))
@@ -92,9 +93,9 @@ mod tests {
     }
 
     #[test]
-    fn script_flags_are_for_redis_7_on() {
-        assert!(reads_script_flags(INFO));
-        assert!(!reads_script_flags(&INFO.replace("7.0.15", "6.2.14")));
-        assert!(!reads_script_flags("# Server\r\n"));
+    fn functions_and_script_flags_are_for_redis_7_on() {
+        assert!(is_redis_7(INFO));
+        assert!(!is_redis_7(&INFO.replace("7.0.15", "6.2.14")));
+        assert!(!is_redis_7("# Server\r\n"));
     }
 }

@@ -1,5 +1,11 @@
---[[ prelude.lua: shared by every permitd script; RedisStore prepends it to
-each script body before loading, so each script stays one atomic EVALSHA.
+--[[ prelude.lua: shared by every permitd script, so each script stays one
+atomic call. `scripts.rs` builds two texts from it and the bodies: one Redis
+Functions library holding every script as a function (Redis 7: loaded once,
+called with FCALL), and per script the prelude with its body (EVALSHA, for
+Redis before 7). Either way each body runs as `run(body, KEYS, ARGV)` (at
+the end of this file), and the prelude's own code only defines: everything
+a call reads or changes is set up by `begin()`, so the library's functions,
+which are defined once and called many times, share nothing between calls.
 
 KEYS (the same nine for every script, all under the semaphore's hash tag
 `{name}` so every script runs on Redis Cluster):
@@ -46,12 +52,11 @@ waiter) gets the current `dies` on its own.
 Time is Redis `TIME`, read once per script, so every instance of permitd and
 every client share one clock. A permit is live while now_ms < its lease end.
 
-Reply envelope: RedisStore wraps each script body in a function and replies
-{swept, <the body's reply>}, where `swept` is how many expired permits
-`expire()` removed during this call. Each body's header describes only its own
-reply; the Rust side unwraps the envelope and counts `swept` as lease expiries
-(the sign that a holder crashed or forgot to release). Read-only scripts never
-sweep, so their `swept` is 0.
+Reply envelope: `run()` replies {swept, <the body's reply>}, where `swept`
+is how many expired permits `expire()` removed during this call. Each body's
+header describes only its own reply; the Rust side unwraps the envelope and
+counts `swept` as lease expiries (the sign that a holder crashed or forgot to
+release). Read-only scripts never sweep, so their `swept` is 0.
 
 Lost keys: under a maxmemory eviction policy (or after a careless DEL) any
 of these keys may vanish on its own. No script fails on a missing key, and
@@ -82,10 +87,13 @@ Waking: when a change may let waiters proceed, the script PUBLISHes
 waits; that instance then runs acquire for it again. Only waiters that fit are
 woken, in queue order, so a release wakes one waiter, not all of them.
 ]]
-local meta_key, expiry_key, permits_key, idem_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local queue_key, waiters_key, wleases_key, left_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local ended_key = KEYS[9]
-local IDLE_DEFAULT, RETENTION = ARGV[#ARGV - 1], tonumber(ARGV[#ARGV])
+-- The state of one call: the keys and settings it was passed, the clock,
+-- the meta hash. Set by begin() at the start of every call and nowhere kept
+-- past it: loaded as a Redis Functions library, the code below runs once and
+-- its functions many times, so these must not carry over between calls.
+local all_keys, meta_key, expiry_key, permits_key, idem_key
+local queue_key, waiters_key, wleases_key, left_key, ended_key
+local IDLE_DEFAULT, RETENTION, now_ms, now_us
 
 -- Numbers are doubles in Lua 5.1 and `..`/tostring print them with 14
 -- significant digits, which would round fencing tokens: format integers by hand.
@@ -93,25 +101,13 @@ local function int(n)
   return string.format('%d', n)
 end
 
-local clock = redis.call('TIME')
-local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-
 -- The meta hash (see the header). `meta.limit` is nil when the semaphore
 -- does not exist; `meta_gone` stops the write-back after a delete.
 local META_FIELDS = { 'limit', 'held', 'fence', 'qseq', 'qlen', 'soon', 'wsoon', 'lefts', 'wnext',
   'wfree', 'idle', 'dies', 'isoon' }
-local meta, dirty, meta_gone = {}, {}, false
+local meta, dirty, meta_gone
 -- Set by the read-only scripts: nothing is written back, not even a hint.
-local read_only = false
-do
-  local values = redis.call('HMGET', meta_key, unpack(META_FIELDS))
-  for i = 1, #META_FIELDS do
-    if values[i] then
-      meta[META_FIELDS[i]] = values[i]
-    end
-  end
-end
+local read_only
 
 local function num(field)
   return tonumber(meta[field]) or 0
@@ -126,7 +122,7 @@ end
 -- lease, a remembered Idempotency-Key; and the keys it may have created.
 -- The key expiry must outlast the first by the idle TTL, and the second get
 -- it at once (see the header).
-local lease_top, fresh = 0, {}
+local lease_top, fresh
 
 local function touched(until_ms, key)
   if until_ms and until_ms > lease_top then
@@ -174,7 +170,7 @@ local function plan_expiry()
   if dies < need then
     dies = need + math.floor(idle / 8)
     set_meta('dies', int(dies))
-    return KEYS, dies
+    return all_keys, dies
   end
   local keys = {}
   for key in pairs(fresh) do
@@ -235,19 +231,6 @@ end
 local function recount_lefts()
   local last = redis.call('ZRANGE', left_key, -1, -1, 'WITHSCORES')
   set_meta('lefts', last[2] or '0')
-end
-
--- Data written before the hints existed: fill them in once.
-if meta.limit then
-  if not meta.qlen then
-    set_meta('qlen', redis.call('ZCARD', queue_key))
-  end
-  if not meta.lefts then
-    recount_lefts()
-  end
-  if not meta.isoon then
-    set_meta('isoon', soonest_score(ended_key))
-  end
 end
 
 -- A permit record: count, fence, acquired_at, idempotency key, request
@@ -374,7 +357,7 @@ local SWEEP_CAP = 500
 
 -- Expired permits removed during this call: the first element of the reply
 -- envelope (see the header).
-local swept = 0
+local swept
 
 -- Rebuilds the permit state from the records after a key vanished
 -- (eviction under maxmemory, a careless DEL): every live record gets its
@@ -473,7 +456,7 @@ end
 -- Whether this call took the head of the queue out: the new head must then
 -- be told it is head (see wake_heads), or it would wait for its periodic
 -- re-check instead of aiming a timer at the next lease end.
-local head_left = false
+local head_left
 
 -- Takes a ticket out of the queue. Returns whether it was there.
 local function dequeue(ticket)
@@ -727,4 +710,47 @@ end
 local function permit_reply(tag, id, record, expires)
   local p = decode(record)
   return { tag, id, p.count, p.fence, p.acquired, expires, p.holder }
+end
+
+-- Starts a call: its keys and settings, one reading of the clock, the meta
+-- hash in one HMGET, and everything else per call back to its start.
+local function begin(keys, argv)
+  all_keys = keys
+  meta_key, expiry_key, permits_key, idem_key = keys[1], keys[2], keys[3], keys[4]
+  queue_key, waiters_key, wleases_key, left_key = keys[5], keys[6], keys[7], keys[8]
+  ended_key = keys[9]
+  IDLE_DEFAULT, RETENTION = argv[#argv - 1], tonumber(argv[#argv])
+  local clock = redis.call('TIME')
+  now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+  meta, dirty, meta_gone, read_only = {}, {}, false, false
+  lease_top, fresh, swept, head_left = 0, {}, 0, false
+  local values = redis.call('HMGET', meta_key, unpack(META_FIELDS))
+  for i = 1, #META_FIELDS do
+    if values[i] then
+      meta[META_FIELDS[i]] = values[i]
+    end
+  end
+  -- Data written before the hints existed: fill them in once.
+  if meta.limit then
+    if not meta.qlen then
+      set_meta('qlen', redis.call('ZCARD', queue_key))
+    end
+    if not meta.lefts then
+      recount_lefts()
+    end
+    if not meta.isoon then
+      set_meta('isoon', soonest_score(ended_key))
+    end
+  end
+end
+
+-- One call of a script's body: the reply is {swept, the body's reply} (see
+-- the header), and the meta hash is written back once after the body,
+-- whichever `return` it took. `swept` is read after the body has run.
+local function run(body, keys, argv)
+  begin(keys, argv)
+  local reply = body(keys, argv)
+  flush_meta()
+  return { swept, reply }
 end
