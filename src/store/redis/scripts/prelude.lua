@@ -594,7 +594,9 @@ end
 local WAKE_CAP = 200
 
 local function wake_heads()
-  set_meta('wnext', '')
+  if meta.wnext and meta.wnext ~= '' then
+    set_meta('wnext', '')
+  end
   local free = free_units()
   if free == 0 and not head_left then
     return
