@@ -93,6 +93,9 @@ const clientCpu = await (async () => {
 })();
 
 waits.sort((a, b) => a - b);
+// How long the clients really held (see loadgen.rs), before the sorts below
+// unpair grants from releases.
+const holds = grants.map((g, i) => releases[i] - g).sort((a, b) => a - b);
 grants.sort((a, b) => a - b);
 releases.sort((a, b) => a - b);
 const handoffs = [];
@@ -114,6 +117,7 @@ console.log(JSON.stringify({
   hold_ms: HOLD_MS,
   cycles,
   cycles_per_s: Math.round(cycles / DURATION_S),
+  hold_p50_ms: q(holds, 0.5),
   wait_p50_ms: q(waits, 0.5),
   wait_p99_ms: q(waits, 0.99),
   wait_max_ms: q(waits, 1),
