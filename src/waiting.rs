@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::semaphore::{AcquireOutcome, AcquireRequest, PermitId, SemaphoreName};
-use crate::store::{Attempt, SemaphoreStore, StoreError};
+use crate::store::{Attempt, SemaphoreStore, StoreError, Woken};
 
 /// How waiting behaves, from settings, plus the shutdown signal.
 #[derive(Debug, Clone)]
@@ -171,17 +171,29 @@ pub async fn acquire(
                 if let Some(lease) = soonest_waiter_lease {
                     until = until.min(now + lease + late);
                 }
-                tokio::select! {
-                    () = wake.notified() => {}
-                    () = tokio::time::sleep_until(until.into()) => {}
-                    () = settings.shutdown.cancelled() => {
-                        // Disarmed only once the store has the ticket out;
-                        // otherwise the guard tries again as it drops.
-                        if store.leave(&request.name, ticket).await.is_ok() {
-                            guard.armed = false;
+                loop {
+                    tokio::select! {
+                        () = wake.notified() => {
+                            // Told it is head and does not fit: nothing to
+                            // attempt before the soonest lease ends.
+                            if let Woken::Head { soonest_expiry } = wake.woken() {
+                                if let Some(expiry) = soonest_expiry {
+                                    until = until.min(Instant::now() + expiry + late);
+                                }
+                                continue;
+                            }
                         }
-                        return Err(WaitError::ShuttingDown);
+                        () = tokio::time::sleep_until(until.into()) => {}
+                        () = settings.shutdown.cancelled() => {
+                            // Disarmed only once the store has the ticket
+                            // out; otherwise the guard tries again as it drops.
+                            if store.leave(&request.name, ticket).await.is_ok() {
+                                guard.armed = false;
+                            }
+                            return Err(WaitError::ShuttingDown);
+                        }
                     }
+                    break;
                 }
                 last_try = Instant::now() >= deadline;
             }

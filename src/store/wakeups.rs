@@ -8,16 +8,20 @@
 //!
 //! A wake carries the store-clock time (µs) of the change that caused it, so
 //! the waiter can measure the handoff: release of a unit -> grant to the next.
+//!
+//! A store may also tell a ticket that it became the head of the queue but
+//! does not fit, and when the soonest lease ends: the waiter then aims its
+//! timer there instead of attempting (see [`Woken`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use crate::semaphore::PermitId;
 
-#[derive(Default)]
 struct Slot {
     notify: Notify,
     /// Store-clock µs of the latest wake's cause; 0 when none.
@@ -27,6 +31,42 @@ struct Slot {
     /// on all). Not "no later than": after a failover the new master's clock
     /// may be a little behind the old one's.
     latest_cause_us: AtomicU64,
+    /// A wake asked for an attempt since the waiter last looked.
+    attempt: AtomicBool,
+    /// The latest head notice: ms until the soonest lease ends, -1 for no
+    /// lease, `NO_NOTICE` when none came.
+    head_notice_ms: AtomicI64,
+}
+
+const NO_NOTICE: i64 = i64::MIN;
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self {
+            notify: Notify::new(),
+            woken_at_us: AtomicU64::new(0),
+            latest_cause_us: AtomicU64::new(0),
+            attempt: AtomicBool::new(false),
+            head_notice_ms: AtomicI64::new(NO_NOTICE),
+        }
+    }
+}
+
+impl Slot {
+    /// Whether a message with this cause is a copy of the last one.
+    fn is_copy(&self, cause_us: Option<u64>) -> bool {
+        cause_us.is_some_and(|us| self.latest_cause_us.swap(us, Ordering::Relaxed) == us)
+    }
+}
+
+/// What a waiter was woken for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Woken {
+    /// Attempt again: units may fit now, or the store wants a re-check.
+    Attempt,
+    /// It is the head of the queue and does not fit: nothing to attempt until
+    /// the soonest lease ends (`None`: no lease is held), or another wake.
+    Head { soonest_expiry: Option<Duration> },
 }
 
 /// The waiting tickets of this process.
@@ -65,12 +105,28 @@ impl Wakeups {
     pub fn wake(&self, ticket: PermitId, cause_us: Option<u64>) {
         let slot = self.slots().get(&ticket).cloned();
         if let Some(slot) = slot {
+            if slot.is_copy(cause_us) {
+                return;
+            }
             if let Some(us) = cause_us {
-                if slot.latest_cause_us.swap(us, Ordering::Relaxed) == us {
-                    return;
-                }
                 slot.woken_at_us.store(us, Ordering::Relaxed);
             }
+            slot.attempt.store(true, Ordering::Release);
+            slot.notify.notify_one();
+        }
+    }
+
+    /// Tells one ticket, if it waits in this process, that it is the head of
+    /// the queue and does not fit; `soonest_expiry_ms` is when the soonest
+    /// lease ends (negative: none). Not a cause for the handoff measure.
+    pub fn tell_head(&self, ticket: PermitId, cause_us: Option<u64>, soonest_expiry_ms: i64) {
+        let slot = self.slots().get(&ticket).cloned();
+        if let Some(slot) = slot {
+            if slot.is_copy(cause_us) {
+                return;
+            }
+            slot.head_notice_ms
+                .store(soonest_expiry_ms.max(-1), Ordering::Release);
             slot.notify.notify_one();
         }
     }
@@ -79,6 +135,7 @@ impl Wakeups {
     /// (the subscriber connection dropped), each waiter re-checks.
     pub fn wake_all(&self) {
         for slot in self.slots().values() {
+            slot.attempt.store(true, Ordering::Release);
             slot.notify.notify_one();
         }
     }
@@ -104,6 +161,20 @@ impl WakeHandle {
     /// Completes at the next wake (or at once if one is pending).
     pub async fn notified(&self) {
         self.slot.notify.notified().await;
+    }
+
+    /// What the wake that completed `notified` was for: an attempt, unless
+    /// only head notices came since the waiter last looked.
+    pub fn woken(&self) -> Woken {
+        // An attempt supersedes any notice: its answer says all a notice
+        // would.
+        let notice = self.slot.head_notice_ms.swap(NO_NOTICE, Ordering::Acquire);
+        if self.slot.attempt.swap(false, Ordering::Acquire) || notice == NO_NOTICE {
+            return Woken::Attempt;
+        }
+        Woken::Head {
+            soonest_expiry: u64::try_from(notice).ok().map(Duration::from_millis),
+        }
     }
 
     /// Takes the store-clock µs of the latest wake's cause, if any.
@@ -136,6 +207,48 @@ mod tests {
             .await
             .expect("the pending wake completes the wait");
         assert_eq!(handle.take_woken_at_us(), Some(42));
+        assert_eq!(handle.take_woken_at_us(), None);
+    }
+
+    #[tokio::test]
+    async fn a_head_notice_is_no_attempt_unless_a_wake_came_too() {
+        let wakeups = Wakeups::new();
+        let ticket = PermitId::random();
+        let handle = wakeups.register(ticket);
+        wakeups.tell_head(ticket, Some(1), 250);
+        handle.notified().await;
+        assert_eq!(
+            handle.woken(),
+            Woken::Head {
+                soonest_expiry: Some(Duration::from_millis(250))
+            }
+        );
+        wakeups.tell_head(ticket, Some(2), -1);
+        handle.notified().await;
+        assert_eq!(
+            handle.woken(),
+            Woken::Head {
+                soonest_expiry: None
+            }
+        );
+        // A notice, then a wake, before the waiter looks: it attempts.
+        wakeups.tell_head(ticket, Some(3), 250);
+        wakeups.wake(ticket, Some(4));
+        handle.notified().await;
+        assert_eq!(handle.woken(), Woken::Attempt);
+        assert_eq!(handle.take_woken_at_us(), Some(4));
+        // A copy of the last message (a cluster relays each) is dropped.
+        wakeups.tell_head(ticket, Some(4), 10);
+        let pending = tokio::time::timeout(Duration::from_millis(20), handle.notified());
+        assert!(pending.await.is_err(), "a copy wakes nobody");
+        wakeups.tell_head(ticket, Some(5), 10);
+        handle.notified().await;
+        assert_eq!(
+            handle.woken(),
+            Woken::Head {
+                soonest_expiry: Some(Duration::from_millis(10))
+            }
+        );
         assert_eq!(handle.take_woken_at_us(), None);
     }
 

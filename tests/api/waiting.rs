@@ -270,6 +270,46 @@ async fn waiters_of_a_killed_instance_leave_the_queue_within_the_bound() {
     );
 }
 
+/// Script calls Redis has run so far (every one is an FCALL).
+fn script_calls(app: &TestApp) -> u64 {
+    let stats = app.redis().info_field("commandstats", "cmdstat_fcall");
+    stats
+        .as_deref()
+        .and_then(|s| s.strip_prefix("calls=")?.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_head_that_does_not_fit_is_told_when_the_lease_ahead_ends_and_attempts_only_then() {
+    // A long re-check, so only the timer the notice aims can explain a
+    // prompt grant.
+    let apps = apps(Store::Redis, 1, 30_000).await;
+    let app = &apps[0];
+    let held = hold(app, "told", json!({ "limit": 1, "ttl_ms": 60_000 })).await;
+    let first = app.acquire_in_background("told", json!({ "wait_ms": 10_000, "ttl_ms": 500 }));
+    app.until_waiting("told", 1).await;
+    let second = app.acquire_in_background("told", json!({ "wait_ms": 10_000 }));
+    app.until_waiting("told", 2).await;
+    let calls_before = script_calls(app);
+
+    assert_eq!(app.delete(&held).await.status(), 204);
+    // The first is granted a 500 ms lease; the second, now head, is told
+    // it does not fit and when that lease ends.
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 201);
+    let first_granted = Instant::now();
+    let second = second.await.unwrap();
+    assert_eq!(second.status, 201);
+    let after = first_granted.elapsed();
+    assert!(
+        after >= Duration::from_millis(300) && after < Duration::from_millis(1500),
+        "granted {after:?} after the 500 ms lease ahead began"
+    );
+    // The release, the first's attempt, and the second's at the lease end:
+    // being told it is head cost the second no attempt.
+    assert_eq!(script_calls(app) - calls_before, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_subscriber_connection_does_not_strand_waiters() {
     let apps = apps(Store::Redis, 1, 30_000).await;

@@ -139,11 +139,18 @@ pub(super) async fn subscribe(
         wakeups.wake_all();
         let wake = |payload: &[u8]| {
             let text = String::from_utf8_lossy(payload);
-            let mut parts = text.splitn(2, '\n');
+            // "ticket \n cause µs", or a head notice with a third line: ms
+            // until the soonest lease ends (see prelude.lua).
+            let mut parts = text.splitn(3, '\n');
             let ticket = parts.next().and_then(|t| PermitId::parse(t).ok());
             let cause_us = parts.next().and_then(|us| us.parse().ok());
-            if let Some(ticket) = ticket {
-                wakeups.wake(ticket, cause_us);
+            let head_notice = parts.next().and_then(|ms| ms.parse().ok());
+            match (ticket, head_notice) {
+                (Some(ticket), Some(soonest_ms)) => {
+                    wakeups.tell_head(ticket, cause_us, soonest_ms);
+                }
+                (Some(ticket), None) => wakeups.wake(ticket, cause_us),
+                (None, _) => {}
             }
         };
         // Sentinel switched masters: what the scripts publish now goes to

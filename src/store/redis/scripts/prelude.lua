@@ -85,7 +85,10 @@ A hint that is missing (data written before they existed) is recomputed.
 Waking: when a change may let waiters proceed, the script PUBLISHes
 "ticket \n now_us" on the channel of the permitd instance where that ticket
 waits; that instance then runs acquire for it again. Only waiters that fit are
-woken, in queue order, so a release wakes one waiter, not all of them.
+woken, in queue order, so a release wakes one waiter, not all of them. A new
+head of the queue that does not fit is told "ticket \n now_us \n ms until the
+soonest lease ends (-1: none)" instead: its instance aims the waiter's timer
+there without running acquire (see tell_head).
 ]]
 -- The state of one call: the keys and settings it was passed, the clock,
 -- the meta hash. Set by begin() at the start of every call and nowhere kept
@@ -577,14 +580,31 @@ local function fits(ticket, count)
   return needed <= free
 end
 
+local function soonest_expiry_in_ms()
+  local soonest = redis.call('ZRANGE', expiry_key, 0, 0, 'WITHSCORES')
+  if soonest[2] then
+    return tonumber(soonest[2]) - now_ms
+  end
+  return -1
+end
+
+-- Wakes a waiter: it attempts again.
 local function wake(ticket, channel)
   redis.call('PUBLISH', channel, ticket .. '\n' .. int(now_us))
 end
 
+-- Tells a waiter that it is now the head of the queue but does not fit, and
+-- in how many ms the soonest lease ends (-1: no lease): it aims its timer
+-- there without attempting (an attempt now would only find what this call
+-- found, and cost a script).
+local function tell_head(ticket, channel)
+  redis.call('PUBLISH', channel, ticket .. '\n' .. int(now_us) .. '\n' .. int(soonest_expiry_in_ms()))
+end
+
 -- Wakes the waiters at the head of the queue whose counts fit now, in order;
 -- the first that does not fit blocks the rest (strict FIFO). When this call
--- took the old head out, a new head that does not fit is woken all the same,
--- so it learns it is head and aims its timer at the next lease end.
+-- took the old head out, a new head that does not fit is told so (tell_head),
+-- and aims its timer at the next lease end.
 --
 -- At most WAKE_CAP are woken by one call, so that no script runs long
 -- whatever the queue (a raise with 10,000 waiters took 62 ms in one
@@ -605,7 +625,7 @@ local function wake_heads()
   each_waiter(function(ticket, count, channel)
     if count > free then
       if woken == 0 and head_left then
-        wake(ticket, channel)
+        tell_head(ticket, channel)
       end
       return false
     end
@@ -666,29 +686,27 @@ local function tell_blocked_head()
   local free = free_units()
   each_waiter(function(ticket, count, channel)
     if count > free then
-      wake(ticket, channel)
+      tell_head(ticket, channel)
     end
     return false
   end)
 end
 
--- Wakes the head waiter whatever it needs (it re-aims its expiry timer).
+-- Tells the head waiter when the soonest lease ends now (it re-aims its
+-- timer), or wakes it if it fits.
 local function wake_first()
   local head = redis.call('ZRANGE', queue_key, 0, 0)
   if head[1] then
-    local _, channel = waiter(head[1])
-    if channel then
+    local count, channel = waiter(head[1])
+    if not count then
+      return
+    end
+    if count > free_units() then
+      tell_head(head[1], channel)
+    else
       wake(head[1], channel)
     end
   end
-end
-
-local function soonest_expiry_in_ms()
-  local soonest = redis.call('ZRANGE', expiry_key, 0, 0, 'WITHSCORES')
-  if soonest[2] then
-    return tonumber(soonest[2]) - now_ms
-  end
-  return -1
 end
 
 -- Keeps a granted permit: its record, lease and Idempotency-Key. The first
