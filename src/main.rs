@@ -7,7 +7,14 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
-    permitd::cli::run(permitd::cli::parse()).await
+fn main() -> anyhow::Result<ExitCode> {
+    let cli = permitd::cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if cli.settings.worker_threads > 0 {
+        runtime.worker_threads(cli.settings.worker_threads);
+    }
+    runtime
+        .enable_all()
+        .build()?
+        .block_on(permitd::cli::run(cli))
 }
