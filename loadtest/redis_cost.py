@@ -5,7 +5,7 @@ Usage: redis_cost.py snapshot PORT > before.json
 
 `diff` prints one JSON line: the commands Redis ran per cycle inside the
 scripts, and the microseconds per cycle spent in the script calls
-(EVALSHA and EVAL, inner commands included) and in the inner commands
+(FCALL, EVALSHA and EVAL, inner commands included) and in the inner commands
 alone. A cycle is one acquire and one release, so cycles are half the
 script calls: run it around an uncontended loop, where every acquire is
 granted at once.

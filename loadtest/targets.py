@@ -277,7 +277,7 @@ def main() -> None:
         ratio(a, b),
         2,
         source="Scripts' µs: INFO commandstats usec around each W1 run, per "
-        "cycle: permitd's two EVALSHA; redis-semaphore's one acquire EVALSHA plus "
+        "cycle: permitd's two script calls (FCALL on Redis 7); redis-semaphore's one acquire EVALSHA plus "
         "its release, which is a plain ZREM, not a script",
     )
     # Server CPU.
