@@ -169,8 +169,8 @@ async fn an_attempt_that_reaches_redis_after_its_caller_gave_up_grants_nothing()
         .put_json("/semaphores/late", json!({ "limit": 1 }))
         .await;
     assert_eq!(created.status(), 201);
-    // One acquire first, so Redis has the script cached and the stalled
-    // EVALSHA below runs as soon as it is read.
+    // One acquire first, so Redis has the scripts loaded and the stalled
+    // call below runs as soon as it is read.
     acquire_when_back(app, "warm", json!({ "limit": 1 }), Duration::ZERO).await;
     // The instance that sends the attempt gives up on it after 300 ms.
     let mut sender = harness
