@@ -25,15 +25,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
-use super::AppState;
 use crate::error::ApiError;
 use crate::secret::Secret;
 
@@ -363,26 +361,28 @@ fn bearer_token(request: &Request) -> Option<&str> {
         .filter(|token| !token.is_empty())
 }
 
-/// Middleware: lets a request through when access control is off, the route
-/// is open, or it carries an accepted token with the scope and name prefix
-/// the request needs; answers 401 or 403 otherwise.
+/// Lets a request through (with its caller and grant in its extensions)
+/// when access control is off, the route is open, or it carries an accepted
+/// token with the scope and name prefix the request needs; the 401 or 403
+/// answer otherwise.
+///
+/// # Errors
+/// The refusal to answer with.
 pub async fn require_token(
-    State(state): State<AppState>,
+    access: &AccessControl,
     mut request: Request,
-    next: Next,
-) -> Response {
-    let access = &state.access;
+) -> Result<Request, Response> {
     if !access.is_enabled() {
         request.extensions_mut().insert(Access::everything());
-        return next.run(request).await;
+        return Ok(request);
     }
     if access.is_open(request.uri().path()) {
-        return next.run(request).await;
+        return Ok(request);
     }
     let (caller, grant) = match bearer_token(&request).map(|token| access.identify(token)) {
         Some(Some(identified)) => identified,
-        Some(None) => return ApiError::Unauthorized { presented: true }.into_response(),
-        None => return ApiError::Unauthorized { presented: false }.into_response(),
+        Some(None) => return Err(ApiError::Unauthorized { presented: true }.into_response()),
+        None => return Err(ApiError::Unauthorized { presented: false }.into_response()),
     };
     // A clone of the matched route is a reference count, not a copy.
     let route = request.extensions().get::<MatchedPath>().cloned();
@@ -392,7 +392,7 @@ pub async fn require_token(
         // Worded only for a refusal: the common case allocates nothing.
         let operation = format!("{} {}", request.method(), route.unwrap_or("this path"));
         if let Err(forbidden) = grant.require(needed, &operation) {
-            return forbidden.into_response();
+            return Err(forbidden.into_response());
         }
     }
     if let Some(prefix) = grant.prefix()
@@ -410,16 +410,16 @@ pub async fn require_token(
                     .map(|(_, value)| value.to_owned())
             });
         if !name.is_some_and(|name| grant.may_touch(&name)) {
-            return ApiError::Forbidden(format!(
+            return Err(ApiError::Forbidden(format!(
                 "this token may only touch semaphores whose names start with {prefix:?}"
             ))
-            .into_response();
+            .into_response());
         }
         request = Request::from_parts(parts, body);
     }
     request.extensions_mut().insert(caller);
     request.extensions_mut().insert(grant);
-    next.run(request).await
+    Ok(request)
 }
 
 #[cfg(test)]

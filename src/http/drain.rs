@@ -2,7 +2,7 @@
 //!
 //! When shutdown begins, `/readyz` answers 503 at once (so load balancers
 //! stop sending), while the server keeps accepting and serving. Requests in
-//! flight are counted here ([`track`]) so the shutdown can wait until none is
+//! flight are counted here ([`Drain::enter`]) so the shutdown can wait until none is
 //! left, within `--shutdown-grace-ms`; then the waiting acquires are answered
 //! 503 and leave their queues (`waiting`), and the server stops. Acquires are
 //! not counted: one that tries once is answered within the store's timeout
@@ -11,13 +11,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::Response;
 use tokio::sync::Notify;
 
-use super::AppState;
 use super::observe::route_of;
 
 /// Whether shutdown has begun, and how many requests it waits for.
@@ -43,6 +40,18 @@ impl Drain {
         self.in_flight.load(Ordering::SeqCst)
     }
 
+    /// Counts `request` while the returned guard lives, unless it is an
+    /// acquire (see the module docs).
+    pub fn enter(&self, request: &Request) -> Option<InFlight<'_>> {
+        let acquire =
+            request.method() == Method::POST && route_of(request) == "/semaphores/{name}/permits";
+        if acquire {
+            return None;
+        }
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Some(InFlight(self))
+    }
+
     /// Completes once no counted request is in flight.
     pub async fn until_idle(&self) {
         loop {
@@ -61,7 +70,7 @@ impl Drain {
 
 /// Counts one request while it is served, also when its future is dropped
 /// (the client went away, the time budget ran out).
-struct InFlight<'a>(&'a Drain);
+pub struct InFlight<'a>(&'a Drain);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
@@ -69,18 +78,6 @@ impl Drop for InFlight<'_> {
             self.0.idle.notify_waiters();
         }
     }
-}
-
-/// Middleware: counts every request but acquires while it is served.
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let acquire =
-        request.method() == Method::POST && route_of(&request) == "/semaphores/{name}/permits";
-    if acquire {
-        return next.run(request).await;
-    }
-    state.drain.in_flight.fetch_add(1, Ordering::SeqCst);
-    let _counted = InFlight(&state.drain);
-    next.run(request).await
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //!
 //! - **Request id**: taken from the client's `x-request-id` when it is a
 //!   sensible one (1–128 visible ASCII characters), generated (a UUID)
-//!   otherwise, and echoed on the response (tower-http's request-id layers).
+//!   otherwise, and echoed on the response ([`identify`]).
 //! - **Trace context**: a valid W3C `traceparent` header names the request's
 //!   trace; without one (or with an invalid one, which is ignored) a new
 //!   trace id is made. It is in the request's extensions for calls made on
@@ -61,36 +61,48 @@ fn usable_request_id(value: &HeaderValue) -> bool {
     (1..=128).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_graphic)
 }
 
-/// Middleware, before the request id is set: drops an incoming `x-request-id`
-/// that is empty, huge or not plain text, so a fresh one is generated rather
-/// than a client's junk being copied into every log line.
-pub async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response<Body> {
-    if request
-        .headers()
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Middleware, outermost, before the span is made: settles the request's id
+/// and trace. The id is the client's `x-request-id` when every one it sent
+/// is usable (else a fresh UUID, rather than a client's junk copied into
+/// every log line), and it is echoed on the response; the trace is the valid
+/// `traceparent`'s, else a new one, kept in the request's extensions. One
+/// layer for both, since every layer costs a boxed future per request.
+pub async fn identify(mut request: Request, next: Next) -> Response<Body> {
+    let headers = request.headers_mut();
+    if headers
         .get_all(&X_REQUEST_ID)
         .iter()
         .any(|value| !usable_request_id(value))
     {
-        request.headers_mut().remove(&X_REQUEST_ID);
+        headers.remove(&X_REQUEST_ID);
     }
-    next.run(request).await
-}
-
-pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-
-/// Middleware, before the span is made: settles the request's trace (its
-/// valid `traceparent`, else a new one) in its extensions.
-pub async fn trace_context(mut request: Request, next: Next) -> Response<Body> {
-    let mut headers = request.headers().get_all(&TRACEPARENT).iter();
+    let request_id = if let Some(id) = headers.get(&X_REQUEST_ID) {
+        id.clone()
+    } else {
+        let mut text = uuid::Uuid::encode_buffer();
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        let id = HeaderValue::from_str(id).expect("a UUID is a header value");
+        headers.insert(X_REQUEST_ID.clone(), id.clone());
+        id
+    };
+    let mut traceparents = headers.get_all(&TRACEPARENT).iter();
     // Two traceparent headers are as invalid as a malformed one.
-    let trace = match (headers.next(), headers.next()) {
+    let trace = match (traceparents.next(), traceparents.next()) {
         (Some(value), None) => value.to_str().ok().and_then(TraceContext::parse),
         _ => None,
     };
     request
         .extensions_mut()
         .insert(trace.unwrap_or_else(TraceContext::fresh));
-    next.run(request).await
+    let mut response = next.run(request).await;
+    if !response.headers().contains_key(&X_REQUEST_ID) {
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id);
+    }
+    response
 }
 
 /// The span of one request (see the module docs for its fields).
@@ -142,27 +154,45 @@ pub fn log_response<B>(response: &Response<B>, latency: Duration, _span: &Span) 
 #[derive(Clone, Copy)]
 struct QuietRoute;
 
-/// Middleware: counts the request and times it, labelled by matched route,
-/// method and status.
-pub async fn record_metrics(request: Request, next: Next) -> Response<Body> {
-    let route = route_of(&request).to_owned();
-    let method = method_label(request.method());
-    let started = Instant::now();
-    let mut response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::histogram!(telemetry::HTTP_DURATION, "route" => route.clone(), "method" => method)
-        .record(started.elapsed().as_secs_f64());
-    if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics") {
-        response.extensions_mut().insert(QuietRoute);
+/// One request's HTTP metrics: counted and timed from [`Measured::start`] to
+/// [`Measured::finish`], labelled by matched route, method and status.
+pub struct Measured {
+    route: String,
+    method: &'static str,
+    started: Instant,
+}
+
+impl Measured {
+    pub fn start(request: &Request) -> Self {
+        Self {
+            route: route_of(request).to_owned(),
+            method: method_label(request.method()),
+            started: Instant::now(),
+        }
     }
-    metrics::counter!(
-        telemetry::HTTP_REQUESTS,
-        "route" => route,
-        "method" => method,
-        "status" => status
-    )
-    .increment(1);
-    response
+
+    /// Records the answer, and marks the quiet routes' for the access log.
+    pub fn finish(self, mut response: Response<Body>) -> Response<Body> {
+        let Self {
+            route,
+            method,
+            started,
+        } = self;
+        let status = response.status().as_u16().to_string();
+        metrics::histogram!(telemetry::HTTP_DURATION, "route" => route.clone(), "method" => method)
+            .record(started.elapsed().as_secs_f64());
+        if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics") {
+            response.extensions_mut().insert(QuietRoute);
+        }
+        metrics::counter!(
+            telemetry::HTTP_REQUESTS,
+            "route" => route,
+            "method" => method,
+            "status" => status
+        )
+        .increment(1);
+        response
+    }
 }
 
 #[cfg(test)]
