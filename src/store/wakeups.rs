@@ -212,25 +212,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_head_notice_is_no_attempt_unless_a_wake_came_too() {
+        let head = |ms: Option<u64>| Woken::Head {
+            soonest_expiry: ms.map(Duration::from_millis),
+        };
         let wakeups = Wakeups::new();
         let ticket = PermitId::random();
         let handle = wakeups.register(ticket);
         wakeups.tell_head(ticket, Some(1), 250);
         handle.notified().await;
-        assert_eq!(
-            handle.woken(),
-            Woken::Head {
-                soonest_expiry: Some(Duration::from_millis(250))
-            }
-        );
+        assert_eq!(handle.woken(), head(Some(250)));
         wakeups.tell_head(ticket, Some(2), -1);
         handle.notified().await;
-        assert_eq!(
-            handle.woken(),
-            Woken::Head {
-                soonest_expiry: None
-            }
-        );
+        assert_eq!(handle.woken(), head(None));
         // A notice, then a wake, before the waiter looks: it attempts.
         wakeups.tell_head(ticket, Some(3), 250);
         wakeups.wake(ticket, Some(4));
@@ -243,12 +236,7 @@ mod tests {
         assert!(pending.await.is_err(), "a copy wakes nobody");
         wakeups.tell_head(ticket, Some(5), 10);
         handle.notified().await;
-        assert_eq!(
-            handle.woken(),
-            Woken::Head {
-                soonest_expiry: Some(Duration::from_millis(10))
-            }
-        );
+        assert_eq!(handle.woken(), head(Some(10)));
         assert_eq!(handle.take_woken_at_us(), None);
     }
 
