@@ -103,11 +103,7 @@ impl Wakeups {
     /// Wakes one ticket, if it waits in this process. `cause_us` is the store
     /// clock of the change that freed capacity.
     pub fn wake(&self, ticket: PermitId, cause_us: Option<u64>) {
-        let slot = self.slots().get(&ticket).cloned();
-        if let Some(slot) = slot {
-            if slot.is_copy(cause_us) {
-                return;
-            }
+        if let Some(slot) = self.fresh(ticket, cause_us) {
             if let Some(us) = cause_us {
                 slot.woken_at_us.store(us, Ordering::Relaxed);
             }
@@ -120,15 +116,18 @@ impl Wakeups {
     /// the queue and does not fit; `soonest_expiry_ms` is when the soonest
     /// lease ends (negative: none). Not a cause for the handoff measure.
     pub fn tell_head(&self, ticket: PermitId, cause_us: Option<u64>, soonest_expiry_ms: i64) {
-        let slot = self.slots().get(&ticket).cloned();
-        if let Some(slot) = slot {
-            if slot.is_copy(cause_us) {
-                return;
-            }
+        if let Some(slot) = self.fresh(ticket, cause_us) {
             slot.head_notice_ms
                 .store(soonest_expiry_ms.max(-1), Ordering::Release);
             slot.notify.notify_one();
         }
+    }
+
+    /// The slot of a ticket waiting here, unless this message is a copy of
+    /// the last one it got.
+    fn fresh(&self, ticket: PermitId, cause_us: Option<u64>) -> Option<Arc<Slot>> {
+        let slot = self.slots().get(&ticket).cloned()?;
+        (!slot.is_copy(cause_us)).then_some(slot)
     }
 
     /// Wakes every waiting ticket: after notifications may have been lost

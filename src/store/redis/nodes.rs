@@ -243,34 +243,29 @@ impl Call<'_> {
         calling: Calling,
         functions_refused: &AtomicBool,
     ) -> RedisResult<(T, Option<u32>)> {
-        let flags = match calling {
-            Calling::Scripts { flags } => flags,
-            Calling::Functions => {
-                let function = &self.script.function;
-                let refusal = match self.invoke(connection, "FCALL", function, false).await {
-                    Err(e) if function_missing(&e) => {
-                        match self.invoke(connection, "FCALL", function, true).await {
-                            Err(e) if e.code() == Some("NOPERM") => e,
-                            other => return other,
-                        }
-                    }
-                    Err(e) if e.code() == Some("NOPERM") => e,
-                    other => return other,
-                };
-                // Functions are refused (an ACL without them); scripts may
-                // not be. Only once they work are Functions given up.
-                let reply = self.scripts(connection, true).await;
-                if reply.is_ok() && !functions_refused.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        error = %refusal,
-                        "Redis refuses FUNCTION or FCALL to this user: \
-                         scripts run as EVALSHA instead (more Redis CPU per call)"
-                    );
-                }
-                return reply;
-            }
+        if let Calling::Scripts { flags } = calling {
+            return self.scripts(connection, flags).await;
+        }
+        let function = &self.script.function;
+        let mut reply = self.invoke(connection, "FCALL", function, false).await;
+        if matches!(&reply, Err(e) if function_missing(e)) {
+            reply = self.invoke(connection, "FCALL", function, true).await;
+        }
+        let refusal = match reply {
+            Err(e) if e.code() == Some("NOPERM") => e,
+            other => return other,
         };
-        self.scripts(connection, flags).await
+        // Functions are refused (an ACL without them); scripts may not be.
+        // Only once they work are Functions given up.
+        let reply = self.scripts(connection, true).await;
+        if reply.is_ok() && !functions_refused.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                error = %refusal,
+                "Redis refuses FUNCTION or FCALL to this user: \
+                 scripts run as EVALSHA instead (more Redis CPU per call)"
+            );
+        }
+        reply
     }
 
     /// EVALSHA, then EVAL when the node does not have the script.

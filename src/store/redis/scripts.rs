@@ -14,7 +14,7 @@
 //! plain text. The library's functions are registered without flags, which
 //! means the same.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use deadpool_redis::redis::Script;
 
@@ -100,31 +100,39 @@ pub(super) struct NamedScript {
     pub(super) writes: bool,
     /// Its function in `LIBRARY`.
     pub(super) function: String,
-    flagged: Lua,
-    plain: Lua,
+    body: &'static str,
+    /// Its EVALSHA texts, plain and flagged: built on first use, which on
+    /// Redis 7 is only when a node refuses Functions (they hold a copy of
+    /// the prelude each, half a MiB for all the scripts).
+    texts: OnceLock<[Lua; 2]>,
 }
 
 impl NamedScript {
     /// The EVALSHA text for a Redis that reads `#!lua` flags (7.0 on), or
-    /// not.
+    /// not: the prelude, then the body as a function that `run` (see
+    /// prelude.lua) calls between the call's start and the meta hash's
+    /// write-back.
     pub(super) fn lua(&self, flags: bool) -> &Lua {
-        if flags { &self.flagged } else { &self.plain }
+        let [plain, flagged] = self.texts.get_or_init(|| {
+            let body = self.body;
+            let plain = format!(
+                "{PRELUDE}\nlocal function body(KEYS, ARGV)\n{body}\nend\nreturn run(body, KEYS, ARGV)\n"
+            );
+            let flagged = Lua::new(format!("#!lua\n{plain}"));
+            [Lua::new(plain), flagged]
+        });
+        if flags { flagged } else { plain }
     }
 }
 
-/// The prelude, then the body as a function that `run` (see prelude.lua)
-/// calls between the call's start and the meta hash's write-back.
 fn script(index: usize) -> NamedScript {
     let (name, writes, body) = BODIES[index];
-    let plain = format!(
-        "{PRELUDE}\nlocal function body(KEYS, ARGV)\n{body}\nend\nreturn run(body, KEYS, ARGV)\n"
-    );
     NamedScript {
         name,
         writes,
         function: format!("{}_{name}", LIBRARY.name),
-        flagged: Lua::new(format!("#!lua\n{plain}")),
-        plain: Lua::new(plain),
+        body,
+        texts: OnceLock::new(),
     }
 }
 
