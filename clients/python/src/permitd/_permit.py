@@ -1,10 +1,10 @@
 """The state a held permit has in both clients, and how each answer changes it.
 
 What the server last said about the permit, its lease schedule, whether it
-was released or lost, and what a refresh, release or background refresh
-answer means for it. The asyncio `Permit` and the threaded `SyncPermit` add
-only the I/O and their own way of signalling a loss, so they cannot disagree
-about the rest.
+was released or lost, what a refresh, release or background refresh answer
+means for it, and what the end of a `with` block reports. The asyncio `Permit`
+and the threaded `SyncPermit` add only the I/O and their own way of signalling
+a loss, so they cannot disagree about the rest.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import datetime
 import httpx
 
 from ._protocol import LeaseSchedule, permit_path, to_ms
-from .errors import PermitLost, error_from_response, problem_of, retry_after_of
+from .errors import PermitdError, PermitLost, error_from_response, problem_of, retry_after_of
 from .models import Grant, parse_grant
 
 logger = logging.getLogger("permitd")
@@ -157,6 +157,32 @@ class PermitBase:
             self._released = True
             raise self._lose("its lease had run out before the release", response)
         raise error_from_response(response)
+
+    # The end of a `with` block, after the release: `_release_failed` for a
+    # release that did not get through, then `_block_ended`.
+
+    def _release_failed(self, error: PermitdError) -> None:
+        # Logged, not raised: the block's own outcome matters more, and the
+        # lease ends by itself anyway.
+        logger.warning(
+            "could not release permit %s of %r (%s); its lease runs out by itself",
+            self.id,
+            self.semaphore,
+            error,
+        )
+
+    def _block_ended(self, exc: BaseException | None) -> None:
+        """Reports a loss of the lease to the block that held it; `exc` is what the block raised."""
+        lost = self._lost
+        if lost is None:
+            return
+        if exc is None:
+            # Raised afresh: its traceback would otherwise show where the
+            # loss was first recorded, not the block it ends.
+            raise lost.with_traceback(None)
+        # The block's own exception says more about what went wrong; keep it,
+        # and say that the permit had been lost as well.
+        exc.add_note(str(lost))
 
     # The background refresh, as steps both clients' loops take in turn:
     # `_keep_alive_attempt` before each PATCH, one of the two `_keep_alive_*`

@@ -2,15 +2,17 @@
 
 `Client` and `SyncClient` differ only in how they send and how they wait;
 everything they must agree on lives here as plain objects fed with the
-monotonic time and each answer: paths, the acquire's body and its long polls,
-which failures are retried and after how long, and when a lease is due for a
-refresh or surely over. Keeping it free of I/O is what lets both clients share
-it, and lets the unit tests drive it with made-up clocks and answers.
+monotonic time and each answer: paths, the acquire's arguments and its long
+polls, what each answer means, which failures are retried and after how long,
+and when a lease is due for a refresh or surely over. Keeping it free of I/O
+is what lets both clients share it, and lets the unit tests drive it with
+made-up clocks and answers.
 """
 
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +25,6 @@ from .errors import (
     PROBLEM_PREFIX,
     TRANSIENT_STATUSES,
     LimitConflict,
-    NoCapacity,
     PermitdError,
     Unavailable,
     error_from_response,
@@ -73,6 +74,11 @@ def check_settings(url: str, timeout: float, max_wait: float) -> str:
     return url.rstrip("/")
 
 
+def auth_headers(token: str | None) -> dict[str, str]:
+    """The headers that carry `token`, sent with every request (none without a token)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def acquire_body(
     *, limit: int | None, count: int, ttl: float | None, wait: float, holder: str | None
 ) -> dict[str, Any]:
@@ -93,6 +99,27 @@ def acquire_body(
     return body
 
 
+def acquire_timeout(timeout: float | None, default: float) -> float:
+    """The retry budget of one acquire: the caller's `timeout`, else the client's."""
+    if timeout is not None and timeout <= 0:
+        raise ValueError("timeout must be positive")
+    return default if timeout is None else timeout
+
+
+def acquire_key(given: str | None) -> str:
+    """The key every attempt of one acquire carries: the caller's, else a fresh UUID."""
+    return given or str(uuid.uuid4())
+
+
+def read_ready(response: httpx.Response) -> bool:
+    """Reads `/readyz`: 200 ready, 503 (its store cannot be reached) not; others raise."""
+    if response.status_code == 200:
+        return True
+    if response.status_code == 503:
+        return False
+    raise error_from_response(response)
+
+
 def read_status(response: httpx.Response, *ok: int) -> SemaphoreStatus:
     """A semaphore's status from an answer with one of the `ok` statuses."""
     if response.status_code not in ok:
@@ -106,6 +133,20 @@ def read_deleted(response: httpx.Response, ambiguous: bool) -> None:
         # 404 after an attempt whose answer was lost: that attempt deleted it.
         return
     raise error_from_response(response)
+
+
+def create_limit(limit: int | None) -> int:
+    """The limit `create` makes sure of; a handle without one cannot create."""
+    if limit is None:
+        raise ValueError("create() needs a limit: client.semaphore(name, limit=...)")
+    return limit
+
+
+def check_created(name: str, current: SemaphoreStatus, wanted: int) -> SemaphoreStatus:
+    """What `create` returns for a semaphore that exists: it, if its limit is `wanted`."""
+    if current.limit != wanted:
+        raise limit_conflict(name, current.limit, wanted)
+    return current
 
 
 def limit_conflict(name: str, current: int, wanted: int) -> LimitConflict:
@@ -168,6 +209,22 @@ class _Budget:
     # Some attempt may have been carried out although its answer was lost.
     ambiguous: bool = False
 
+    def fits(self, delay: float, now: float) -> bool:
+        """Whether a retry after `delay` would still start before the deadline."""
+        return now + delay < self.deadline
+
+    def retry_in(self, delay: float, now: float, error: PermitdError) -> float:
+        """`delay` before retrying after the refusal `error`, or `Unavailable` if it won't fit."""
+        if self.fits(delay, now):
+            return delay
+        raise self.give_up(str(error), now, error)
+
+    def retry_failed_in(self, delay: float, now: float, exc: Exception) -> float:
+        """`delay` before retrying after the transport error `exc`, or `Unavailable` from it."""
+        if self.fits(delay, now):
+            return delay
+        raise self.give_up(describe_failure(exc), now) from exc
+
     def give_up(self, reason: str, now: float, cause: PermitdError | None = None) -> Unavailable:
         message = (
             f"{self.what}: {reason}; gave up after {self.attempts} "
@@ -210,27 +267,12 @@ class CallPlan:
             return response
         self._budget.ambiguous = True
         error = error_from_response(response)
-        return self._retry_in(self._backoff.next(retry_after_of(response)), now, error)
+        return self._budget.retry_in(self._backoff.next(retry_after_of(response)), now, error)
 
     def failed(self, exc: Exception, now: float) -> float:
         if request_was_sent(exc):
             self._budget.ambiguous = True
-        try:
-            return self._retry_in(self._backoff.next(), now, None, exc)
-        except Unavailable as unavailable:
-            raise unavailable from exc
-
-    def _retry_in(
-        self,
-        delay: float,
-        now: float,
-        error: PermitdError | None,
-        exc: Exception | None = None,
-    ) -> float:
-        if now + delay >= self._budget.deadline:
-            reason = str(error) if error is not None else describe_failure(exc)
-            raise self._budget.give_up(reason, now, error)
-        return delay
+        return self._budget.retry_failed_in(self._backoff.next(), now, exc)
 
 
 class AcquirePlan:
@@ -291,34 +333,22 @@ class AcquirePlan:
                 raise error
             if now - self._poll_started >= self._poll_wait * _EARLY_POLL_FRACTION:
                 return 0.0
-            return self._retry_in(self._backoff.next(), now, error)
+            delay = self._backoff.next()
+            if not self._budget.fits(delay, now):
+                # Out of time while the server kept refusing for capacity: the
+                # caller learns that (`NoCapacity`), not of an outage.
+                raise error
+            return delay
         if status in TRANSIENT_STATUSES or is_idempotency_in_progress(
             response, problem_of(response)
         ):
             error = error_from_response(response)
-            return self._retry_in(self._backoff.next(retry_after_of(response)), now, error)
+            return self._budget.retry_in(self._backoff.next(retry_after_of(response)), now, error)
         raise error_from_response(response)
 
     def failed(self, exc: Exception, now: float) -> float:
         """The delay before retrying after a transport error (or timeout)."""
-        try:
-            return self._retry_in(self._backoff.next(), now, None, exc)
-        except Unavailable as unavailable:
-            raise unavailable from exc
-
-    def _retry_in(
-        self,
-        delay: float,
-        now: float,
-        error: PermitdError | None,
-        exc: Exception | None = None,
-    ) -> float:
-        if now + delay < self._budget.deadline:
-            return delay
-        if isinstance(error, NoCapacity):
-            raise error
-        reason = str(error) if error is not None else describe_failure(exc)
-        raise self._budget.give_up(reason, now, error)
+        return self._budget.retry_failed_in(self._backoff.next(), now, exc)
 
 
 class LeaseSchedule:

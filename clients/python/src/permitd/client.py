@@ -21,8 +21,6 @@ shared with the synchronous twin in `permitd.sync`.
 from __future__ import annotations
 
 import asyncio
-import logging
-import uuid
 from collections.abc import Coroutine, Generator
 from time import monotonic
 from types import TracebackType
@@ -36,16 +34,19 @@ from ._protocol import (
     AcquirePlan,
     CallPlan,
     acquire_body,
+    acquire_key,
+    acquire_timeout,
+    auth_headers,
+    check_created,
     check_settings,
-    limit_conflict,
+    create_limit,
     read_deleted,
+    read_ready,
     read_status,
     semaphore_path,
 )
-from .errors import NotFound, PermitdError, PermitLost, error_from_response
+from .errors import NotFound, PermitdError, PermitLost
 from .models import Grant, SemaphoreStatus
-
-logger = logging.getLogger("permitd")
 
 # What a failed attempt can raise: httpx's transport errors (its timeouts
 # included), and TimeoutError from the bound put around each whole request.
@@ -76,7 +77,7 @@ class Client:
         self._base = check_settings(url, timeout, max_wait)
         self.timeout = timeout
         self.max_wait = max_wait
-        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self._auth = auth_headers(token)
         self._owns_http = http is None
         self._http = (
             http if http is not None else httpx.AsyncClient(headers={"User-Agent": USER_AGENT})
@@ -127,11 +128,7 @@ class Client:
             response = await self._send("GET", "/readyz", within=self.timeout)
         except _TRANSPORT_ERRORS:
             return False
-        if response.status_code == 200:
-            return True
-        if response.status_code == 503:
-            return False
-        raise error_from_response(response)
+        return read_ready(response)
 
     async def _send(
         self,
@@ -225,14 +222,13 @@ class Semaphore:
         `Unavailable`, `PermitEnded`, `IdempotencyMismatch`, `Unauthorized`.
         """
         body = acquire_body(limit=self._limit, count=count, ttl=ttl, wait=wait, holder=holder)
-        if timeout is not None and timeout <= 0:
-            raise ValueError("timeout must be positive")
+        timeout = acquire_timeout(timeout, self._client.timeout)
         return Acquisition(
             self,
             body,
-            key=idempotency_key or str(uuid.uuid4()),
+            key=acquire_key(idempotency_key),
             wait=wait,
-            timeout=self._client.timeout if timeout is None else timeout,
+            timeout=timeout,
         )
 
     async def status(self) -> SemaphoreStatus:
@@ -252,15 +248,12 @@ class Semaphore:
         creators racing with different limits in that gap leave the later
         one's limit. Acquiring with a limit checks atomically.
         """
-        if self._limit is None:
-            raise ValueError("create() needs a limit: client.semaphore(name, limit=...)")
+        limit = create_limit(self._limit)
         try:
             current = await self.status()
         except NotFound:
-            return await self.set_limit(self._limit)
-        if current.limit != self._limit:
-            raise limit_conflict(self.name, current.limit, self._limit)
-        return current
+            return await self.set_limit(limit)
+        return check_created(self.name, current, limit)
 
     async def set_limit(self, limit: int) -> SemaphoreStatus:
         """Creates the semaphore with `limit`, or changes its limit to it.
@@ -459,16 +452,7 @@ class Permit(PermitBase):
         # Shielded: a task cancelled (again) while it releases must not cancel
         # the release too, or the units would stay held until the lease ran out.
         await asyncio.shield(ending)
-        lost = self._lost
-        if lost is None:
-            return
-        if exc is None:
-            # Raised afresh: its traceback would otherwise show where the
-            # loss was first recorded, not the block it ends.
-            raise lost.with_traceback(None)
-        # The block's own exception says more about what went wrong; keep it,
-        # and say that the permit had been lost as well.
-        exc.add_note(str(lost))
+        self._block_ended(exc)
 
     async def _finish(self) -> None:
         try:
@@ -476,9 +460,4 @@ class Permit(PermitBase):
         except PermitLost:
             pass  # recorded in self._lost; _end_block raises it
         except PermitdError as exc:
-            logger.warning(
-                "could not release permit %s of %r (%s); its lease runs out by itself",
-                self.id,
-                self.semaphore,
-                exc,
-            )
+            self._release_failed(exc)

@@ -116,12 +116,8 @@ class PermitEnded(PermitdError):
     """
 
 
-class NoCapacity(PermitdError):
-    """429: not enough units came free within the wait.
-
-    `retry_after` is the server's hint in seconds (when the soonest lease runs
-    out); `limit`, `held` and `available` describe the semaphore at refusal.
-    """
+class _RetryAfter(PermitdError):
+    """A refusal that may come with the server's `Retry-After`: `retry_after`, in seconds."""
 
     def __init__(
         self,
@@ -134,6 +130,14 @@ class NoCapacity(PermitdError):
     ) -> None:
         super().__init__(message, status=status, problem=problem, request_id=request_id)
         self.retry_after = retry_after
+
+
+class NoCapacity(_RetryAfter):
+    """429: not enough units came free within the wait.
+
+    `retry_after` is the server's hint in seconds (when the soonest lease runs
+    out); `limit`, `held` and `available` describe the semaphore at refusal.
+    """
 
     @property
     def limit(self) -> int | None:
@@ -148,7 +152,7 @@ class NoCapacity(PermitdError):
         return self._int_member("available")
 
 
-class Unavailable(PermitdError):
+class Unavailable(_RetryAfter):
     """permitd could not serve the call within the time allowed.
 
     Either it answered 503 (its store is unreachable, or the request ran past
@@ -156,18 +160,6 @@ class Unavailable(PermitdError):
     not be reached at all (`status` is None, `__cause__` the connection
     error). Raised only after retrying within the caller's time budget.
     """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after: float | None = None,
-        status: int | None = None,
-        problem: Mapping[str, Any] | None = None,
-        request_id: str | None = None,
-    ) -> None:
-        super().__init__(message, status=status, problem=problem, request_id=request_id)
-        self.retry_after = retry_after
 
 
 class PermitLost(PermitdError):

@@ -19,10 +19,8 @@ done with threads instead of tasks.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-import uuid
 from time import monotonic
 from types import TracebackType
 from typing import Any, Self
@@ -35,16 +33,19 @@ from ._protocol import (
     AcquirePlan,
     CallPlan,
     acquire_body,
+    acquire_key,
+    acquire_timeout,
+    auth_headers,
+    check_created,
     check_settings,
-    limit_conflict,
+    create_limit,
     read_deleted,
+    read_ready,
     read_status,
     semaphore_path,
 )
-from .errors import NotFound, PermitdError, PermitLost, error_from_response
+from .errors import NotFound, PermitdError, PermitLost
 from .models import Grant, SemaphoreStatus
-
-logger = logging.getLogger("permitd")
 
 _TRANSPORT_ERRORS = (httpx.TransportError,)
 
@@ -64,7 +65,7 @@ class SyncClient:
         self._base = check_settings(url, timeout, max_wait)
         self.timeout = timeout
         self.max_wait = max_wait
-        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self._auth = auth_headers(token)
         self._owns_http = http is None
         # httpx.Client may be shared by threads: the refresh threads use it too.
         self._http = http if http is not None else httpx.Client(headers={"User-Agent": USER_AGENT})
@@ -98,11 +99,7 @@ class SyncClient:
             response = self._send("GET", "/readyz", within=self.timeout)
         except _TRANSPORT_ERRORS:
             return False
-        if response.status_code == 200:
-            return True
-        if response.status_code == 503:
-            return False
-        raise error_from_response(response)
+        return read_ready(response)
 
     def _send(
         self,
@@ -169,14 +166,13 @@ class SyncSemaphore:
         """Acquires now and returns the permit; see `Semaphore.acquire`."""
         client = self._client
         body = acquire_body(limit=self._limit, count=count, ttl=ttl, wait=wait, holder=holder)
-        if timeout is not None and timeout <= 0:
-            raise ValueError("timeout must be positive")
+        timeout = acquire_timeout(timeout, client.timeout)
         plan = AcquirePlan(
             semaphore=self.name,
             body=body,
-            key=idempotency_key or str(uuid.uuid4()),
+            key=acquire_key(idempotency_key),
             wait=wait,
-            timeout=client.timeout if timeout is None else timeout,
+            timeout=timeout,
             max_wait=client.max_wait,
             now=monotonic(),
         )
@@ -217,15 +213,12 @@ class SyncSemaphore:
         return read_status(response, 200)
 
     def create(self) -> SemaphoreStatus:
-        if self._limit is None:
-            raise ValueError("create() needs a limit: client.semaphore(name, limit=...)")
+        limit = create_limit(self._limit)
         try:
             current = self.status()
         except NotFound:
-            return self.set_limit(self._limit)
-        if current.limit != self._limit:
-            raise limit_conflict(self.name, current.limit, self._limit)
-        return current
+            return self.set_limit(limit)
+        return check_created(self.name, current, limit)
 
     def set_limit(self, limit: int) -> SemaphoreStatus:
         response, _ = self._client._call(
@@ -289,20 +282,8 @@ class SyncPermit(PermitBase):
         except PermitLost:
             pass  # recorded in self._lost, raised below
         except PermitdError as error:
-            logger.warning(
-                "could not release permit %s of %r (%s); its lease runs out by itself",
-                self.id,
-                self.semaphore,
-                error,
-            )
-        lost = self._lost
-        if lost is None:
-            return
-        if exc is None:
-            # Raised afresh: its traceback would otherwise show where the
-            # loss was first recorded, not the block it ends.
-            raise lost.with_traceback(None)
-        exc.add_note(str(lost))
+            self._release_failed(error)
+        self._block_ended(exc)
 
     def wait_lost(self, timeout: float | None = None) -> bool:
         """Blocks until the lease is lost (True) or `timeout` seconds pass (False)."""
