@@ -262,8 +262,8 @@ impl SemaphoreState {
 
     /// Wakes the waiters at the head of the queue whose counts fit now, in
     /// order; the first that does not fit blocks the rest (strict FIFO). When
-    /// the old head left, a new head that does not fit is woken all the same,
-    /// so it learns it is head and aims its timer at the next lease end.
+    /// the old head left, a new head that does not fit is told so
+    /// (`tell_head`), and aims its timer at the next lease end.
     fn wake_heads(&mut self, wakeups: &Wakeups) {
         let head_left = std::mem::take(&mut self.head_left);
         let mut free = self.limit.saturating_sub(self.held);
@@ -271,7 +271,7 @@ impl SemaphoreState {
         for (n, (ticket, count)) in self.queue.iter().enumerate() {
             if count > free {
                 if n == 0 && head_left {
-                    wakeups.wake(ticket, Some(cause));
+                    self.tell_head(wakeups, ticket, cause);
                 }
                 break;
             }
@@ -292,8 +292,17 @@ impl SemaphoreState {
         if let Some((ticket, count)) = self.queue.front()
             && count > free
         {
-            wakeups.wake(ticket, Some(now_micros()));
+            self.tell_head(wakeups, ticket, now_micros());
         }
+    }
+
+    /// Tells a head that does not fit when the soonest lease ends, so it aims
+    /// its timer there without an attempt (see `Wakeups::tell_head`).
+    fn tell_head(&self, wakeups: &Wakeups, ticket: PermitId, cause: u64) {
+        let soonest_ms = self.soonest_expiry().map_or(-1, |at| {
+            i64::try_from(at.0.saturating_sub(Millis::now().0)).unwrap_or(i64::MAX)
+        });
+        wakeups.tell_head(ticket, Some(cause), soonest_ms);
     }
 
     /// Takes a permit out and gives its units back. Its Idempotency-Key is
@@ -819,11 +828,16 @@ impl SemaphoreStore for MemoryStore {
             let permit = to_permit(name, id, record);
             state.busy(expires_at);
             // The head waiter's timer aims at the soonest expiry: if that
-            // moved earlier, wake the head so it aims again.
+            // moved earlier, tell the head so it aims again (or wake it, if
+            // it fits).
             if state.soonest_expiry() < soonest_before
-                && let Some((head, _)) = state.queue.front()
+                && let Some((head, count)) = state.queue.front()
             {
-                self.wakeups.wake(head, None);
+                if count > state.limit.saturating_sub(state.held) {
+                    state.tell_head(&self.wakeups, head, now_micros());
+                } else {
+                    self.wakeups.wake(head, None);
+                }
             }
             Some(permit)
         });
