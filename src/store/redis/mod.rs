@@ -70,6 +70,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_redis::redis;
+use futures::StreamExt;
 
 use self::clock::StoreClock;
 use self::cluster::Cluster;
@@ -439,6 +440,10 @@ impl RedisStore {
 /// match ends a page early (with a cursor) rather than running long.
 const MAX_SCAN_STEPS: usize = 64;
 
+/// How many of a listing page's status calls run at once: half of the
+/// default pool, so requests served meanwhile still find connections.
+const LIST_STATUSES_AT_ONCE: usize = 8;
+
 /// `text` matched literally by a `SCAN MATCH` glob.
 fn glob_escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
@@ -628,9 +633,14 @@ impl SemaphoreStore for RedisStore {
                 break Some(at);
             }
         };
-        let statuses = futures::future::join_all(names.iter().map(|name| self.summary(name)));
+        // A few at a time, in order: a page of 1,000 names all at once took
+        // every pooled connection, and acquires waited behind the listing.
+        let calls: Vec<_> = names.iter().map(|name| self.summary(name)).collect();
+        let statuses: Vec<_> = futures::stream::iter(calls)
+            .buffered(LIST_STATUSES_AT_ONCE)
+            .collect()
+            .await;
         let semaphores = statuses
-            .await
             .into_iter()
             .filter_map(Result::transpose)
             .collect::<Result<Vec<_>, _>>()?;
