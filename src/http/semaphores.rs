@@ -82,7 +82,7 @@ pub async fn list_semaphores(
     }
     let limit = match query.limit {
         None => 100,
-        Some(n @ 1..=1000) => n as usize,
+        Some(n) if (1..=MAX_PAGE as u64).contains(&n) => n as usize,
         Some(n) => {
             return Err(ApiError::BadRequest(format!(
                 "limit must be between 1 and {MAX_PAGE}, not {n}"
