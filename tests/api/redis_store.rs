@@ -160,26 +160,22 @@ async fn scripts_run_as_functions_and_the_library_is_loaded_again_after_a_flush(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_whose_acl_refuses_functions_gets_the_scripts_by_evalsha() {
-    let app = spawn_app(Store::Redis).await;
-    assert!(app.redis().command(&["FUNCTION", "FLUSH"]).is_ok());
-    assert!(
-        app.redis()
-            .command(&["ACL", "SETUSER", "default", "-function"])
-            .is_ok()
-    );
-    assert_eq!(app.acquire("s", json!({ "limit": 5 })).await.status(), 201);
-    assert_eq!(app.acquire("s", json!({})).await.status(), 201);
-    assert_eq!(app.status("s").await["held"], 2);
-    assert!(calls(app.redis(), "evalsha") + calls(app.redis(), "eval") >= 3);
+    serves_by_evalsha_when_the_acl_says("-function").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_whose_acl_refuses_fcall_gets_the_scripts_by_evalsha() {
-    // Its own app: one that fell back already would never try FCALL again.
+    serves_by_evalsha_when_the_acl_says("-fcall").await;
+}
+
+/// A fresh app (one that fell back already would never try Functions
+/// again) on a Redis without the library, whose ACL then gets `rule`.
+async fn serves_by_evalsha_when_the_acl_says(rule: &str) {
     let app = spawn_app(Store::Redis).await;
+    assert!(app.redis().command(&["FUNCTION", "FLUSH"]).is_ok());
     assert!(
         app.redis()
-            .command(&["ACL", "SETUSER", "default", "-fcall"])
+            .command(&["ACL", "SETUSER", "default", rule])
             .is_ok()
     );
     assert_eq!(app.acquire("s", json!({ "limit": 5 })).await.status(), 201);
