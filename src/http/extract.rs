@@ -38,16 +38,23 @@ where
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|rejection| bytes_rejection(rejection, state.limits.max_body_bytes))?;
-        let text: &[u8] =
-            if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
-                b"{}"
-            } else {
-                &bytes
-            };
+        // JSON's own whitespace, not ASCII's (which has the form feed too).
+        let blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+        let start = bytes.iter().position(|b| !blank(b)).unwrap_or(bytes.len());
+        let end = bytes
+            .iter()
+            .rposition(|b| !blank(b))
+            .map_or(start, |at| at + 1);
+        let trimmed = &bytes[start..end];
+        let text: &[u8] = if trimmed.is_empty() || trimmed == b"null" {
+            b"{}"
+        } else {
+            trimmed
+        };
         // Every body is an object: serde would otherwise read a struct from
         // a JSON array too (`[]` as "all defaults"), which the document
         // does not allow (schemathesis found `[]` accepted).
-        if !text.trim_ascii_start().starts_with(b"{") {
+        if !text.starts_with(b"{") {
             return Err(ApiError::BadRequest(
                 "request body: expected a JSON object".into(),
             ));
