@@ -230,7 +230,8 @@ fn describe() {
     describe_gauge!(
         REDIS_POOL_IN_USE,
         Unit::Count,
-        "Redis connections checked out of the pool right now"
+        "Redis connections checked out of the pool right now (held by calls that wait for \
+         replicas; the other calls share connections)"
     );
     describe_gauge!(
         REDIS_POOL_WAITING,

@@ -1,9 +1,12 @@
 //! Connections to one master at a time (standalone, or the one Sentinel
 //! names): a deadpool pool of multiplexed connections with our own manager
-//! (see the module docs of `store::redis` for when it PINGs).
+//! (see the module docs of `store::redis` for when it PINGs). Calls share
+//! them: a call checks one out and gives it back at once, keeping a clone,
+//! so concurrent calls go on one connection and redis-rs pipelines them;
+//! only a call that ends with `WAIT` holds one to itself.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool::Runtime;
@@ -24,8 +27,18 @@ const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
 /// and (Sentinel) the master it was opened to.
 pub(super) struct Pooled {
     pub(super) connection: MultiplexedConnection,
+    /// Set when a call on a shared clone found the connection unusable: it
+    /// is dropped at its next checkout.
+    unusable: Arc<AtomicBool>,
     checked_in_generation: u64,
     master: Option<NodeAddr>,
+}
+
+/// A clone of a pooled connection, given back to the pool already; see the
+/// module docs.
+pub(super) struct Shared {
+    pub(super) connection: MultiplexedConnection,
+    unusable: Arc<AtomicBool>,
 }
 
 /// Where new connections go.
@@ -70,6 +83,7 @@ impl managed::Manager for Connector {
         }
         Ok(Pooled {
             connection,
+            unusable: Arc::default(),
             checked_in_generation: generation,
             master,
         })
@@ -82,6 +96,11 @@ impl managed::Manager for Connector {
             // The sentinels switched masters: the old one may still accept
             // writes for a while, which its demotion then throws away.
             return Err(RecycleError::message("the master has changed"));
+        }
+        if pooled.unusable.load(Ordering::Relaxed) {
+            return Err(RecycleError::message(
+                "a call found the connection unusable",
+            ));
         }
         let generation = self.failures.load(Ordering::Relaxed);
         if pooled.checked_in_generation == generation && metrics.last_used() < IDLE_BEFORE_PING {
@@ -159,6 +178,27 @@ impl Pool {
     /// A connection, opened or recycled within the pool's timeouts.
     pub(super) async fn get(&self) -> Result<Connection, StoreError> {
         self.0.get().await.map_err(classify_pool)
+    }
+
+    /// A connection to share (see the module docs): checked out, so
+    /// recycled (PINGed when suspect), and given back at once.
+    pub(super) async fn shared(&self) -> Result<Shared, StoreError> {
+        let pooled = self.get().await?;
+        Ok(Shared {
+            connection: pooled.connection.clone(),
+            unusable: Arc::clone(&pooled.unusable),
+        })
+    }
+
+    /// [`Pool::failed`] for a call on a shared connection: one that must not
+    /// be used again is dropped at its next checkout, and every other one
+    /// becomes suspect.
+    pub(super) fn failed_shared(&self, shared: &Shared, e: redis::RedisError) -> StoreError {
+        if is_unusable(&e) {
+            shared.unusable.store(true, Ordering::Relaxed);
+            self.0.manager().failures.fetch_add(1, Ordering::Relaxed);
+        }
+        classify(e)
     }
 
     /// Classifies a command error; a connection-level one also drops the

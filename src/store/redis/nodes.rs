@@ -100,6 +100,15 @@ impl Nodes {
             wait,
         };
         let (reply, acked) = match self {
+            Self::Single { pool, .. } if wait.is_none() => {
+                let mut shared = pool.shared().await?;
+                let reply = call
+                    .on(&mut shared.connection, calling, functions_refused)
+                    .await;
+                reply.map_err(|e| pool.failed_shared(&shared, e))?
+            }
+            // WAIT blocks the connection it is sent on until the replicas
+            // answer: a call that ends with it does not share its connection.
             Self::Single { pool, .. } => {
                 let mut pooled = pool.get().await?;
                 let reply = call
@@ -133,9 +142,9 @@ impl Nodes {
     ) -> Result<T, StoreError> {
         match self {
             Self::Single { pool, .. } => {
-                let mut pooled = pool.get().await?;
-                let reply = command.query_async(&mut pooled.connection).await;
-                reply.map_err(|e| pool.failed(pooled, e))
+                let mut shared = pool.shared().await?;
+                let reply = command.query_async(&mut shared.connection).await;
+                reply.map_err(|e| pool.failed_shared(&shared, e))
             }
             Self::Cluster(cluster) => {
                 let mut connection = cluster.connection().await?;
