@@ -297,6 +297,8 @@ async fn a_demoted_master_is_a_503_and_serves_again_once_promoted() {
     let harness = Harness::new(Store::Redis);
     let app = &harness.spawn().await;
     acquire_when_back(app, "demoted", json!({ "limit": 5 }), Duration::ZERO).await;
+    let before = app.redis().call_connections();
+    assert_eq!(before.len(), 1, "one connection serves sequential calls");
     let port = other.port().to_string();
     assert!(
         app.redis()
@@ -327,6 +329,16 @@ async fn a_demoted_master_is_a_503_and_serves_again_once_promoted() {
         Duration::from_secs(3),
     )
     .await;
+    // A PING passes on a replica: the connection that answered READONLY must
+    // have been dropped for it, so that a new one (which, behind a DNS name
+    // or a proxy, may reach the new master) serves the calls.
+    let kept: Vec<_> = app
+        .redis()
+        .call_connections()
+        .intersection(&before)
+        .cloned()
+        .collect();
+    assert!(kept.is_empty(), "still open after READONLY: {kept:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

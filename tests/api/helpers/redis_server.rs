@@ -11,6 +11,7 @@
 //! Every method takes `&self`, so one server can be shared (`Arc`) by the
 //! test and every permitd instance started on it.
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -152,6 +153,20 @@ impl RedisServer {
         info.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
             .map(|v| v.trim().to_owned())
+    }
+
+    /// Ids of the connections that serve calls: neither a subscriber's nor
+    /// the one asking.
+    pub fn call_connections(&self) -> HashSet<String> {
+        let Reply::Bulk(clients) = self.command(&["CLIENT", "LIST"]) else {
+            panic!("CLIENT LIST did not answer a bulk string");
+        };
+        clients
+            .lines()
+            .filter(|line| line.contains(" sub=0 psub=0 ") && !line.contains("cmd=client|list"))
+            .filter_map(|line| line.split(' ').find_map(|field| field.strip_prefix("id=")))
+            .map(str::to_owned)
+            .collect()
     }
 
     pub fn port(&self) -> u16 {
