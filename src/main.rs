@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<ExitCode> {
     // mimalloc keeps freed pages for 10 ms before giving them back, and under
     // load some are always waiting. Measured after the contended benchmark
     // (peak RSS, and page faults per uncontended memory-store cycle):
-    // 10 ms 15.8-16.9 MiB, 0.01; 5 ms 15.3-16.8 MiB, 0.06; 0 ms 14.8-15.1
+    // 10 ms 15.8-16.9 MiB, 0.01; 5 ms 15.3-16.8 MiB, 0.06; 0 ms 14.8-15.6
     // MiB, 0.26. Immediate purging is the one that stays within 16 MiB run
     // after run; its price is a page fault for some pages just given back,
     // about 1 µs (4 %) more CPU per uncontended memory-store cycle.
