@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{Harness, Reply, Secret, Store, expect_problem, spawn_app, spawn_app_with};
+use crate::helpers::{Harness, Secret, Store, expect_problem, spawn_app, spawn_app_with};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,11 +172,8 @@ async fn scripts_run_as_functions_and_the_library_is_loaded_again_after_a_flush(
     assert!(libraries.contains("_acquire"), "{libraries}");
     // Two acquires and a status, each one FCALL (and the library's loads
     // went with an FCALL too): no script ran as EVAL.
-    assert!(calls(app.redis(), "fcall") >= 3);
-    assert_eq!(
-        calls(app.redis(), "evalsha") + calls(app.redis(), "eval"),
-        0
-    );
+    assert!(app.redis().calls("fcall") >= 3);
+    assert_eq!(app.redis().calls("evalsha") + app.redis().calls("eval"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +199,7 @@ async fn serves_by_evalsha_when_the_acl_says(rule: &str) {
     assert_eq!(app.acquire("s", json!({ "limit": 5 })).await.status(), 201);
     assert_eq!(app.acquire("s", json!({})).await.status(), 201);
     assert_eq!(app.status("s").await["held"], 2);
-    assert!(calls(app.redis(), "evalsha") + calls(app.redis(), "eval") >= 3);
+    assert!(app.redis().calls("evalsha") + app.redis().calls("eval") >= 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,18 +256,6 @@ async fn an_attempt_that_arrives_after_its_withdrawal_neither_grants_nor_queues(
     assert_eq!((status.held, status.waiting), (1, 0));
 }
 
-/// Calls of one Redis command since `CONFIG RESETSTAT`.
-fn calls(redis: &crate::helpers::RedisServer, command: &str) -> u64 {
-    let Reply::Bulk(stats) = redis.command(&["INFO", "commandstats"]) else {
-        panic!("INFO commandstats")
-    };
-    stats
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_raise_wakes_each_waiter_once_and_at_most_200_per_script() {
     use permitd::semaphore::{
@@ -315,17 +300,13 @@ async fn a_limit_raise_wakes_each_waiter_once_and_at_most_200_per_script() {
     // The first 200 at once (so the script stays short), then each grant
     // wakes the next ones: one wake per waiter in all, not one per waiter
     // per grant.
-    assert_eq!(
-        calls(redis, "publish"),
-        200,
-        "the raise wakes the first 200"
-    );
+    assert_eq!(redis.calls("publish"), 200, "the raise wakes the first 200");
     for ticket in &tickets {
         let granted = store.attempt(&request, *ticket, true).await.unwrap();
         assert!(matches!(granted, Attempt::Done { .. }), "{granted:?}");
     }
     assert_eq!(
-        calls(redis, "publish"),
+        redis.calls("publish"),
         WAITERS,
         "one wake per waiter in all"
     );

@@ -270,15 +270,6 @@ async fn waiters_of_a_killed_instance_leave_the_queue_within_the_bound() {
     );
 }
 
-/// Script calls Redis has run so far (every one is an FCALL).
-fn script_calls(app: &TestApp) -> u64 {
-    let stats = app.redis().info_field("commandstats", "cmdstat_fcall");
-    stats
-        .as_deref()
-        .and_then(|s| s.strip_prefix("calls=")?.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_head_that_does_not_fit_is_told_when_the_lease_ahead_ends_and_attempts_only_then() {
     // A long re-check, so only the timer the notice aims can explain a
@@ -290,7 +281,7 @@ async fn a_new_head_that_does_not_fit_is_told_when_the_lease_ahead_ends_and_atte
     app.until_waiting("told", 1).await;
     let second = app.acquire_in_background("told", json!({ "wait_ms": 10_000 }));
     app.until_waiting("told", 2).await;
-    let calls_before = script_calls(app);
+    let calls_before = app.redis().calls("fcall");
 
     assert_eq!(app.delete(&held).await.status(), 204);
     // The first is granted a 500 ms lease; the second, now head, is told
@@ -307,7 +298,7 @@ async fn a_new_head_that_does_not_fit_is_told_when_the_lease_ahead_ends_and_atte
     );
     // The release, the first's attempt, and the second's at the lease end:
     // being told it is head cost the second no attempt.
-    assert_eq!(script_calls(app) - calls_before, 3);
+    assert_eq!(app.redis().calls("fcall") - calls_before, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,6 +155,21 @@ impl RedisServer {
             .map(|v| v.trim().to_owned())
     }
 
+    /// How many times `command` (lower case, as `INFO commandstats` names
+    /// it) ran since the start or the last `CONFIG RESETSTAT`; panics if
+    /// Redis does not answer, so a silent node never reads as zero calls.
+    pub fn calls(&self, command: &str) -> u64 {
+        let Reply::Bulk(stats) = self.command(&["INFO", "commandstats"]) else {
+            panic!("INFO commandstats did not answer a bulk string");
+        };
+        let prefix = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Ids of the connections that serve calls: neither a subscriber's nor
     /// the one asking.
     pub fn call_connections(&self) -> HashSet<String> {
