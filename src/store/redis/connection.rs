@@ -3,7 +3,8 @@
 //! (see the module docs of `store::redis` for when it PINGs). Calls share
 //! them: a call checks one out and gives it back at once, keeping a clone,
 //! so concurrent calls go on one connection and redis-rs pipelines them;
-//! only a call that ends with `WAIT` holds one to itself.
+//! only a call that ends with `WAIT` keeps its connection out of the pool
+//! until it is done (see [`Pool::checkout`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,18 +28,20 @@ const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
 /// and (Sentinel) the master it was opened to.
 pub(super) struct Pooled {
     pub(super) connection: MultiplexedConnection,
-    /// Set when a call on a shared clone found the connection unusable: it
-    /// is dropped at its next checkout.
+    /// Set when a call found the connection unusable: it is dropped at its
+    /// next checkout.
     unusable: Arc<AtomicBool>,
     checked_in_generation: u64,
     master: Option<NodeAddr>,
 }
 
-/// A clone of a pooled connection, given back to the pool already; see the
-/// module docs.
-pub(super) struct Shared {
+/// A clone of a pooled connection for one call; see [`Pool::checkout`].
+pub(super) struct Checkout {
     pub(super) connection: MultiplexedConnection,
     unusable: Arc<AtomicBool>,
+    /// The pooled connection itself, kept out of the pool while the call
+    /// runs; `None` once it is back, shared.
+    _held: Option<Object<Connector>>,
 }
 
 /// Where new connections go.
@@ -141,9 +144,6 @@ async fn ensure_master(connection: &mut MultiplexedConnection) -> Result<(), Sto
 /// The pool every script call checks a connection out of.
 pub(super) struct Pool(managed::Pool<Connector>);
 
-/// A checked-out connection; back in the pool when dropped.
-pub(super) type Connection = Object<Connector>;
-
 impl Pool {
     /// Builds the pool; no connection is made yet. `failures` is shared with
     /// whoever else may make every connection suspect (the Sentinel watcher).
@@ -175,38 +175,29 @@ impl Pool {
         Ok(Self(pool))
     }
 
-    /// A connection, opened or recycled within the pool's timeouts.
-    pub(super) async fn get(&self) -> Result<Connection, StoreError> {
-        self.0.get().await.map_err(classify_pool)
-    }
-
-    /// A connection to share (see the module docs): checked out, so
-    /// recycled (PINGed when suspect), and given back at once.
-    pub(super) async fn shared(&self) -> Result<Shared, StoreError> {
-        let pooled = self.get().await?;
-        Ok(Shared {
+    /// A connection for one call, opened or recycled (PINGed when suspect)
+    /// within the pool's timeouts. Given back to the pool at once, to be
+    /// shared, unless `keep`: a call that ends with `WAIT` keeps it out of
+    /// the pool until it is done, as `WAIT` blocks the connection until the
+    /// replicas answer. Calls that cloned it before may still send on it
+    /// meanwhile, but only their retries (a library load after a flush),
+    /// which then wait behind the `WAIT`.
+    pub(super) async fn checkout(&self, keep: bool) -> Result<Checkout, StoreError> {
+        let pooled = self.0.get().await.map_err(classify_pool)?;
+        Ok(Checkout {
             connection: pooled.connection.clone(),
             unusable: Arc::clone(&pooled.unusable),
+            _held: keep.then_some(pooled),
         })
     }
 
-    /// [`Pool::failed`] for a call on a shared connection: one that must not
-    /// be used again is dropped at its next checkout, and every other one
-    /// becomes suspect.
-    pub(super) fn failed_shared(&self, shared: &Shared, e: redis::RedisError) -> StoreError {
+    /// Classifies a command error; a connection-level one also marks the
+    /// connection to be dropped at its next checkout, and makes every other
+    /// pooled connection suspect.
+    pub(super) fn failed(&self, checkout: &Checkout, e: redis::RedisError) -> StoreError {
         if is_unusable(&e) {
-            shared.unusable.store(true, Ordering::Relaxed);
+            checkout.unusable.store(true, Ordering::Relaxed);
             self.0.manager().failures.fetch_add(1, Ordering::Relaxed);
-        }
-        classify(e)
-    }
-
-    /// Classifies a command error; a connection-level one also drops the
-    /// connection and makes every other pooled connection suspect.
-    pub(super) fn failed(&self, pooled: Connection, e: redis::RedisError) -> StoreError {
-        if is_unusable(&e) {
-            self.0.manager().failures.fetch_add(1, Ordering::Relaxed);
-            drop(Object::take(pooled));
         }
         classify(e)
     }

@@ -100,21 +100,12 @@ impl Nodes {
             wait,
         };
         let (reply, acked) = match self {
-            Self::Single { pool, .. } if wait.is_none() => {
-                let mut shared = pool.shared().await?;
-                let reply = call
-                    .on(&mut shared.connection, calling, functions_refused)
-                    .await;
-                reply.map_err(|e| pool.failed_shared(&shared, e))?
-            }
-            // WAIT blocks the connection it is sent on until the replicas
-            // answer: a call that ends with it does not share its connection.
             Self::Single { pool, .. } => {
-                let mut pooled = pool.get().await?;
+                let mut checkout = pool.checkout(wait.is_some()).await?;
                 let reply = call
-                    .on(&mut pooled.connection, calling, functions_refused)
+                    .on(&mut checkout.connection, calling, functions_refused)
                     .await;
-                reply.map_err(|e| pool.failed(pooled, e))?
+                reply.map_err(|e| pool.failed(&checkout, e))?
             }
             Self::Cluster(cluster) => {
                 let mut connection = cluster.connection().await?;
@@ -142,9 +133,9 @@ impl Nodes {
     ) -> Result<T, StoreError> {
         match self {
             Self::Single { pool, .. } => {
-                let mut shared = pool.shared().await?;
-                let reply = command.query_async(&mut shared.connection).await;
-                reply.map_err(|e| pool.failed_shared(&shared, e))
+                let mut checkout = pool.checkout(false).await?;
+                let reply = command.query_async(&mut checkout.connection).await;
+                reply.map_err(|e| pool.failed(&checkout, e))
             }
             Self::Cluster(cluster) => {
                 let mut connection = cluster.connection().await?;
