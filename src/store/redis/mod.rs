@@ -31,7 +31,8 @@
 //!
 //! Waiting: each instance subscribes (one dedicated connection, outside the
 //! pool) to its own channel `p wake:<instance id>`. Scripts publish a ticket
-//! there when it may proceed, and the subscriber task wakes it through
+//! there when it may proceed (or, for a new head of the queue that does not
+//! fit, when the soonest lease ends), and the subscriber task passes it to
 //! `Wakeups`. When the subscription drops, messages sent meanwhile are lost, so
 //! every local waiter re-checks as soon as it is back; the subscription is
 //! PINGed every few seconds so a connection that died silently is replaced.
@@ -443,8 +444,9 @@ impl RedisStore {
 /// match ends a page early (with a cursor) rather than running long.
 const MAX_SCAN_STEPS: usize = 64;
 
-/// How many of a listing page's status calls run at once: half of the
-/// default pool, so requests served meanwhile still find connections.
+/// How many of a listing page's status calls run at once, so that calls
+/// served meanwhile, pipelined on the same connection, queue behind a few
+/// of them rather than a whole page.
 const LIST_STATUSES_AT_ONCE: usize = 8;
 
 /// `text` matched literally by a `SCAN MATCH` glob.
@@ -637,7 +639,8 @@ impl SemaphoreStore for RedisStore {
             }
         };
         // A few at a time, in order: a page of 1,000 names all at once took
-        // every pooled connection, and acquires waited behind the listing.
+        // every pooled connection when calls held one each, and would now
+        // queue 1,000 scripts ahead of every acquire on the shared one.
         let calls: Vec<_> = names.iter().map(|name| self.summary(name)).collect();
         let statuses: Vec<_> = futures::stream::iter(calls)
             .buffered(LIST_STATUSES_AT_ONCE)

@@ -1,6 +1,8 @@
 //! The wake subscription: one dedicated connection per instance, outside the
 //! pool, subscribed to this instance's wake channel. Scripts publish a ticket
-//! there when it may proceed; this task wakes it through `Wakeups`. Messages
+//! there when it may proceed, or with the time of the soonest lease end when
+//! it is a new head of the queue that does not fit; this task passes either
+//! to `Wakeups`. Messages
 //! published while unsubscribed are lost, so every local waiter re-checks
 //! whenever the subscription comes back.
 //!
