@@ -125,8 +125,12 @@ impl NamedScript {
     }
 }
 
-fn script(index: usize) -> NamedScript {
-    let (name, writes, body) = BODIES[index];
+/// The script of that name in `BODIES`.
+fn script(name: &'static str) -> NamedScript {
+    let (_, writes, body) = BODIES
+        .into_iter()
+        .find(|(listed, _, _)| *listed == name)
+        .expect("every script is listed in BODIES");
     NamedScript {
         name,
         writes,
@@ -136,11 +140,11 @@ fn script(index: usize) -> NamedScript {
     }
 }
 
-pub(super) static ACQUIRE: LazyLock<NamedScript> = LazyLock::new(|| script(0));
-pub(super) static PERMIT: LazyLock<NamedScript> = LazyLock::new(|| script(1));
-pub(super) static REFRESH: LazyLock<NamedScript> = LazyLock::new(|| script(2));
-pub(super) static RELEASE: LazyLock<NamedScript> = LazyLock::new(|| script(3));
-pub(super) static SET_LIMIT: LazyLock<NamedScript> = LazyLock::new(|| script(4));
-pub(super) static STATUS: LazyLock<NamedScript> = LazyLock::new(|| script(5));
-pub(super) static DELETE: LazyLock<NamedScript> = LazyLock::new(|| script(6));
-pub(super) static LEAVE: LazyLock<NamedScript> = LazyLock::new(|| script(7));
+pub(super) static ACQUIRE: LazyLock<NamedScript> = LazyLock::new(|| script("acquire"));
+pub(super) static PERMIT: LazyLock<NamedScript> = LazyLock::new(|| script("permit"));
+pub(super) static REFRESH: LazyLock<NamedScript> = LazyLock::new(|| script("refresh"));
+pub(super) static RELEASE: LazyLock<NamedScript> = LazyLock::new(|| script("release"));
+pub(super) static SET_LIMIT: LazyLock<NamedScript> = LazyLock::new(|| script("set_limit"));
+pub(super) static STATUS: LazyLock<NamedScript> = LazyLock::new(|| script("status"));
+pub(super) static DELETE: LazyLock<NamedScript> = LazyLock::new(|| script("delete"));
+pub(super) static LEAVE: LazyLock<NamedScript> = LazyLock::new(|| script("leave"));
