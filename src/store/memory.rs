@@ -260,13 +260,18 @@ impl SemaphoreState {
         needed <= u64::from(free)
     }
 
+    /// Units not held (none while a lowered limit is still over-held).
+    fn free(&self) -> u32 {
+        self.limit.saturating_sub(self.held)
+    }
+
     /// Wakes the waiters at the head of the queue whose counts fit now, in
     /// order; the first that does not fit blocks the rest (strict FIFO). When
     /// the old head left, a new head that does not fit is told so
     /// (`tell_head`), and aims its timer at the next lease end.
     fn wake_heads(&mut self, wakeups: &Wakeups) {
         let head_left = std::mem::take(&mut self.head_left);
-        let mut free = self.limit.saturating_sub(self.held);
+        let mut free = self.free();
         let cause = now_micros();
         for (n, (ticket, count)) in self.queue.iter().enumerate() {
             if count > free {
@@ -288,11 +293,23 @@ impl SemaphoreState {
         if !std::mem::take(&mut self.head_left) {
             return;
         }
-        let free = self.limit.saturating_sub(self.held);
         if let Some((ticket, count)) = self.queue.front()
-            && count > free
+            && count > self.free()
         {
             self.tell_head(wakeups, ticket, now_micros());
+        }
+    }
+
+    /// Wakes the head if it fits now, or tells it when the soonest lease ends
+    /// (prelude.lua's `wake_first`): after a change that may bring the next
+    /// lease end earlier without freeing units.
+    fn wake_first(&self, wakeups: &Wakeups) {
+        if let Some((head, count)) = self.queue.front() {
+            if count > self.free() {
+                self.tell_head(wakeups, head, now_micros());
+            } else {
+                wakeups.wake(head, None);
+            }
         }
     }
 
@@ -830,14 +847,8 @@ impl SemaphoreStore for MemoryStore {
             // The head waiter's timer aims at the soonest expiry: if that
             // moved earlier, tell the head so it aims again (or wake it, if
             // it fits).
-            if state.soonest_expiry() < soonest_before
-                && let Some((head, count)) = state.queue.front()
-            {
-                if count > state.limit.saturating_sub(state.held) {
-                    state.tell_head(&self.wakeups, head, now_micros());
-                } else {
-                    self.wakeups.wake(head, None);
-                }
+            if state.soonest_expiry() < soonest_before {
+                state.wake_first(&self.wakeups);
             }
             Some(permit)
         });
