@@ -125,8 +125,12 @@ pub async fn acquire(
                 let until = deadline.min(Instant::now() + retry_in);
                 retry_in = (retry_in * 2).min(settings.recheck);
                 tokio::select! {
-                    // A wake means the store answers again.
-                    () = wake.notified() => {}
+                    // A wake means the store answers again. What it was for
+                    // is read (and so cleared) here: the attempt that follows
+                    // answers it, and it must not pass for a later wake's.
+                    () = wake.notified() => {
+                        wake.woken();
+                    }
                     () = tokio::time::sleep_until(until.into()) => {}
                     () = settings.shutdown.cancelled() => {
                         return Err(WaitError::ShuttingDown);
