@@ -133,7 +133,7 @@ pub async fn acquire(
                     }
                     () = tokio::time::sleep_until(until.into()) => {}
                     () = settings.shutdown.cancelled() => {
-                        return Err(WaitError::ShuttingDown);
+                        return Err(leave_for_shutdown(store, request, &mut guard).await);
                     }
                 }
                 last_try = Instant::now() >= deadline;
@@ -189,12 +189,7 @@ pub async fn acquire(
                         }
                         () = tokio::time::sleep_until(until.into()) => {}
                         () = settings.shutdown.cancelled() => {
-                            // Disarmed only once the store has the ticket
-                            // out; otherwise the guard tries again as it drops.
-                            if store.leave(&request.name, ticket).await.is_ok() {
-                                guard.armed = false;
-                            }
-                            return Err(WaitError::ShuttingDown);
+                            return Err(leave_for_shutdown(store, request, &mut guard).await);
                         }
                     }
                     break;
@@ -205,10 +200,167 @@ pub async fn acquire(
     }
 }
 
+/// Withdraws the ticket before answering a shutdown, awaited: the process
+/// exits soon after the answer, and a withdrawal left to the guard's spawned
+/// task might never run, leaving the ticket queued (or its fresh permit held)
+/// until its lease ends. The guard is disarmed only once the store has the
+/// ticket out; otherwise it tries again as it drops.
+async fn leave_for_shutdown(
+    store: &Arc<dyn SemaphoreStore>,
+    request: &AcquireRequest,
+    guard: &mut LeaveGuard,
+) -> WaitError {
+    if store.leave(&request.name, guard.ticket).await.is_ok() {
+        guard.armed = false;
+    }
+    WaitError::ShuttingDown
+}
+
 /// The first wait before trying again after a failed attempt; it doubles up
 /// to the re-check interval.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 
 fn queued_without_asking() -> StoreError {
     StoreError::Internal("store queued a try-once acquire".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::semaphore::{
+        Count, IdleTtl, Limit, Permit, ReleaseOutcome, SemaphorePage, SemaphoreStatus,
+        SetLimitOutcome, Ttl, WaitTime,
+    };
+    use crate::store::memory::MemoryStore;
+    use crate::store::{ListError, Wakeups};
+
+    /// The memory store, except that its second attempt fails as a Redis
+    /// call that timed out would, at the moment shutdown begins.
+    struct FailsAtShutdown {
+        inner: MemoryStore,
+        attempts: AtomicUsize,
+        shutdown: CancellationToken,
+    }
+
+    #[async_trait]
+    impl SemaphoreStore for FailsAtShutdown {
+        fn kind(&self) -> &'static str {
+            "memory"
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn set_limit(
+            &self,
+            name: &SemaphoreName,
+            limit: Limit,
+            idle_ttl: IdleTtl,
+        ) -> Result<SetLimitOutcome, StoreError> {
+            self.inner.set_limit(name, limit, idle_ttl).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+            cursor: Option<&str>,
+            limit: usize,
+        ) -> Result<SemaphorePage, ListError> {
+            self.inner.list(prefix, cursor, limit).await
+        }
+        async fn status(
+            &self,
+            name: &SemaphoreName,
+        ) -> Result<Option<SemaphoreStatus>, StoreError> {
+            self.inner.status(name).await
+        }
+        async fn delete(&self, name: &SemaphoreName) -> Result<bool, StoreError> {
+            self.inner.delete(name).await
+        }
+        async fn attempt(
+            &self,
+            request: &AcquireRequest,
+            ticket: PermitId,
+            queue: bool,
+        ) -> Result<Attempt, StoreError> {
+            if self.attempts.fetch_add(1, Ordering::Relaxed) == 1 {
+                self.shutdown.cancel();
+                return Err(StoreError::Unavailable("timed out".into()));
+            }
+            self.inner.attempt(request, ticket, queue).await
+        }
+        async fn leave(&self, name: &SemaphoreName, ticket: PermitId) -> Result<(), StoreError> {
+            self.inner.leave(name, ticket).await
+        }
+        fn wakeups(&self) -> &Arc<Wakeups> {
+            self.inner.wakeups()
+        }
+        async fn permit(
+            &self,
+            name: &SemaphoreName,
+            id: PermitId,
+        ) -> Result<Option<Permit>, StoreError> {
+            self.inner.permit(name, id).await
+        }
+        async fn refresh(
+            &self,
+            name: &SemaphoreName,
+            id: PermitId,
+            ttl: Ttl,
+        ) -> Result<Option<Permit>, StoreError> {
+            self.inner.refresh(name, id, ttl).await
+        }
+        async fn release(
+            &self,
+            name: &SemaphoreName,
+            id: PermitId,
+        ) -> Result<ReleaseOutcome, StoreError> {
+            self.inner.release(name, id).await
+        }
+    }
+
+    /// Shutdown met while a failed call waits to be tried again: the ticket
+    /// is out of the queue when the answer is given, not only once the
+    /// guard's spawned task gets to run (the process may exit first). On one
+    /// thread, so nothing spawned runs before the check.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn shutdown_while_a_failed_call_waits_withdraws_before_answering() {
+        let shutdown = CancellationToken::new();
+        let flaky = Arc::new(FailsAtShutdown {
+            inner: MemoryStore::new(),
+            attempts: AtomicUsize::new(0),
+            shutdown: shutdown.clone(),
+        });
+        let store: Arc<dyn SemaphoreStore> = flaky.clone();
+        let name = SemaphoreName::parse("busy").unwrap();
+        let request = AcquireRequest {
+            name: name.clone(),
+            limit: Some(Limit::new(1).unwrap()),
+            count: Count::ONE,
+            ttl: Ttl::new(60_000, 3_600_000).unwrap(),
+            wait: WaitTime::NONE,
+            holder: None,
+            idempotency_key: None,
+        };
+        // The one unit is held, so the waiter queues.
+        let held = flaky
+            .inner
+            .attempt(&request, PermitId::random(), false)
+            .await;
+        assert!(matches!(held, Ok(Attempt::Done { .. })), "{held:?}");
+        let waiting = AcquireRequest {
+            wait: WaitTime::new(30_000, 60_000).unwrap(),
+            ..request
+        };
+        let settings = WaitSettings {
+            recheck: Duration::from_millis(20),
+            shutdown,
+        };
+        let answer = acquire(&store, &waiting, &settings).await;
+        assert!(matches!(answer, Err(WaitError::ShuttingDown)), "{answer:?}");
+        let status = flaky.inner.status(&name).await.unwrap().unwrap();
+        assert_eq!(status.waiting, 0, "the ticket is still queued");
+    }
 }

@@ -355,6 +355,23 @@ impl SemaphoreState {
         Some(record)
     }
 
+    /// Units held by live permits: `held` less the leases that ended and
+    /// are not swept yet (a read leaves them in place).
+    fn live_held(&self, now: Millis) -> u32 {
+        let ended: u32 = self
+            .expiries
+            .iter()
+            .take_while(|&&(at, _)| at <= now)
+            .map(|(_, id)| self.permits[id].count)
+            .sum();
+        self.held - ended
+    }
+
+    /// The live leases, soonest end first.
+    fn live_expiries(&self, now: Millis) -> impl Iterator<Item = &(Millis, PermitId)> {
+        self.expiries.iter().skip_while(move |&&(at, _)| at <= now)
+    }
+
     fn soonest_expiry(&self) -> Option<Millis> {
         self.expiries.first().map(|&(at, _)| at)
     }
@@ -460,20 +477,18 @@ impl MemoryStore {
                 .get_mut(&request.name)
                 .expect("a live semaphore"),
         };
-        if let Some(limit) = request.limit
-            && state.limit != limit.get()
-        {
-            // It may have been the head holding others back (the limit was
-            // changed while it waited): as in acquire.lua, wake who fits.
-            if state.dequeue(ticket) {
-                state.wake_heads(&self.wakeups);
-            }
-            return done(AcquireOutcome::LimitConflict {
-                current: state.limit,
-            });
-        }
         state.busy(now);
         let expired = state.expire(now);
+
+        // The same ticket again (a retry of a call whose answer was lost,
+        // as acquire.lua): the permit it holds, whatever changed since.
+        if let Some(record) = state.permits.get(&ticket) {
+            let permit = to_permit(&request.name, ticket, record);
+            if expired {
+                state.wake_heads(&self.wakeups);
+            }
+            return done(AcquireOutcome::Granted(permit));
+        }
 
         if let Some(key) = &request.idempotency_key {
             let fingerprint = request.fingerprint();
@@ -528,6 +543,20 @@ impl MemoryStore {
             }
         }
 
+        // After the key, as in acquire.lua: a known key replays whatever
+        // the limit is now.
+        if let Some(limit) = request.limit
+            && state.limit != limit.get()
+        {
+            // It may have been the head holding others back (the limit was
+            // changed while it waited): wake who fits.
+            if state.dequeue(ticket) || expired {
+                state.wake_heads(&self.wakeups);
+            }
+            return done(AcquireOutcome::LimitConflict {
+                current: state.limit,
+            });
+        }
         let count = request.count.get();
         if count > state.limit {
             if state.dequeue(ticket) || expired {
@@ -605,24 +634,34 @@ impl MemoryStore {
 
     /// Runs `f` on the semaphore's state, after sweeping its expired leases
     /// (and waking who that lets in), with the clock read under the lock;
-    /// `None` when the semaphore does not exist. `touch`: a write, which
-    /// keeps the semaphore from being forgotten as idle.
+    /// `None` when the semaphore does not exist. A write: it keeps the
+    /// semaphore from being forgotten as idle.
     fn with_swept<T>(
         &self,
         name: &SemaphoreName,
-        touch: bool,
         f: impl FnOnce(&mut SemaphoreState, Millis) -> T,
     ) -> Option<T> {
         let mut semaphores = self.lock();
         let now = Millis::now();
         let state = semaphores.live(name, now)?;
-        if touch {
-            state.busy(now);
-        }
+        state.busy(now);
         if state.expire(now) {
             state.wake_heads(&self.wakeups);
         }
         Some(f(state, now))
+    }
+
+    /// Runs `f` on the semaphore's state as it is, with the clock read
+    /// under the lock: for the reads, which leave ended leases in place (as
+    /// the Redis store's read-only scripts do) and must look past them.
+    fn with_read<T>(
+        &self,
+        name: &SemaphoreName,
+        f: impl FnOnce(&SemaphoreState, Millis) -> T,
+    ) -> Option<T> {
+        let mut semaphores = self.lock();
+        let now = Millis::now();
+        semaphores.live(name, now).map(|state| f(state, now))
     }
 
     /// The map, locked, after a step of the idle sweep (see module docs).
@@ -684,10 +723,9 @@ impl SemaphoreStore for MemoryStore {
     }
 
     async fn status(&self, name: &SemaphoreName) -> Result<Option<SemaphoreStatus>, StoreError> {
-        Ok(self.with_swept(name, false, |state, _| {
+        Ok(self.with_read(name, |state, now| {
             let holders = state
-                .expiries
-                .iter()
+                .live_expiries(now)
                 .take(MAX_LISTED_HOLDERS)
                 .map(|(_, id)| {
                     let r = &state.permits[id];
@@ -704,7 +742,7 @@ impl SemaphoreStore for MemoryStore {
             SemaphoreStatus {
                 name: name.clone(),
                 limit: state.limit,
-                held: state.held,
+                held: state.live_held(now),
                 waiting: state.queue.len() as u32,
                 idle_ttl: state.idle_ttl,
                 holders,
@@ -757,9 +795,9 @@ impl SemaphoreStore for MemoryStore {
         for name in names.into_iter().take(limit) {
             if let Some(state) = semaphores.live(&name, now) {
                 page.push(SemaphoreSummary {
+                    held: state.live_held(now),
                     name,
                     limit: state.limit,
-                    held: state.held,
                     waiting: state.queue.len() as u32,
                 });
             }
@@ -823,8 +861,12 @@ impl SemaphoreStore for MemoryStore {
         id: PermitId,
     ) -> Result<Option<Permit>, StoreError> {
         Ok(self
-            .with_swept(name, false, |state, _| {
-                state.permits.get(&id).map(|r| to_permit(name, id, r))
+            .with_read(name, |state, now| {
+                state
+                    .permits
+                    .get(&id)
+                    .filter(|r| r.expires_at > now)
+                    .map(|r| to_permit(name, id, r))
             })
             .flatten())
     }
@@ -835,7 +877,7 @@ impl SemaphoreStore for MemoryStore {
         id: PermitId,
         ttl: Ttl,
     ) -> Result<Option<Permit>, StoreError> {
-        let refreshed = self.with_swept(name, true, |state, now| {
+        let refreshed = self.with_swept(name, |state, now| {
             let soonest_before = state.soonest_expiry();
             let record = state.permits.get_mut(&id)?;
             state.expiries.remove(&(record.expires_at, id));
@@ -860,7 +902,7 @@ impl SemaphoreStore for MemoryStore {
         name: &SemaphoreName,
         id: PermitId,
     ) -> Result<ReleaseOutcome, StoreError> {
-        let released = self.with_swept(name, true, |state, now| {
+        let released = self.with_swept(name, |state, now| {
             let released = state.remove(id, now, true).is_some();
             state.wake_heads(&self.wakeups);
             released

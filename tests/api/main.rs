@@ -13,6 +13,7 @@
 
 mod access;
 mod browser;
+mod capacity;
 mod client;
 mod contract;
 mod demo;
@@ -28,5 +29,6 @@ mod openapi;
 mod operations;
 mod redis_store;
 mod store_contract;
+mod store_model;
 mod tls;
 mod waiting;

@@ -82,7 +82,7 @@ use self::connection::{Pool, Source};
 use self::nodes::{Calling, Nodes, Wait};
 use self::reply::{Reply, unexpected};
 use self::scripts::{
-    ACQUIRE, DELETE, LEAVE, NamedScript, PERMIT, REFRESH, RELEASE, SET_LIMIT, STATUS,
+    ACQUIRE, DELETE, LEAVE, NamedScript, PERMIT, REFRESH, RELEASE, SET_LIMIT, STATUS, SWEEP,
 };
 use self::sentinel::{NodeAuth, Sentinel};
 use self::subscriber::WakeSource;
@@ -426,8 +426,8 @@ impl RedisStore {
 
     /// A listing line: the status script with no holders listed.
     async fn summary(&self, name: &SemaphoreName) -> Result<Option<SemaphoreSummary>, StoreError> {
-        let mut reply = Reply::new(self.run(&STATUS, name, &["0"]).await?);
-        match reply.string()?.as_str() {
+        let (tag, mut reply) = self.status_reply(name, "0").await?;
+        match tag.as_str() {
             "not_found" => Ok(None),
             "found" => Ok(Some(SemaphoreSummary {
                 name: name.clone(),
@@ -440,6 +440,34 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// The status script's reply and its tag, after sweeping as long as it
+    /// finds more ended leases than one call subtracts (see status.lua).
+    async fn status_reply(
+        &self,
+        name: &SemaphoreName,
+        max: &str,
+    ) -> Result<(String, Reply), StoreError> {
+        let mut calls = 0;
+        loop {
+            let mut reply = Reply::new(self.run(&STATUS, name, &[max]).await?);
+            let tag = reply.string()?;
+            if tag != "sweeping" {
+                return Ok((tag, reply));
+            }
+            loop {
+                calls += 1;
+                if calls > MAX_SWEEP_CALLS {
+                    return Err(still_sweeping());
+                }
+                if self.run::<i64>(&SWEEP, name, &[]).await? == 0 {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// The most SCAN calls one listing page makes: a keyspace where few keys
 /// match ends a page early (with a cursor) rather than running long.
 const MAX_SCAN_STEPS: usize = 64;
@@ -448,6 +476,15 @@ const MAX_SCAN_STEPS: usize = 64;
 /// served meanwhile, pipelined on the same connection, queue behind a few
 /// of them rather than a whole page.
 const LIST_STATUSES_AT_ONCE: usize = 8;
+
+/// The most calls one acquire or status makes while ended leases are swept
+/// (see prelude.lua's `sweep_capped`): 500 leases a call, so 1,000 calls
+/// sweep half a million leases that ended together.
+const MAX_SWEEP_CALLS: usize = 1_000;
+
+fn still_sweeping() -> StoreError {
+    StoreError::Unavailable("more leases ended than this call could sweep".into())
+}
 
 /// `text` matched literally by a `SCAN MATCH` glob.
 fn glob_escape(text: &str) -> String {
@@ -515,8 +552,8 @@ impl SemaphoreStore for RedisStore {
 
     async fn status(&self, name: &SemaphoreName) -> Result<Option<SemaphoreStatus>, StoreError> {
         let max = MAX_LISTED_HOLDERS.to_string();
-        let mut reply = Reply::new(self.run(&STATUS, name, &[&max]).await?);
-        match reply.string()?.as_str() {
+        let (tag, mut reply) = self.status_reply(name, &max).await?;
+        match tag.as_str() {
             "not_found" => Ok(None),
             "found" => {
                 let limit = reply.u32()?;
@@ -692,12 +729,27 @@ impl SemaphoreStore for RedisStore {
             if queue { "1" } else { "0" },
             &self.waiter_lease_ms,
             &self.wake_channel,
-            &self.clock.deadline_ms(self.timeout),
+            "",
         ];
-        let mut reply = Reply::new(self.run(&ACQUIRE, &request.name, &args).await?);
-        let tag = reply.string()?;
-        let clock_us = reply.uint()?;
-        self.clock.observe(clock_us);
+        // A call that found more ended leases than one call sweeps asks to
+        // be called again (see prelude.lua's `sweep_capped`); each call
+        // sweeps more. Bounded, so a store that keeps asking is a failure.
+        let mut calls = 0;
+        let (mut reply, tag, clock_us) = loop {
+            let deadline = self.clock.deadline_ms(self.timeout);
+            let mut args = args;
+            args[10] = &deadline;
+            let mut reply = Reply::new(self.run(&ACQUIRE, &request.name, &args).await?);
+            let tag = reply.string()?;
+            let clock_us = reply.uint()?;
+            self.clock.observe(clock_us);
+            calls += 1;
+            match tag.as_str() {
+                "sweeping" if calls < MAX_SWEEP_CALLS => {}
+                "sweeping" => return Err(still_sweeping()),
+                _ => break (reply, tag, clock_us),
+            }
+        };
         let outcome = match tag.as_str() {
             "late" => {
                 return Err(StoreError::Unavailable(

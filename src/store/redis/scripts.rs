@@ -38,7 +38,7 @@ const PRELUDE: &str = include_str!("scripts/prelude.lua");
 /// changes the semaphore (then `--redis-wait-replicas` waits for replicas
 /// after it; the reads only ever sweep expired leases, which any later call
 /// sweeps again), and its body.
-const BODIES: [(&str, bool, &str); 8] = [
+const BODIES: [(&str, bool, &str); 9] = [
     ("acquire", true, include_str!("scripts/acquire.lua")),
     ("permit", false, include_str!("scripts/permit.lua")),
     ("refresh", true, include_str!("scripts/refresh.lua")),
@@ -47,6 +47,7 @@ const BODIES: [(&str, bool, &str); 8] = [
     ("status", false, include_str!("scripts/status.lua")),
     ("delete", true, include_str!("scripts/delete.lua")),
     ("leave", true, include_str!("scripts/leave.lua")),
+    ("sweep", false, include_str!("scripts/sweep.lua")),
 ];
 
 /// One script's text and its SHA-1 (what EVALSHA names it by).
@@ -148,3 +149,4 @@ pub(super) static SET_LIMIT: LazyLock<NamedScript> = LazyLock::new(|| script("se
 pub(super) static STATUS: LazyLock<NamedScript> = LazyLock::new(|| script("status"));
 pub(super) static DELETE: LazyLock<NamedScript> = LazyLock::new(|| script("delete"));
 pub(super) static LEAVE: LazyLock<NamedScript> = LazyLock::new(|| script("leave"));
+pub(super) static SWEEP: LazyLock<NamedScript> = LazyLock::new(|| script("sweep"));

@@ -29,7 +29,11 @@ Returns one of:
   {'unavailable', now_us, limit, held, ms_until_soonest_expiry or -1}
   {'queued', now_us, position, ms_until_soonest_expiry or -1,
    ms_until_soonest_waiter_lease_end}
+  {'sweeping', now_us}               the units do not fit, but ended leases
+                                     are left to sweep: call again
   {'granted'|'replayed', now_us, id, count, fence, acquired_ms, expires_ms, holder}
+                                     ('granted' also for a ticket that
+                                     already holds its permit: a retry)
 
 Atomic because the queue order, the capacity check, the fencing counter and
 the write of the permit must see one state: two instances racing for the last
@@ -52,16 +56,29 @@ if not limit then
   end
   create(ARGV[1])
   limit = ARGV[1]
-elseif ARGV[1] ~= '' and ARGV[1] ~= limit then
-  if dequeue(ticket) then
-    wake_heads()
-  end
-  return { 'conflict', now_us, tonumber(limit) }
 end
 limit = tonumber(limit)
 -- Anything freed or any waiter dropped may let others proceed: wake them
 -- before leaving, whatever this attempt's answer.
 local changed = expire() + drop_dead_waiters() > 0
+
+-- The same ticket again: its caller never heard the answer that granted it
+-- (the reply was lost, or came after the call's timeout) and retries. It
+-- gets the permit it holds, whatever changed since; granting again would
+-- count its units twice. Before the key and the limit, which a retry must
+-- not be refused by either.
+if num('held') > 0 then
+  local record = redis.call('HGET', permits_key, ticket)
+  local expires = record and lease_end(ticket, decode(record))
+  if expires and expires > now_ms then
+    if changed then
+      wake_heads()
+    end
+    local reply = permit_reply('granted', ticket, record, expires)
+    table.insert(reply, 2, now_us)
+    return reply
+  end
+end
 
 -- What the Idempotency-Key says (see the prelude's header for the three
 -- kinds of value): a live permit is replayed, a waiting first request or an
@@ -133,6 +150,16 @@ if ARGV[5] ~= '' then
   end
 end
 
+-- After the key: a known key with the same body replays whatever the limit
+-- is now (a client retrying with the limit it first sent must get its
+-- permit back, not a conflict while that permit holds its units).
+if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= limit then
+  if dequeue(ticket) or changed then
+    wake_heads()
+  end
+  return { 'conflict', now_us, limit }
+end
+
 local count = tonumber(ARGV[2])
 if count > limit then
   if dequeue(ticket) or changed then
@@ -148,6 +175,16 @@ if not fit and permits_damaged() then
   repair()
   changed = true
   fit = fits(ticket, count)
+end
+
+if not fit and sweep_capped then
+  -- Ended leases are still counted in `held` (more ended than one call
+  -- sweeps): no refusal and no queue place is judged on that count. The
+  -- caller calls again, and the next call sweeps on.
+  if changed then
+    wake_heads()
+  end
+  return { 'sweeping', now_us }
 end
 
 if not fit then

@@ -21,6 +21,8 @@ end
 meta_gone = true
 -- UNLINK: a semaphore with a long queue is freed in the background, not
 -- while Redis serves nothing else.
+-- `left` stays, with its own expiry: an attempt of a withdrawn ticket still
+-- on its way must not create the semaphore again and grant it.
 redis.call('UNLINK', meta_key, expiry_key, permits_key, idem_key, queue_key, waiters_key,
-  wleases_key, left_key, ended_key)
+  wleases_key, ended_key)
 return existed

@@ -200,7 +200,14 @@ local function flush_meta()
   end
   for i = 1, #expiring do
     if dies then
-      redis.call('PEXPIREAT', expiring[i], dies)
+      local at = dies
+      if expiring[i] == left_key and num('lefts') > at then
+        -- A withdrawal is remembered for its own time (leave.lua), even past
+        -- the semaphore's idle end: an attempt of that ticket still on its
+        -- way must find it, also once the rest is forgotten.
+        at = num('lefts')
+      end
+      redis.call('PEXPIREAT', expiring[i], at)
     else
       redis.call('PERSIST', expiring[i])
     end
@@ -362,6 +369,13 @@ local SWEEP_CAP = 500
 -- envelope (see the header).
 local swept
 
+-- Set when a sweep stopped at SWEEP_CAP: ended leases (or dead waiters) may
+-- remain, so `held` (or the queue) still counts some that no longer count.
+-- A decision that this could change is not made by this call: the caller
+-- calls again, and each call sweeps SWEEP_CAP more (see acquire.lua and
+-- sweep.lua), so no script runs long however many leases end together.
+local sweep_capped
+
 -- Rebuilds the permit state from the records after a key vanished
 -- (eviction under maxmemory, a careless DEL): every live record gets its
 -- `expiry` entry back, records whose lease ended are removed, and `held` is
@@ -423,6 +437,9 @@ local function expire()
     end
   end
   swept = swept + #ended
+  if #ended == SWEEP_CAP then
+    sweep_capped = true
+  end
   if lost then
     repair()
   end
@@ -491,6 +508,9 @@ local function drop_dead_waiters()
     if not dequeue(dead[i]) then
       redis.call('ZREM', wleases_key, dead[i])
     end
+  end
+  if #dead == SWEEP_CAP then
+    sweep_capped = true
   end
   set_meta('wsoon', soonest_score(wleases_key))
   return #dead
@@ -744,7 +764,7 @@ local function begin(keys, argv)
   now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
   now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
   meta, dirty, meta_gone, read_only = {}, {}, false, false
-  lease_top, fresh, swept, head_left = 0, {}, 0, false
+  lease_top, fresh, swept, head_left, sweep_capped = 0, {}, 0, false, false
   local values = redis.call('HMGET', meta_key, unpack(META_FIELDS))
   for i = 1, #META_FIELDS do
     if values[i] then

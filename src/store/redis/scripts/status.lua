@@ -1,7 +1,8 @@
 --[[ status.lua: limit, held and live holders. Read-only.
 
 ARGV[1] the most holders to list
-Returns {'not_found'} or
+Returns {'not_found'}, {'sweeping'} (more leases ended than one call
+subtracts: sweep, then ask again) or
   {'found', limit, held, waiting, idle_ttl_ms or '' (the default), n,
    (id, count, fence, acquired_ms, expires_ms, holder) x n}
 with holders soonest expiry first. The ids are for the HTTP layer to show
@@ -17,7 +18,12 @@ end
 -- Read-only: ended leases are subtracted, not removed. A record lost to
 -- eviction is skipped (the next write recounts).
 local held = num('held')
-local ended = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', now_ms)
+local ended = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', now_ms, 'LIMIT', 0, SWEEP_CAP + 1)
+if #ended > SWEEP_CAP then
+  -- Too many to subtract in one call: the caller sweeps (sweep.lua) and
+  -- asks again.
+  return { 'sweeping' }
+end
 for i = 1, #ended do
   local record = redis.call('HGET', permits_key, ended[i])
   if record then
