@@ -430,11 +430,27 @@ local function expire()
   -- ended at once; `soon` then stays due, and the next call goes on.
   local ended = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', now_ms, 'LIMIT', 0, SWEEP_CAP)
   local lost = false
-  for i = 1, #ended do
-    if not remove_permit(ended[i]) then
-      redis.call('ZREM', expiry_key, ended[i])
-      lost = true
+  if #ended > 0 then
+    -- remove_permit for each, in four commands for the lot instead of three
+    -- per permit: a sweep of 500 took 10-13 ms one by one.
+    local records = redis.call('HMGET', permits_key, unpack(ended))
+    local freed = 0
+    for i = 1, #ended do
+      local record = records[i]
+      if record then
+        -- Only the count, unless the record names a key (its fourth field
+        -- is not empty): a whole decode per permit was most of a sweep's time.
+        freed = freed + tonumber(string.match(record, '^%d+'))
+        if not string.find(record, '^[^\n]*\n[^\n]*\n[^\n]*\n\n') then
+          end_idem(decode(record), true)
+        end
+      else
+        lost = true
+      end
     end
+    redis.call('HDEL', permits_key, unpack(ended))
+    redis.call('ZREM', expiry_key, unpack(ended))
+    add_held(-freed)
   end
   swept = swept + #ended
   if #ended == SWEEP_CAP then
