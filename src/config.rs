@@ -334,9 +334,9 @@ pub struct Settings {
     /// Longest a waiting acquire sleeps between two checks when no wake
     /// arrives: the bound on a lost notification. On Redis, a waiter keeps its
     /// place in the queue for its waiter lease, the longer of 3 x this and
-    /// this + 2 x --redis-timeout-ms, without a check: a waiter whose permitd
-    /// instance died drops out after that, while a Redis stall shorter than
-    /// the Redis timeout costs no waiter its place.
+    /// this + 2 x --redis-timeout-ms (5 s with the defaults), without a
+    /// check: a waiter whose permitd instance died drops out after that, while
+    /// a Redis stall shorter than the Redis timeout costs no waiter its place.
     #[arg(
         long,
         global = true,

@@ -20,6 +20,7 @@ on_each_store!(
     a_retry_after_the_permit_ended_is_410_never_a_second_permit,
     a_key_is_forgotten_after_the_retention,
     an_idle_semaphore_is_forgotten_and_its_tokens_keep_increasing,
+    emptied_early_a_semaphore_is_forgotten_within_a_quarter_past_its_idle_ttl,
     a_held_or_awaited_semaphore_is_not_forgotten,
     an_idle_ttl_of_null_keeps_a_semaphore_forever,
     bad_idle_ttls_are_400,
@@ -244,6 +245,38 @@ async fn an_idle_semaphore_is_forgotten_and_its_tokens_keep_increasing(store: St
     assert!(
         again["fencing_token"].as_u64() > permit["fencing_token"].as_u64(),
         "{again} after {permit}"
+    );
+}
+
+/// A long lease released early: idle time counts from the release, and
+/// the keys, set long past it for that lease, are set again once they would
+/// outlive the idle TTL by more than a quarter of it (README, idle
+/// semaphores).
+async fn emptied_early_a_semaphore_is_forgotten_within_a_quarter_past_its_idle_ttl(store: Store) {
+    let app = spawn_app(store).await;
+    let created = app
+        .put_json(
+            "/semaphores/early",
+            json!({ "limit": 1, "idle_ttl_ms": 1_000 }),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let permit: Value = app
+        .acquire("early", json!({ "ttl_ms": 60_000 }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(app.delete(&permit_path(&permit)).await.status(), 204);
+    let idle_from = Instant::now();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(app.status("early").await["limit"], 1);
+    until_forgotten(&app, "early", Duration::from_secs(5)).await;
+    let idle = idle_from.elapsed();
+    // A quarter past, and one poll of 50 ms plus a status call of slack.
+    assert!(
+        idle >= Duration::from_millis(1_000) && idle <= Duration::from_millis(1_250 + 150),
+        "forgotten after {idle:?}"
     );
 }
 
