@@ -20,23 +20,6 @@ on_each_store!(
     leases_ending_together_never_count_against_an_acquire,
 );
 
-/// A replica that has synced with `master`.
-fn synced_replica(master: &RedisServer) -> RedisServer {
-    let replica = RedisServer::builder()
-        .config("replicaof", &format!("127.0.0.1 {}", master.port()))
-        .start();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while replica
-        .info_field("replication", "master_link_status")
-        .as_deref()
-        != Some("up")
-    {
-        assert!(Instant::now() < deadline, "the replica never synced");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    replica
-}
-
 /// The semaphore's `held` as the scripts keep it in its meta hash: what
 /// every decision reads, not what a status call recounts.
 fn meta_held(redis: &RedisServer, prefix: &str, name: &str) -> i64 {
@@ -55,7 +38,7 @@ fn meta_held(redis: &RedisServer, prefix: &str, name: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_waiting_acquire_holds_one_permit_counted_once() {
     let master = RedisServer::start();
-    let replica = synced_replica(&master);
+    let replica = RedisServer::replica_of(&master);
     let harness = Harness::on(master).configure(|s| {
         s.redis_wait_replicas = 1;
         s.redis_timeout_ms = 1_000;

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::helpers::cluster::RedisCluster;
 use crate::helpers::sentinel::{DATA_PASSWORD, SENTINEL_PASSWORD, SentinelSetup};
-use crate::helpers::{Harness, RedisServer, Store, expect_problem, on_every_deployment};
+use crate::helpers::{ApiClient, Harness, RedisServer, Store, expect_problem, on_every_deployment};
 
 on_every_deployment!(readyz_says_how_the_store_is_deployed);
 
@@ -74,18 +74,7 @@ async fn semaphores_spread_over_the_masters_each_in_one_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_wait_for_replicas_and_a_missing_one_is_a_503() {
     let master = RedisServer::start();
-    let replica = RedisServer::builder()
-        .config("replicaof", &format!("127.0.0.1 {}", master.port()))
-        .start();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while replica
-        .info_field("replication", "master_link_status")
-        .as_deref()
-        != Some("up")
-    {
-        assert!(Instant::now() < deadline, "the replica never synced");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let replica = RedisServer::replica_of(&master);
     let harness = Harness::on(master).configure(|s| {
         s.redis_wait_replicas = 1;
         s.redis_timeout_ms = 1_000;
@@ -119,6 +108,65 @@ async fn writes_wait_for_replicas_and_a_missing_one_is_a_503() {
     while app.status("waited").await["held"] != 2 {
         assert!(Instant::now() < deadline, "{}", app.status("waited").await);
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A write Redis refuses for now (`NOREPLICAS` from
+/// `min-replicas-to-write`, `OOM` over `maxmemory`) is a 503 with
+/// `Retry-After` whether or not the script is pipelined with `WAIT`: in the
+/// pipeline its code used to be lost, and the answer was a 500 after the
+/// `WAIT` (half the Redis timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_is_a_503_with_and_without_wait() {
+    let master = RedisServer::start();
+    let _replica = RedisServer::replica_of(&master);
+    let harness = Harness::on(master).configure(|s| s.redis_timeout_ms = 1_000);
+    let plain = harness.spawn().await;
+    let waiting = harness
+        .binary()
+        .arg("--redis-wait-replicas")
+        .arg("1")
+        .start()
+        .await;
+    let (plain, waiting): (&ApiClient, &ApiClient) = (&plain, &waiting);
+    for app in [plain, waiting] {
+        assert_eq!(
+            app.acquire("refused", json!({ "limit": 9 })).await.status(),
+            201
+        );
+    }
+    for (setting, refusing, accepting) in
+        [("min-replicas-to-write", "2", "0"), ("maxmemory", "1", "0")]
+    {
+        let redis = harness.redis();
+        assert!(redis.command(&["CONFIG", "SET", setting, refusing]).is_ok());
+        for (form, app) in [("alone", plain), ("with WAIT", waiting)] {
+            let started = Instant::now();
+            let response = app.acquire("refused", json!({})).await;
+            assert!(
+                response.headers().contains_key("retry-after"),
+                "{setting} {form}"
+            );
+            let problem = expect_problem(response, 503).await;
+            assert_eq!(problem["type"], "urn:permitd:problem:store-unavailable");
+            assert!(
+                started.elapsed() < Duration::from_millis(300),
+                "{setting} {form}: answered after {:?}",
+                started.elapsed()
+            );
+        }
+        assert!(
+            redis
+                .command(&["CONFIG", "SET", setting, accepting])
+                .is_ok()
+        );
+        for app in [plain, waiting] {
+            assert_eq!(
+                app.acquire("refused", json!({})).await.status(),
+                201,
+                "{setting}"
+            );
+        }
     }
 }
 

@@ -119,6 +119,23 @@ impl RedisServer {
         Self::builder().start()
     }
 
+    /// A replica of `master`, returned once its replication link is up.
+    pub fn replica_of(master: &RedisServer) -> Self {
+        let replica = Self::builder()
+            .config("replicaof", &format!("127.0.0.1 {}", master.port()))
+            .start();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while replica
+            .info_field("replication", "master_link_status")
+            .as_deref()
+            != Some("up")
+        {
+            assert!(Instant::now() < deadline, "the replica never synced");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        replica
+    }
+
     /// A server to configure before it starts.
     pub fn builder() -> RedisServerBuilder {
         RedisServerBuilder {
