@@ -186,6 +186,59 @@ async fn a_ca_that_did_not_sign_the_servers_certificate_stops_the_start() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A self-signed certificate made with one `openssl req -x509` is a CA
+/// (CA:TRUE); used as the server's own, rustls refuses it even when it is
+/// the CA file given, and the message must say so and how to make a pair
+/// that works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_certificate_used_as_the_servers_own_is_named_with_the_remedy() {
+    let dir = temp_dir();
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=self",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            "self.key",
+            "-out",
+            "self.pem",
+        ],
+    );
+    let (pem, key) = (dir.join("self.pem"), dir.join("self.key"));
+    let tls_port = free_port();
+    let redis = RedisServer::builder()
+        .config("tls-port", &tls_port.to_string())
+        .config("tls-cert-file", pem.to_str().unwrap())
+        .config("tls-key-file", key.to_str().unwrap())
+        .config("tls-ca-cert-file", pem.to_str().unwrap())
+        .config("tls-auth-clients", "no")
+        .start();
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let harness = Harness::on(redis).configure(move |settings| {
+        settings.redis_url = Some(permitd::secret::Secret::new(url.clone()));
+        settings.redis_tls_ca_file = Some(pem.clone());
+    });
+    let error = match Application::build(&harness.settings()).await {
+        Ok(_) => panic!("started with a CA certificate as the server's own"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("presents a CA certificate")
+            && error.contains("a server certificate that CA signs"),
+        "{error}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_files_without_a_rediss_url_are_refused() {
     let harness = Harness::new(crate::helpers::Store::Redis)

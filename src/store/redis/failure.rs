@@ -56,6 +56,18 @@ pub(super) fn classify(e: redis::RedisError) -> StoreError {
     // rustls says why it does not trust the server's certificate in its
     // message (UnknownIssuer, NotValidForName, Expired, ...).
     let text = e.to_string();
+    if text.contains("CaUsedAsEndEntity") {
+        // Trusting that same file cannot help: rustls refuses a CA
+        // certificate as a server's own by design (webpki), where OpenSSL's
+        // clients (redis-cli --tls) accept it.
+        return StoreError::Refused(format!(
+            "{text}; the Redis server presents a CA certificate (CA:TRUE) as its own, which \
+             permitd's TLS refuses even when it is the file given with --redis-tls-ca-file: \
+             make a CA and a server certificate that CA signs (as Redis's \
+             utils/gen-test-certs.sh does), give Redis the server certificate and its key \
+             (tls-cert-file, tls-key-file) and permitd the CA"
+        ));
+    }
     if text.contains("certificate") {
         return StoreError::Refused(format!(
             "{text}; the Redis server's TLS certificate is not trusted: give the CA that \
