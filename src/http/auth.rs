@@ -16,7 +16,8 @@
 //! that may do everything, as before scopes existed. A token that lacks the
 //! scope or the prefix is a 403 problem. What a request's token allows is
 //! put in its extensions as [`Access`], for handlers that decide more finely
-//! (a listing filtered by prefix, ids in a status for `admin` only).
+//! (a listing filtered by prefix, ids in a status for `admin` only, the
+//! per-semaphore gauges on `/metrics` shown only for names it may read).
 //!
 //! Tokens are kept only as SHA-256 digests and a presented token is compared
 //! with every one of them, without stopping at a match and byte by byte in
@@ -25,7 +26,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request};
+use axum::extract::{
+    FromRequestParts, MatchedPath, OptionalFromRequestParts, RawPathParams, Request,
+};
 use axum::http::request::Parts;
 use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
@@ -134,8 +137,9 @@ impl TokenEntry {
 }
 
 /// What the token of a request allows, in its extensions: the scope and the
-/// name prefix. Every request that passed access control has one; with
-/// access control off it allows everything.
+/// name prefix. Every request that passed access control on a route needing
+/// a token has one, and so does one to public `/metrics` with a valid token;
+/// with access control off it allows everything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
     scope: Scope,
@@ -171,6 +175,20 @@ impl Access {
         self.prefix().is_none_or(|prefix| name.starts_with(prefix))
     }
 
+    /// Whether the token may read the semaphore called `name`
+    /// (`GET /semaphores/{name}`): its scope and its prefix, judged as the
+    /// middleware judges that call, for what else shows a semaphore by name
+    /// (its gauges on `/metrics`).
+    pub fn may_read(&self, name: &str) -> bool {
+        self.may(reading_scope()) && self.may_touch(name)
+    }
+
+    /// Whether the token may read every semaphore, so nothing shown by name
+    /// needs filtering for it.
+    pub fn may_read_all(&self) -> bool {
+        self.prefix.is_none() && self.may(reading_scope())
+    }
+
     /// `Ok` when the token has `scope`.
     ///
     /// # Errors
@@ -200,6 +218,25 @@ impl<S: Send + Sync> FromRequestParts<S> for Access {
             .cloned()
             .ok_or_else(|| ApiError::Forbidden("this route does not take a token".into()))
     }
+}
+
+/// `Option<Access>` for a route open to anyone that still shows more to a
+/// token (public `/metrics`): `None` for an anonymous caller.
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Access {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _: &S,
+    ) -> Result<Option<Self>, std::convert::Infallible> {
+        Ok(parts.extensions.get::<Access>().cloned())
+    }
+}
+
+/// The scope `GET /semaphores/{name}` needs: what showing a semaphore by
+/// name needs elsewhere too.
+fn reading_scope() -> Scope {
+    required_scope(&Method::GET, Some("/semaphores/{name}"))
 }
 
 /// The scope an operation needs, by method and matched route template.
@@ -381,6 +418,15 @@ pub async fn require_token(
         return Ok(request);
     }
     if access.is_open(request.uri().path()) {
+        // Public metrics show the gauges of the semaphores a token may read
+        // (anonymous scrapers see none), so a token presented there is
+        // identified. A wrong one is ignored rather than refused, as on any
+        // open route: the page is served, without those gauges.
+        if request.uri().path() == "/metrics"
+            && let Some((_, grant)) = bearer_token(&request).and_then(|t| access.identify(t))
+        {
+            request.extensions_mut().insert(grant);
+        }
         return Ok(request);
     }
     let (caller, grant) = match bearer_token(&request).map(|token| access.identify(token)) {
@@ -513,6 +559,8 @@ mod tests {
         let (_, using) = access.identify("u-tok").unwrap();
         assert!(using.may(Scope::Use) && !using.may(Scope::Admin));
         assert!(using.may_touch("pay.eu") && !using.may_touch("payroll"));
+        assert!(using.may_read("pay.eu") && !using.may_read("payroll") && !using.may_read_all());
+        assert!(read.may_read_all());
         let (_, bare) = access.identify("bare-tok").unwrap();
         assert_eq!(bare, Access::everything());
         assert!(bare.may_touch("anything"));

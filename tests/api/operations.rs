@@ -486,6 +486,132 @@ async fn probes_and_metrics_stay_open_with_tokens_configured() {
     assert_eq!(scraped.status(), 200);
 }
 
+// A per-semaphore gauge names a semaphore and tells its state, so it is
+// shown only to a caller that may read that semaphore (issue 22, item 4).
+// The recorder is shared by every app in this binary, so these tests look
+// only for the presence or absence of these names' lines, never at values.
+
+const GAUGE_ADMIN: &str = "gauge-admin-tok-8c31";
+const TEAM_A_READER: &str = "gauge-team-a-tok-2f7d";
+const GAUGES: [&str; 3] = [
+    "permitd_semaphore_limit",
+    "permitd_semaphore_held",
+    "permitd_semaphore_waiting",
+];
+
+/// An app gauging `team-a.x` and `team-b.payroll`, with an `admin` token and
+/// a `read@team-a.` one (or none at all, when `tokens` is false).
+async fn app_with_gauges(tokens: bool, metrics_public: bool) -> TestApp {
+    spawn_app_with(Store::Memory, move |settings| {
+        if tokens {
+            settings.api_tokens = vec![
+                Secret::new(format!("admin:{GAUGE_ADMIN}")),
+                Secret::new(format!("read@team-a.:{TEAM_A_READER}")),
+            ];
+        }
+        settings.metrics_public = metrics_public;
+        settings.metrics_semaphores = vec!["team-a.x".into(), "team-b.payroll".into()];
+    })
+    .await
+}
+
+/// `/metrics` as a caller with this token (or none) sees it.
+async fn metrics_page(app: &TestApp, token: Option<&str>) -> String {
+    let mut request = app.client.get(app.url("/metrics"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+/// The page's per-semaphore gauge samples for `name`.
+fn gauge_lines<'a>(page: &'a str, name: &str) -> Vec<&'a str> {
+    let labels = format!("{{semaphore=\"{name}\"}} ");
+    page.lines()
+        .filter(|line| {
+            GAUGES.iter().any(|gauge| {
+                line.strip_prefix(gauge)
+                    .is_some_and(|l| l.starts_with(&labels))
+            })
+        })
+        .collect()
+}
+
+fn assert_gauged(page: &str, name: &str) {
+    let lines = gauge_lines(page, name);
+    assert_eq!(lines.len(), 3, "{name}'s three gauges, got {lines:?}");
+}
+
+fn assert_not_gauged(page: &str, name: &str) {
+    let lines = gauge_lines(page, name);
+    assert!(lines.is_empty(), "{name}'s gauges shown: {lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_metrics_show_a_semaphore_gauges_only_to_a_token_that_may_read_it() {
+    let app = app_with_gauges(true, true).await;
+    let created = app
+        .client
+        .put(app.url("/semaphores/team-b.payroll"))
+        .bearer_auth(GAUGE_ADMIN)
+        .json(&json!({ "limit": 5 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    unauthorized(app.get("/semaphores/team-b.payroll").await).await;
+
+    // Anonymous, and with a wrong token (ignored on a public page): the rest
+    // of the page, without any semaphore's gauges.
+    for token in [None, Some(WRONG_TOKEN)] {
+        let page = metrics_page(&app, token).await;
+        assert_not_gauged(&page, "team-b.payroll");
+        assert_not_gauged(&page, "team-a.x");
+        assert!(page.contains("permitd_acquires_total{"), "{page}");
+        assert!(
+            page.contains("# TYPE permitd_semaphore_held gauge"),
+            "{page}"
+        );
+    }
+    let admin = metrics_page(&app, Some(GAUGE_ADMIN)).await;
+    assert_gauged(&admin, "team-b.payroll");
+    assert_gauged(&admin, "team-a.x");
+    let team_a = metrics_page(&app, Some(TEAM_A_READER)).await;
+    assert_gauged(&team_a, "team-a.x");
+    assert_not_gauged(&team_a, "team-b.payroll");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefixed_token_sees_only_the_gauges_of_the_names_it_may_read() {
+    let app = app_with_gauges(true, false).await;
+    let refused = app
+        .client
+        .get(app.url("/semaphores/team-b.payroll"))
+        .bearer_auth(TEAM_A_READER)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(refused, 403).await;
+    let page = metrics_page(&app, Some(TEAM_A_READER)).await;
+    assert_gauged(&page, "team-a.x");
+    assert_not_gauged(&page, "team-b.payroll");
+    assert!(page.contains("permitd_acquires_total{"), "{page}");
+    assert_gauged(
+        &metrics_page(&app, Some(GAUGE_ADMIN)).await,
+        "team-b.payroll",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tokens_every_listed_semaphore_has_its_gauges() {
+    let app = app_with_gauges(false, true).await;
+    let page = metrics_page(&app, None).await;
+    assert_gauged(&page, "team-b.payroll");
+    assert_gauged(&page, "team-a.x");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_tokens_everything_is_open() {
     let app = spawn_app(Store::Memory).await;
