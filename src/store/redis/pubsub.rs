@@ -12,12 +12,13 @@ use futures::StreamExt;
 /// How often a subscription is PINGed to notice a dead connection.
 const PING_EVERY: Duration = Duration::from_secs(5);
 
-/// Hands each message's payload to `on_message` until the subscription
-/// ends, a PING goes unanswered for `ping_timeout`, or `stop` completes.
+/// Hands each message's channel and payload to `on_message` until the
+/// subscription ends, a PING goes unanswered for `ping_timeout`, or `stop`
+/// completes.
 pub(super) async fn follow(
     pubsub: PubSub,
     ping_timeout: Duration,
-    mut on_message: impl FnMut(&[u8]),
+    mut on_message: impl FnMut(&str, &[u8]),
     stop: impl Future<Output = ()>,
 ) {
     let (mut sink, mut messages) = pubsub.split();
@@ -28,7 +29,7 @@ pub(super) async fn follow(
         tokio::select! {
             message = messages.next() => {
                 let Some(message) = message else { return };
-                on_message(message.get_payload_bytes());
+                on_message(message.get_channel_name(), message.get_payload_bytes());
             }
             _ = keepalive.tick() => {
                 let pong = tokio::time::timeout(ping_timeout, sink.ping::<Value>()).await;

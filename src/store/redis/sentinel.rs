@@ -15,10 +15,23 @@
 //! answer with the highest configuration epoch wins, and a master named
 //! under an older epoch than the one in use is not switched back to, unless
 //! every sentinel names it (the sentinels were set up anew).
+//!
+//! `+switch-master` itself comes late: the leading sentinel announces it
+//! about a second after the replica it chose took the master role, and
+//! until then every write still went to the old master and was lost with
+//! its demotion (a planned `SENTINEL FAILOVER` lost 11 of 78 acknowledged
+//! permits that way). So every sentinel is watched at once, and the moment
+//! any announces that it is promoting a replica of ours
+//! (`+failover-state-send-slaveof-noone`, or `+promoted-slave`), that replica
+//! is the master in use: nothing is sent to the old master from then on, and
+//! calls answer 503 until the replica answers `ROLE` master (the pool checks
+//! that before using a connection). Until a sentinel names the new master,
+//! that choice is provisional: the old master is not switched back to, even
+//! when every sentinel still names it, for [`HANDOVER`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_redis::redis::{self, IntoConnectionInfo, TlsCertificates};
 use tokio::sync::watch;
@@ -66,6 +79,10 @@ pub(super) struct Sentinel {
     connect_timeout: Duration,
     /// The master in use and the configuration epoch it was named under.
     current: RwLock<Option<(NodeAddr, u64)>>,
+    /// A replica taken as master on a sentinel's word that it promotes it,
+    /// before any sentinel names it: the master it replaces, not to be
+    /// switched back to, and until when (see the module docs).
+    handover: RwLock<Option<(NodeAddr, Instant)>>,
     /// Bumped when the master changes: the wake subscriber moves with it.
     switches: watch::Sender<u64>,
     /// The pool's failure generation: a switch makes every connection suspect.
@@ -118,6 +135,7 @@ impl Sentinel {
             master_name: master_name.to_owned(),
             connect_timeout,
             current: RwLock::new(None),
+            handover: RwLock::new(None),
             switches: watch::Sender::new(0),
             failures,
         })
@@ -145,9 +163,27 @@ impl Sentinel {
     }
 
     /// Takes a master the sentinels named, unless one named under a newer
-    /// epoch is in use already; the master in use after.
+    /// epoch is in use already, or it is the master a handover replaced;
+    /// the master in use after.
     fn set_current(&self, named: Named) -> NodeAddr {
+        let mut handover = self.handover.write().unwrap_or_else(|e| e.into_inner());
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((replaced, until)) = handover.as_ref() {
+            if Instant::now() >= *until
+                || current
+                    .as_ref()
+                    .is_some_and(|(addr, _)| *addr == named.addr)
+            {
+                // Named at last (or given up on): the usual rules again.
+                *handover = None;
+            } else if *replaced == named.addr {
+                // A sentinel that has not announced the switch yet.
+                if let Some((addr, _)) = current.as_ref() {
+                    return addr.clone();
+                }
+            }
+        }
+        drop(handover);
         match current.as_mut() {
             // An older epoch is a sentinel that has not heard of the last
             // failover yet, unless every sentinel says so: then the sentinels
@@ -166,10 +202,36 @@ impl Sentinel {
         if let Some((previous, _)) = previous {
             tracing::warn!(from = %previous, to = %named.addr, epoch = named.epoch,
                 master = %self.master_name, "Sentinel switched masters; moving every connection");
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            self.switches.send_modify(|n| *n += 1);
+            self.switched();
         }
         named.addr
+    }
+
+    /// A sentinel announced that it promotes `replica` of `master`: if that
+    /// is the master in use, the replica is from now on (see the module docs).
+    fn hand_over(&self, master: &NodeAddr, replica: NodeAddr) {
+        let mut handover = self.handover.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let Some((addr, epoch)) = current.as_mut() else {
+            return;
+        };
+        if addr != master {
+            return;
+        }
+        tracing::warn!(from = %master, to = %replica, master = %self.master_name,
+            "Sentinel promotes a replica; no more writes to the old master");
+        *handover = Some((master.clone(), Instant::now() + HANDOVER));
+        *addr = replica;
+        *epoch += 1;
+        drop((current, handover));
+        self.switched();
+    }
+
+    /// Every connection to the master before is dropped at its next checkout,
+    /// and the wake subscriber moves.
+    fn switched(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.switches.send_modify(|n| *n += 1);
     }
 
     /// Asks every sentinel at once; of those that answer in time, the one
@@ -249,15 +311,25 @@ impl Sentinel {
         tls::client_for(info.set_redis_settings(node), self.certificates.as_ref())
     }
 
-    /// Follows `+switch-master` on one sentinel after another, for as long
-    /// as the store lives; on every (re)connection it also asks for the
-    /// master, in case a switch was announced while nobody listened.
+    /// Follows every sentinel at once, for as long as the store lives: the
+    /// first to announce a promotion or a switch is acted on (see the module
+    /// docs). On every (re)connection it also asks for the master, in case a
+    /// switch was announced while nobody listened.
     pub(super) async fn watch(self: Arc<Self>) {
+        let followers = self.sentinels.iter().map(|sentinel| self.follow(sentinel));
+        futures::future::join_all(followers).await;
+    }
+
+    /// One sentinel's announcements, subscribed again whenever the
+    /// subscription is lost.
+    async fn follow(&self, sentinel: &redis::Client) {
         let mut backoff = Duration::from_millis(50);
-        for sentinel in self.sentinels.iter().cycle() {
+        loop {
             let subscribed = tokio::time::timeout(self.connect_timeout, async {
                 let mut pubsub = sentinel.get_async_pubsub().await?;
-                pubsub.subscribe("+switch-master").await?;
+                for channel in WATCHED {
+                    pubsub.subscribe(channel).await?;
+                }
                 Ok::<_, redis::RedisError>(pubsub)
             })
             .await;
@@ -270,14 +342,18 @@ impl Sentinel {
             if let Ok(named) = self.resolve().await {
                 self.set_current(named);
             }
-            // A message names no epoch; the sentinel that sent it has the
-            // new one, so asking them all again finds the switch, and a
+            // A switch message names no epoch; the sentinel that sent it has
+            // the new one, so asking them all again finds the switch, and a
             // stale message changes nothing.
             let (switched, mut on_switched) = tokio::sync::mpsc::unbounded_channel();
-            let on_switch = |payload: &[u8]| {
+            let on_message = |channel: &str, payload: &[u8]| {
                 let text = String::from_utf8_lossy(payload);
-                if switched_to(&text, &self.master_name).is_some() {
-                    let _ = switched.send(());
+                if channel == SWITCH {
+                    if switched_to(&text, &self.master_name).is_some() {
+                        let _ = switched.send(());
+                    }
+                } else if let Some((master, replica)) = promoting(&text, &self.master_name) {
+                    self.hand_over(&master, replica);
                 }
             };
             let follow_switches = async {
@@ -289,13 +365,29 @@ impl Sentinel {
             };
             let forever = std::future::pending();
             tokio::select! {
-                () = pubsub::follow(pubsub, self.connect_timeout, on_switch, forever) => {}
+                () = pubsub::follow(pubsub, self.connect_timeout, on_message, forever) => {}
                 () = follow_switches => {}
             }
-            tracing::debug!("lost the watch on a sentinel; trying the next");
+            tracing::debug!("lost the watch on a sentinel; subscribing again");
         }
     }
 }
+
+/// How long a replica taken as master on a sentinel's announcement stays the
+/// master in use although no sentinel names it yet (a failover that stops
+/// after the promotion is rare; the sentinels' word wins after this).
+const HANDOVER: Duration = Duration::from_secs(15);
+
+const SWITCH: &str = "+switch-master";
+
+/// The announcements followed: the switch, and the two steps that say a
+/// replica is being (or was) promoted, the first sent just before the
+/// leading sentinel tells the replica `REPLICAOF NO ONE`.
+const WATCHED: [&str; 3] = [
+    SWITCH,
+    "+failover-state-send-slaveof-noone",
+    "+promoted-slave",
+];
 
 /// A master as one sentinel names it, with the configuration epoch it was
 /// named under.
@@ -324,6 +416,27 @@ impl Named {
             epoch: field("config-epoch")?.parse().ok()?,
             unanimous: false,
         })
+    }
+}
+
+/// The master and the replica in a promotion announcement of ours
+/// (`slave <ip:port> <ip> <port> @ <name> <master-ip> <master-port>`).
+fn promoting(message: &str, master_name: &str) -> Option<(NodeAddr, NodeAddr)> {
+    let parts: Vec<&str> = message.split_whitespace().collect();
+    match parts.as_slice() {
+        ["slave", _, host, port, "@", name, master_host, master_port] if *name == master_name => {
+            Some((
+                NodeAddr {
+                    host: (*master_host).to_owned(),
+                    port: master_port.parse().ok()?,
+                },
+                NodeAddr {
+                    host: (*host).to_owned(),
+                    port: port.parse().ok()?,
+                },
+            ))
+        }
+        _ => None,
     }
 }
 
@@ -359,6 +472,24 @@ mod tests {
             None
         );
         assert_eq!(switched_to("mymaster garbage", "mymaster"), None);
+    }
+
+    #[test]
+    fn a_promotion_names_our_master_and_the_replica_promoted() {
+        let message = "slave 127.0.0.1:6380 127.0.0.1 6380 @ mymaster 127.0.0.1 6379";
+        let addr = |port| NodeAddr {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        assert_eq!(
+            promoting(message, "mymaster"),
+            Some((addr(6379), addr(6380)))
+        );
+        assert_eq!(promoting(message, "other"), None);
+        assert_eq!(
+            promoting("master mymaster 127.0.0.1 6379", "mymaster"),
+            None
+        );
     }
 
     #[test]
@@ -425,6 +556,22 @@ mod tests {
         assert_eq!(port(named(6381, 6, false)), 6381);
         // Sentinels set up anew: every one of them, epoch 0.
         assert_eq!(port(named(6390, 0, true)), 6390);
+        // Promoting 6391: the old master is not gone back to, even when every
+        // sentinel still names it, until a sentinel names the new one.
+        let old = NodeAddr {
+            host: "127.0.0.1".into(),
+            port: 6390,
+        };
+        let new = NodeAddr {
+            port: 6391,
+            ..old.clone()
+        };
+        sentinel.hand_over(&old, new.clone());
+        assert!(!sentinel.is_current(&old) && sentinel.is_current(&new));
+        assert_eq!(port(named(6390, 0, true)), 6391);
+        assert_eq!(port(named(6391, 1, false)), 6391);
+        // Named now: a later failover back is followed as usual.
+        assert_eq!(port(named(6390, 2, false)), 6390);
     }
 
     #[test]

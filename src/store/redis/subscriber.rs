@@ -139,7 +139,7 @@ pub(super) async fn subscribe(
         metrics::gauge!(telemetry::REDIS_WAKE_SUBSCRIBED).increment(1.0);
         // Whatever was published while we were not subscribed is lost.
         wakeups.wake_all();
-        let wake = |payload: &[u8]| {
+        let wake = |_: &str, payload: &[u8]| {
             let text = String::from_utf8_lossy(payload);
             // "ticket \n cause µs", or a head notice with a third line: ms
             // until the soonest lease ends (see prelude.lua).
