@@ -646,3 +646,48 @@ async fn a_planned_sentinel_failover_loses_no_acknowledged_permit() {
     );
     assert_eq!(lost, 0, "acknowledged permits lost");
 }
+
+/// `kill -9` of a cluster master, then, once it has rejoined as a replica,
+/// of the master that replaced it: the semaphore on that slot is served
+/// again both times, each within node timeout plus 1.5 s of the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_killed_twice_in_a_row_is_served_again_both_times() {
+    let cluster = Arc::new(RedisCluster::start());
+    let harness = Harness::on_cluster(cluster.clone());
+    let app = harness.spawn().await;
+    let first = cluster.master_of("{twice}");
+    let second = cluster.replica_of(first);
+    for (round, (dying, taking_over)) in [(first, second), (second, first)].into_iter().enumerate()
+    {
+        let (_, _, _) = until_name_serves(&app, "twice", Instant::now()).await;
+        tokio::task::block_in_place(|| until_replicated(dying, taking_over));
+        let killed = Instant::now();
+        dying.kill();
+        // The promotion, watched beside the probes: Redis's own part.
+        let watcher = {
+            let cluster = cluster.clone();
+            let port = taking_over.port();
+            tokio::task::spawn_blocking(move || cluster.until_master(cluster.node(port)))
+        };
+        let (back, longest, unavailable) = until_name_serves(&app, "twice", killed).await;
+        let promoted = watcher.await.unwrap().duration_since(killed);
+        eprintln!(
+            "kill -9 round {round}: promoted {promoted:?} after the kill, {{twice}} served again \
+             {back:?} after the kill ({:?} after the promotion), longest request {longest:?}, \
+             {unavailable} answered 503",
+            back.saturating_sub(promoted)
+        );
+        // Served within half a second of the promotion; how long Redis takes
+        // to promote (node timeout, the failure report's gossip, the replica
+        // election's delay) is Redis's.
+        assert!(
+            back <= promoted + Duration::from_millis(500),
+            "round {round}: promoted after {promoted:?}, served again only after {back:?}"
+        );
+        tokio::task::block_in_place(|| {
+            // Back as a replica of the node that took over.
+            dying.restart();
+            cluster.until_healthy(true);
+        });
+    }
+}
