@@ -593,20 +593,19 @@ class Run:
         # Holders: from the granting answer to the release's sending, or the
         # lease's end (moved by each refresh answered).
         intervals: dict[str, list[tuple[float, float]]] = {n: [] for n in self.names}
+        by_permit: dict[str, list[Event]] = {}
+        for e in self.events:
+            if e.kind in ("refresh", "release") and e.permit_id:
+                by_permit.setdefault(e.permit_id, []).append(e)
         for e in self.events:
             if e.kind != "acquire" or e.status != 201:
                 continue
             end = epoch_ms(e.permit["expires_at"])
-            for later in self.events:
-                if (
-                    later.client == e.client
-                    and later.sent >= e.answered
-                    and later.permit_id == e.permit_id
-                ):
-                    if later.kind == "refresh" and later.status == 200:
-                        end = max(end, epoch_ms(later.permit["expires_at"]))
-                    if later.kind == "release":
-                        end = min(end, later.sent)
+            for later in by_permit.get(e.permit_id, []):
+                if later.kind == "refresh" and later.status == 200:
+                    end = max(end, epoch_ms(later.permit["expires_at"]))
+                if later.kind == "release":
+                    end = min(end, later.sent)
             intervals[e.name].append((e.answered, end))
         for name, spans in intervals.items():
             points = sorted(
