@@ -42,6 +42,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -708,6 +709,13 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=2)
     parser.add_argument("--clients", type=int, default=8)
     run = Run(parser.parse_args())
+
+    # A SIGTERM (a CI timeout, kill) still stops the servers this run started.
+    def stop(*_: object) -> None:
+        run.stop.set()
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         return run.run()
     finally:
