@@ -117,6 +117,19 @@ async fn an_idempotent_retry_after_a_limit_change_replays_its_permit(store: Stor
     assert_eq!(app.delete(&permit_path(&first)).await.status(), 204);
 }
 
+/// One unit for a minute, try-once, creating the semaphore with `limit`.
+fn one_unit(name: &SemaphoreName, limit: Option<u64>) -> AcquireRequest {
+    AcquireRequest {
+        name: name.clone(),
+        limit: limit.map(|l| Limit::new(l).unwrap()),
+        count: Count::ONE,
+        ttl: Ttl::new(60_000, 3_600_000).unwrap(),
+        wait: WaitTime::NONE,
+        holder: None,
+        idempotency_key: None,
+    }
+}
+
 /// How many leases end together in `leases_ending_together_…`: ten times
 /// what one Redis call sweeps. `PERMITD_MASS_EXPIRY=100000` measures the
 /// README's figure.
@@ -142,15 +155,7 @@ async fn leases_ending_together_never_count_against_an_acquire(store: Store) {
         .set_limit(&name, limit, IdleTtl::Keep)
         .await
         .unwrap();
-    let one = AcquireRequest {
-        name: name.clone(),
-        limit: None,
-        count: Count::ONE,
-        ttl: Ttl::new(60_000, 3_600_000).unwrap(),
-        wait: WaitTime::NONE,
-        holder: None,
-        idempotency_key: None,
-    };
+    let one = one_unit(&name, None);
     if store == Store::Redis {
         let redis = harness.redis();
         assert!(
@@ -264,15 +269,7 @@ async fn grant_all(store: &Arc<dyn SemaphoreStore>, one: &AcquireRequest, n: u32
 /// An attempt of `ticket` arriving late, after its caller withdrew it, must
 /// find the withdrawal: it grants nothing and creates nothing.
 async fn a_late_attempt_finds_its_withdrawal(store: &Arc<dyn SemaphoreStore>, ticket: PermitId) {
-    let late = AcquireRequest {
-        name: SemaphoreName::parse("withdrawn").unwrap(),
-        limit: Some(Limit::new(1).unwrap()),
-        count: Count::ONE,
-        ttl: Ttl::new(60_000, 3_600_000).unwrap(),
-        wait: WaitTime::NONE,
-        holder: None,
-        idempotency_key: None,
-    };
+    let late = one_unit(&SemaphoreName::parse("withdrawn").unwrap(), Some(1));
     let attempt = store.attempt(&late, ticket, true).await.unwrap();
     assert!(
         matches!(
@@ -302,15 +299,7 @@ async fn a_withdrawal_is_remembered_past_the_idle_end_of_its_semaphore() {
         .set_limit(&name, Limit::new(1).unwrap(), idle)
         .await
         .unwrap();
-    let long = AcquireRequest {
-        name: name.clone(),
-        limit: None,
-        count: Count::ONE,
-        ttl: Ttl::new(60_000, 3_600_000).unwrap(),
-        wait: WaitTime::NONE,
-        holder: None,
-        idempotency_key: None,
-    };
+    let long = one_unit(&name, None);
     let held = store
         .attempt(&long, PermitId::random(), false)
         .await

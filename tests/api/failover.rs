@@ -691,3 +691,66 @@ async fn a_cluster_master_killed_twice_in_a_row_is_served_again_both_times() {
         });
     }
 }
+
+/// `kill -9` of the Sentinel master with `--redis-wait-replicas 1` and one
+/// replica: every permit answered 201 was acknowledged by that replica, the
+/// one promoted, so none is lost. (Once it is master it has no replica, and
+/// writes answer 503 until one follows it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_sentinel_master_loses_no_permit_acknowledged_with_wait() {
+    let setup = Arc::new(SentinelSetup::start());
+    let harness = Harness::on_sentinel(setup.clone()).configure(|s| {
+        s.redis_wait_replicas = 1;
+        s.redis_timeout_ms = 1_000;
+    });
+    let app = harness.spawn().await;
+    let created = app
+        .put_json("/semaphores/acked", json!({ "limit": 10_000 }))
+        .await;
+    assert_eq!(created.status(), 201);
+    let stop = Arc::new(AtomicBool::new(false));
+    let probing = {
+        let (api, stop): (ApiClient, _) = ((*app).clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut granted = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let response = api.acquire("acked", json!({ "ttl_ms": 120_000 })).await;
+                if let Some(location) = response.headers().get("location") {
+                    granted.push(location.to_str().unwrap().to_owned());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            granted
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = Instant::now();
+    let promoted = tokio::task::block_in_place(|| {
+        let (master, replica) = (setup.master(), setup.replica());
+        master.kill();
+        setup.until_master(replica)
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let granted = probing.await.unwrap();
+    let mut lost = 0;
+    for location in &granted {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            let status = app.get(location).await.status().as_u16();
+            if status != 503 || Instant::now() > deadline {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        lost += usize::from(status == 404);
+    }
+    eprintln!(
+        "kill -9 of the Sentinel master with WAIT 1: promoted {:?} after the kill, {} granted, \
+         {lost} lost",
+        promoted.duration_since(killed),
+        granted.len()
+    );
+    assert!(!granted.is_empty());
+    assert_eq!(lost, 0, "permits acknowledged by the replica were lost");
+}
