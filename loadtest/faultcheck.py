@@ -632,7 +632,9 @@ class Run:
                     violations.append(f"503 without Retry-After: {e}")
                 elif not allowed:
                     violations.append(
-                        f"{e.kind} answered {e.status} outside a fault: {e}"
+                        f"{e.kind} via instance {e.instance} answered {e.status} outside a "
+                        f"fault, sent {self.since_start(e.sent)}, after "
+                        f"{e.answered - e.sent:.0f} ms; {self.fault_before(e.sent)}"
                     )
             if e.answered - e.sent > e.bound_ms:
                 violations.append(
