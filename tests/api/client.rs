@@ -21,6 +21,7 @@ on_each_store!(
     dropping_a_permit_releases_it,
     a_wait_longer_than_the_server_allows_is_several_long_polls,
     a_deleted_permit_is_reported_lost,
+    a_wait_longer_than_the_lease_keeps_the_permit_it_ends_with,
     runs_with_a_limit_of_one_never_overlap,
     a_lost_answer_is_retried_without_a_second_permit,
     a_503_is_retried_after_its_retry_after,
@@ -177,6 +178,43 @@ async fn a_wait_longer_than_the_server_allows_is_several_long_polls(store: Store
     permit.release().await.unwrap();
 }
 
+/// The lease counts from the grant, not from the long poll's sending: a
+/// permit granted after waiting three leases is held, and kept alive, for
+/// several leases more.
+async fn a_wait_longer_than_the_lease_keeps_the_permit_it_ends_with(store: Store) {
+    let app = Harness::new(store).binary().start().await;
+    let client = client_of(&app);
+    let lease = Duration::from_secs(1);
+    let holder = client
+        .semaphore("s")
+        .limit(1)
+        .acquire()
+        .ttl(lease)
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(3 * lease).await;
+        holder.release().await.unwrap();
+    });
+    let permit = client
+        .semaphore("s")
+        .limit(1)
+        .acquire()
+        .ttl(lease)
+        .wait(Duration::from_secs(10))
+        .await
+        .unwrap();
+    release.await.unwrap();
+    let first_end = app.status("s").await["holders"][0]["expires_at"].clone();
+    tokio::time::sleep(3 * lease).await;
+    assert_eq!(permit.lost_reason(), None, "three leases into the hold");
+    let status = app.status("s").await;
+    assert_eq!(status["held"], 1);
+    assert_ne!(status["holders"][0]["expires_at"], first_end, "refreshed");
+    permit.release().await.unwrap();
+    assert_eq!(held(&app, "s").await, 0);
+}
+
 async fn a_deleted_permit_is_reported_lost(store: Store) {
     let app = Harness::new(store).binary().start().await;
     let client = client_of(&app);
@@ -220,6 +258,32 @@ async fn an_unreachable_server_is_unavailable_within_a_bounded_time() {
     // Retried within the wait and the client's 2 s retry window, no longer.
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+/// Connection errors are retried for as long as the caller waits: an
+/// outage may outlast any count of retries (10 used to end a wait of any
+/// length after about 13 s).
+#[tokio::test]
+async fn an_unreachable_server_is_retried_for_the_whole_wait() {
+    let client = Client::builder(&format!("http://127.0.0.1:{}", free_port()))
+        .server_max_wait(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let wait = Duration::from_secs(18);
+    let started = Instant::now();
+    let answer = client.semaphore("s").limit(1).acquire().wait(wait).await;
+    assert!(
+        matches!(answer, Err(Error::Unavailable { .. })),
+        "{answer:?}"
+    );
+    // A retry that cannot start within the wait is not made: the error may
+    // come up to one backoff (at most 2 s) early.
+    let took = started.elapsed();
+    assert!(
+        took >= wait - Duration::from_secs(2),
+        "gave up after {took:?}"
+    );
+    assert!(took < wait + Duration::from_secs(1), "{took:?}");
 }
 
 // ---- permitd run ----

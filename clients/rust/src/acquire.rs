@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
-use crate::{Client, Error, Permit, check_name};
+use crate::permit::{self, Permit};
+use crate::{Client, Error, check_name};
 
 /// An acquire being described; `.await` it to send it.
 #[derive(Debug, Clone)]
@@ -144,8 +145,14 @@ impl Acquire {
                 .await;
             let failure = match answer {
                 Ok(answer) if answer.status.is_success() => {
+                    let grant = permit::Grant {
+                        sent_at,
+                        answered_at: Instant::now(),
+                        waited: !poll.is_zero(),
+                        replayed: answer.status == StatusCode::OK,
+                    };
                     let granted: Granted = answer.json()?;
-                    return Ok(Permit::start(self.client.clone(), granted, sent_at));
+                    return Ok(Permit::start(self.client.clone(), granted, grant));
                 }
                 Ok(answer) if answer.status == StatusCode::TOO_MANY_REQUESTS => {
                     // Another long poll while the wait lasts; a full
@@ -174,7 +181,11 @@ impl Acquire {
                 _ => backoff,
             };
             retries += 1;
-            if retries > policy.max_retries || Instant::now() + delay > retry_deadline {
+            // Within the caller's wait, retries go on as long as it lasts (an
+            // outage may outlast any count); past it, only a few, within the
+            // short window a try-once acquire gets.
+            let retry_at = Instant::now() + delay;
+            if retry_at > retry_deadline || (retry_at > deadline && retries > policy.max_retries) {
                 return Err(failure);
             }
             tracing::debug!(error = %failure, ?delay, retries, "acquire retried");

@@ -2,13 +2,23 @@
 //! task that keeps the lease alive, and how the permit ends.
 //!
 //! The refresher asks for a new lease every third of the lease, and sooner
-//! after a failed attempt. It keeps its own, conservative idea of when the
-//! lease ends (the time the last confirmed request was *sent*, plus the
-//! lease), since the client's clock and permitd's differ only by what
-//! elapsed in flight. The permit is reported lost ([`Permit::lost`]) when
-//! permitd answers 404 (the lease ended, or someone released it or deleted
-//! the semaphore), or when that local end passes without a confirmed
-//! refresh: from then on another holder may have the unit.
+//! after a failed attempt. It keeps its own idea of when the lease ends, on
+//! the local clock, since the client's clock and permitd's differ only by
+//! what elapsed in flight. A refresh's lease counts from when it was *sent*
+//! (permitd cannot have renewed it earlier). An acquire's lease counts from
+//! the grant, and a waiting acquire is answered the moment it is granted, so
+//! it counts from when the answer arrived: counted from the sending, any wait
+//! longer than the lease would end the lease before the work began. Since
+//! the grant may precede the answer by its time in flight, the first refresh
+//! goes out a third of the lease after the acquire was sent, which is at once
+//! after a long wait, and from then on the lease end is a sending time again.
+//! A replayed acquire (an Idempotency-Key's earlier grant) is refreshed at
+//! once too: its lease began with that earlier request.
+//!
+//! The permit is reported lost ([`Permit::lost`]) when permitd answers 404
+//! (the lease ended, or someone released it or deleted the semaphore), or
+//! when that local end passes without a confirmed refresh: from then on
+//! another holder may have the unit.
 
 use std::time::{Duration, Instant};
 
@@ -40,9 +50,10 @@ pub struct Permit {
 }
 
 impl Permit {
-    /// A granted permit, whose acquire was sent at `sent_at`; starts its
-    /// refresher (so it must be called inside a tokio runtime).
-    pub(crate) fn start(client: Client, granted: Granted, sent_at: Instant) -> Self {
+    /// A granted permit and when its lease is known to run: `timing` says
+    /// when its acquire was sent and answered. Starts its refresher (so it
+    /// must be called inside a tokio runtime).
+    pub(crate) fn start(client: Client, granted: Granted, timing: Grant) -> Self {
         let lease = lease_of(&granted).unwrap_or_else(|| {
             tracing::warn!(
                 acquired_at = granted.acquired_at,
@@ -57,7 +68,7 @@ impl Permit {
             client.clone(),
             path.clone(),
             lease,
-            sent_at,
+            timing,
             lost_tx,
         ));
         Self {
@@ -227,18 +238,46 @@ impl Drop for Permit {
     }
 }
 
+/// When the acquire that granted a permit was sent and answered, and whether
+/// the answer was a replay of an earlier grant.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Grant {
+    pub sent_at: Instant,
+    pub answered_at: Instant,
+    /// The acquire may have waited (`wait_ms` above 0): the grant came at the
+    /// end of the wait, not at its start.
+    pub waited: bool,
+    pub replayed: bool,
+}
+
+impl Grant {
+    /// The local time the lease surely lasts until, and the first refresh.
+    fn schedule(&self, lease: Duration) -> (Instant, Instant) {
+        let start = if self.waited {
+            self.answered_at
+        } else {
+            self.sent_at
+        };
+        let first = if self.replayed {
+            self.answered_at
+        } else {
+            self.sent_at + lease / 3
+        };
+        (start + lease, first)
+    }
+}
+
 /// Keeps the lease alive until the permit is released or lost; reports a
 /// loss on `lost`.
 async fn refresh(
     client: Client,
     path: String,
     lease: Duration,
-    acquire_sent_at: Instant,
+    grant: Grant,
     lost: watch::Sender<Option<LostReason>>,
 ) {
     let body = serde_json::json!({ "ttl_ms": lease.as_millis() });
-    let mut lease_end = acquire_sent_at + lease;
-    let mut next = acquire_sent_at + lease / 3;
+    let (mut lease_end, mut next) = grant.schedule(lease);
     // After a failure, try again soon, but not in a tight loop.
     let retry_gap = (lease / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut last_error = String::from("no refresh attempted");
