@@ -204,7 +204,15 @@ fn acquire_failure(error: Error) -> Failure {
         Error::InvalidArgument(_) | Error::Api { status: 400, .. } => USAGE,
         _ => PROTOCOL,
     };
-    Failure::new(code, format!("no permit: {error}"))
+    // When to try again, for a caller that loops over `permitd run`.
+    let retry = match &error {
+        Error::NoCapacity {
+            retry_after: Some(after),
+            ..
+        } => format!(" (retry after {} ms)", after.as_millis()),
+        _ => String::new(),
+    };
+    Failure::new(code, format!("no permit: {error}{retry}"))
 }
 
 /// Starts the command with the permit in its environment. If permitd run

@@ -215,6 +215,15 @@ impl Client {
         }
     }
 
+    /// The connection check: `true` when permitd and its store answer
+    /// `/readyz` with 200, `false` when either does not (one attempt, within
+    /// the request timeout).
+    pub async fn ready(&self) -> bool {
+        self.call(Method::GET, "/readyz", None, None, self.request_timeout())
+            .await
+            .is_ok_and(|answer| answer.status == StatusCode::OK)
+    }
+
     pub(crate) fn retry(&self) -> RetryPolicy {
         self.inner.retry
     }
@@ -366,10 +375,29 @@ pub struct Semaphore {
 /// A semaphore's state, from [`Semaphore::status`].
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Status {
+    /// At most this many units are held at once.
     pub limit: u32,
+    /// Units held by live permits.
     pub held: u32,
+    /// `limit - held`.
     pub available: u32,
+    /// Waiting acquires in line.
     pub waiting: u32,
+    /// The live permits, oldest first.
+    #[serde(default)]
+    pub holders: Vec<Holder>,
+}
+
+/// One live permit, as [`Status`] shows it (its id stays with its holder).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Holder {
+    /// The holder's own label, when it gave one.
+    pub holder: Option<String>,
+    pub count: u32,
+    pub fencing_token: u64,
+    /// RFC 3339 times, as permitd writes them.
+    pub acquired_at: String,
+    pub expires_at: String,
 }
 
 impl Semaphore {
@@ -399,6 +427,62 @@ impl Semaphore {
     pub async fn status(&self) -> Result<Status, Error> {
         let answer = self.call(Method::GET).await?;
         if answer.status == StatusCode::OK {
+            answer.json()
+        } else {
+            Err(answer.error())
+        }
+    }
+
+    /// Makes sure the semaphore exists with the handle's [`limit`](Self::limit):
+    /// one with that limit is shared as it is, one with another is
+    /// [`Error::LimitConflict`] and left unchanged, and an unknown one is made.
+    /// permitd has no create-only call, so this reads first: two creators
+    /// racing with different limits leave the later one's (an acquire with a
+    /// limit checks atomically).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] without a limit, [`Error::LimitConflict`],
+    /// [`Error::Unavailable`] when permitd does not answer, or the refusal it
+    /// answers.
+    pub async fn create(&self) -> Result<Status, Error> {
+        let limit = self
+            .limit
+            .ok_or_else(|| Error::InvalidArgument("create needs a limit".into()))?;
+        match self.status().await {
+            Ok(status) if status.limit == limit => Ok(status),
+            Ok(status) => Err(Error::LimitConflict {
+                current: Some(status.limit),
+            }),
+            Err(Error::NotFound(_)) => self.set_limit(limit).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates the semaphore with `limit`, or changes its limit (holders
+    /// keep their permits; an admin token's call when a token is needed).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when permitd does not answer, or the refusal it
+    /// answers.
+    pub async fn set_limit(&self, limit: u32) -> Result<Status, Error> {
+        check_name(&self.name)?;
+        let path = format!("/semaphores/{}", self.name);
+        let body = serde_json::json!({ "limit": limit });
+        let answer = self
+            .client
+            .call(
+                Method::PUT,
+                &path,
+                Some(&body),
+                None,
+                self.client.request_timeout(),
+            )
+            .await
+            .map_err(|t| Error::Unavailable {
+                reason: t.message,
+                retry_after: None,
+            })?;
+        if answer.status.is_success() {
             answer.json()
         } else {
             Err(answer.error())

@@ -147,9 +147,15 @@ impl Permit {
             if reason == LostReason::Ended {
                 return Err(Error::PermitLost(reason));
             }
-            // Unconfirmed: permitd may still hold it; releasing frees the
-            // unit now, but the gap is reported either way.
-            let _ = self.delete().await;
+            // Unconfirmed: permitd may still hold it (our idea of the lease
+            // end is on the safe side), so one attempt may free the unit
+            // now; not the retries of a live permit's release, since the
+            // lease is over or nearly so, and the gap is reported either way.
+            let timeout = self.client.request_timeout().min(Duration::from_secs(1));
+            let _ = self
+                .client
+                .call(Method::DELETE, &self.path, None, None, timeout)
+                .await;
             return Err(Error::PermitLost(reason));
         }
         self.delete().await
