@@ -24,13 +24,16 @@ use crate::telemetry::LogFormat;
 /// year, so that every expiry time stays an exact integer in the scripts.
 const MAX_KEEP_MS: u64 = 31_536_000_000;
 
-/// The command line: server settings, and optionally a subcommand. With no
-/// subcommand permitd serves HTTP.
+/// The command line: server settings, or a subcommand with its own flags.
+/// With no subcommand permitd serves HTTP. Server flags belong to the
+/// commands that run a server (bare `permitd`, `serve`, `openapi`, `demo`):
+/// `permitd run --listen …` is refused, not ignored.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "permitd",
     version,
-    about = "A distributed counting semaphore served over HTTP"
+    about = "A distributed counting semaphore served over HTTP",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -44,14 +47,14 @@ pub struct Cli {
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
     /// Serve HTTP (the default when no subcommand is given).
-    Serve,
+    Serve(Box<ServerArgs>),
     /// Print the OpenAPI document as YAML, for these settings' bounds. The
     /// checked-in file is made with `cargo run -q -- openapi > openapi.yaml`.
-    Openapi,
+    Openapi(Box<ServerArgs>),
     /// Run the fan-out demo once from the terminal: print one line per handled
     /// request and the headline, like the script permitd grew out of.
-    Demo(DemoArgs),
-    /// Ask a running permitd whether it is alive (GET /healthz): exit status 0
+    Demo(Box<DemoArgs>),
+    /// Ask a running permitd whether it is alive (GET <url>/healthz): exit status 0
     /// if it answers 200 in time, 1 otherwise. For container health checks, so
     /// the image needs no curl.
     Healthcheck(HealthcheckArgs),
@@ -81,6 +84,13 @@ Exit status:
 
 While the command runs, SIGINT and SIGTERM are passed on to it. If permitd run
 itself is killed, the command gets SIGTERM and the lease runs out by itself.";
+
+/// The server settings of a subcommand that runs or describes a server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub settings: Settings,
+}
 
 /// Arguments of `permitd run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -134,9 +144,17 @@ pub struct RunArgs {
 /// Arguments of `permitd healthcheck`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HealthcheckArgs {
-    /// The URL to check. Default: /healthz on 127.0.0.1 at the port of --listen.
-    #[arg(long)]
+    /// The permitd to check, by its base URL (e.g. http://127.0.0.1:8080), as
+    /// `permitd run --url` takes it. Default: 127.0.0.1 at the port of
+    /// PERMITD_LISTEN (8080 without it), so that a container's own check
+    /// follows the port it serves on.
+    #[arg(long, env = "PERMITD_URL")]
     pub url: Option<String>,
+
+    /// Ask GET /readyz instead: whether it is ready to serve, its store
+    /// answering (a connection check), not only alive.
+    #[arg(long)]
+    pub ready: bool,
 
     /// How long to wait for the answer, in milliseconds.
     #[arg(long, default_value_t = 2_000)]
@@ -155,146 +173,117 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1)]
     pub limit: u64,
 
-    /// The URL to call (http or https). Without it, the built-in upstream is
-    /// called, which answers after --delay-ms. From the terminal any host may
-    /// be called: the allow-list guards the HTTP endpoint, not the operator.
+    /// The upstream to call (http or https). Without it, the built-in
+    /// upstream is called, which answers after --delay-ms. From the terminal
+    /// any host may be called: the allow-list guards the HTTP endpoint, not
+    /// the operator.
     #[arg(long)]
-    pub url: Option<String>,
+    pub upstream: Option<String>,
 
     /// How long the built-in upstream takes to answer, in milliseconds (0 to
     /// --demo-max-delay-ms; default 100, or --demo-max-delay-ms if lower).
     #[arg(long)]
     pub delay_ms: Option<u64>,
 
-    /// Run against this running permitd instead (e.g. http://permitd:8080),
-    /// through the Rust client, as any service using permitd would: the
-    /// permits come from it, and without --url its built-in upstream is
-    /// called.
+    /// Run against this running permitd instead (its base URL, e.g.
+    /// http://permitd:8080), through the Rust client, as any service using
+    /// permitd would: the permits come from it, and without --upstream its
+    /// built-in upstream is called. Without it, the demo runs an embedded
+    /// permitd of its own, with the server settings below.
     #[arg(long, env = "PERMITD_URL")]
-    pub server: Option<String>,
+    pub url: Option<String>,
 
-    /// The bearer token for --server (a `use` token can run the demo; an
+    /// The bearer token for --url (a `use` token can run the demo; an
     /// `admin` one also removes the demo semaphore after).
     #[arg(long, env = "PERMITD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// The embedded permitd's settings (its store, its demo bounds).
+    #[command(flatten)]
+    pub settings: Settings,
 }
 
-/// Server settings. Flags may be given before or after a subcommand.
+/// Server settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
+    /// Set by `permitd demo` for its in-process server, which only it can
+    /// reach (so, for one, the open-API warning would mean nothing there).
+    #[arg(skip)]
+    pub embedded: bool,
+
     /// Address to serve HTTP on.
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_LISTEN",
-        default_value = "0.0.0.0:8080"
-    )]
+    #[arg(long, env = "PERMITD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
     /// Redis to keep semaphores in, e.g. redis://:password@host:6379/0. Without
     /// it permitd uses its embedded store, which is not shared between instances.
-    #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret>,
 
     /// A Redis Cluster instead of one Redis: seed node URLs, comma-separated
     /// (redis://h1:7000,redis://h2:7001, or rediss:// for TLS). The rest of
     /// the cluster is discovered from them.
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_REDIS_CLUSTER",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "PERMITD_REDIS_CLUSTER", hide_env_values = true)]
     pub redis_cluster: Option<Secret>,
 
     /// Redis behind Sentinel instead of one Redis: sentinel URLs,
     /// comma-separated (redis://:sentinel-password@h1:26379,...), with
     /// --redis-sentinel-master naming the monitored master.
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_REDIS_SENTINELS",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "PERMITD_REDIS_SENTINELS", hide_env_values = true)]
     pub redis_sentinels: Option<Secret>,
 
     /// The name of the master the sentinels monitor (`sentinel monitor <name>`).
-    #[arg(long, global = true, env = "PERMITD_REDIS_SENTINEL_MASTER")]
+    #[arg(long, env = "PERMITD_REDIS_SENTINEL_MASTER")]
     pub redis_sentinel_master: Option<String>,
 
     /// Sentinel mode: the ACL user of the data nodes (master and replicas),
     /// when it differs from the sentinel URL's.
-    #[arg(long, global = true, env = "PERMITD_REDIS_USERNAME")]
+    #[arg(long, env = "PERMITD_REDIS_USERNAME")]
     pub redis_username: Option<String>,
 
     /// Sentinel mode: the password of the data nodes, when it differs from
     /// the sentinel URL's (sentinels often have none, or their own).
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_REDIS_PASSWORD",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "PERMITD_REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<Secret>,
 
     /// After each write, wait until this many replicas of the semaphore's
     /// master have it (Redis `WAIT`, pipelined with the script), within
     /// --redis-timeout-ms; fewer acknowledgements answer 503. 0: do not wait.
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_REDIS_WAIT_REPLICAS",
-        default_value_t = 0
-    )]
+    #[arg(long, env = "PERMITD_REDIS_WAIT_REPLICAS", default_value_t = 0)]
     pub redis_wait_replicas: u32,
 
     /// PEM file of the certificate authority that signed the Redis server's
     /// certificate, for a `rediss://` URL to a Redis with a private CA.
     /// Without it, the system's trusted roots are used.
-    #[arg(long, global = true, env = "PERMITD_REDIS_TLS_CA_FILE")]
+    #[arg(long, env = "PERMITD_REDIS_TLS_CA_FILE")]
     pub redis_tls_ca_file: Option<PathBuf>,
 
     /// PEM file of a client certificate, for a Redis that requires one
     /// (`tls-auth-clients yes`); give --redis-tls-key-file with it.
-    #[arg(long, global = true, env = "PERMITD_REDIS_TLS_CERT_FILE")]
+    #[arg(long, env = "PERMITD_REDIS_TLS_CERT_FILE")]
     pub redis_tls_cert_file: Option<PathBuf>,
 
     /// PEM file of the client certificate's private key.
-    #[arg(long, global = true, env = "PERMITD_REDIS_TLS_KEY_FILE")]
+    #[arg(long, env = "PERMITD_REDIS_TLS_KEY_FILE")]
     pub redis_tls_key_file: Option<PathBuf>,
 
     /// Prefix of every Redis key permitd writes, so several deployments can
     /// share one Redis.
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_KEY_PREFIX",
-        default_value = "permitd:"
-    )]
+    #[arg(long, env = "PERMITD_KEY_PREFIX", default_value = "permitd:")]
     pub key_prefix: String,
 
     /// Lease length of a permit whose acquire gives no ttl_ms.
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_DEFAULT_TTL_MS",
-        default_value_t = 30_000
-    )]
+    #[arg(long, env = "PERMITD_DEFAULT_TTL_MS", default_value_t = 30_000)]
     pub default_ttl_ms: u64,
 
     /// Shortest lease a client may ask for (ttl_ms on acquire and refresh); at
     /// least 100. Raising it spares the store the refresh traffic of very
     /// short leases.
-    #[arg(long, global = true, env = "PERMITD_MIN_TTL_MS", default_value_t = 100)]
+    #[arg(long, env = "PERMITD_MIN_TTL_MS", default_value_t = 100)]
     pub min_ttl_ms: u64,
 
     /// Longest lease a client may ask for (ttl_ms on acquire and refresh).
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_MAX_TTL_MS",
-        default_value_t = 3_600_000
-    )]
+    #[arg(long, env = "PERMITD_MAX_TTL_MS", default_value_t = 3_600_000)]
     pub max_ttl_ms: u64,
 
     /// A semaphore with no holders and no waiters for this long is forgotten
@@ -303,7 +292,6 @@ pub struct Settings {
     /// most a year.
     #[arg(
         long,
-        global = true,
         env = "PERMITD_SEMAPHORE_IDLE_TTL_MS",
         default_value_t = 86_400_000,
         value_parser = clap::value_parser!(u64).range(0..=MAX_KEEP_MS)
@@ -315,7 +303,6 @@ pub struct Settings {
     /// forgotten with the permit; at most a year.
     #[arg(
         long,
-        global = true,
         env = "PERMITD_IDEMPOTENCY_RETENTION_MS",
         default_value_t = 86_400_000,
         value_parser = clap::value_parser!(u64).range(0..=MAX_KEEP_MS)
@@ -323,12 +310,7 @@ pub struct Settings {
     pub idempotency_retention_ms: u64,
 
     /// Longest an acquire may wait for capacity (wait_ms).
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_MAX_WAIT_MS",
-        default_value_t = 60_000
-    )]
+    #[arg(long, env = "PERMITD_MAX_WAIT_MS", default_value_t = 60_000)]
     pub max_wait_ms: u64,
 
     /// Longest a waiting acquire sleeps between two checks when no wake
@@ -337,12 +319,7 @@ pub struct Settings {
     /// this + 2 x --redis-timeout-ms (5 s with the defaults), without a
     /// check: a waiter whose permitd instance died drops out after that, while
     /// a Redis stall shorter than the Redis timeout costs no waiter its place.
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_WAIT_RECHECK_MS",
-        default_value_t = 1_000
-    )]
+    #[arg(long, env = "PERMITD_WAIT_RECHECK_MS", default_value_t = 1_000)]
     pub wait_recheck_ms: u64,
 
     /// A bearer token clients must present (`Authorization: Bearer <token>`),
@@ -356,7 +333,6 @@ pub struct Settings {
     /// users in the process list.
     #[arg(
         long = "api-token",
-        global = true,
         env = "PERMITD_API_TOKENS",
         value_delimiter = ',',
         hide_env_values = true
@@ -365,7 +341,7 @@ pub struct Settings {
 
     /// A file of bearer tokens, one per line, each like --api-token; blank
     /// lines and lines starting with # are skipped. Adds to --api-token.
-    #[arg(long, global = true, env = "PERMITD_API_TOKEN_FILE")]
+    #[arg(long, env = "PERMITD_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
 
     /// Whether GET /metrics stays readable without a token when tokens are
@@ -373,7 +349,6 @@ pub struct Settings {
     /// names or permit ids.
     #[arg(
         long,
-        global = true,
         env = "PERMITD_METRICS_PUBLIC",
         default_value_t = true,
         action = ArgAction::Set
@@ -384,18 +359,12 @@ pub struct Settings {
     /// labelled `semaphore`), comma-separated, at most 100; read from the
     /// store at each scrape. Only these names become labels, so the page
     /// stays small however many semaphores there are.
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_METRICS_SEMAPHORES",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "PERMITD_METRICS_SEMAPHORES", value_delimiter = ',')]
     pub metrics_semaphores: Vec<String>,
 
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(
         long,
-        global = true,
         env = "PERMITD_MAX_BODY_BYTES",
         default_value_t = 16 * 1024
     )]
@@ -405,51 +374,30 @@ pub struct Settings {
     /// waiting acquire gets its wait_ms on top, and GET /demo the length of
     /// its run, so a legitimate long poll is never cut short. Keep it above
     /// --redis-timeout-ms, so a slow Redis is answered by its own timeout.
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_REQUEST_TIMEOUT_MS",
-        default_value_t = 10_000
-    )]
+    #[arg(long, env = "PERMITD_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
 
     /// On SIGTERM or Ctrl-C, how long requests in flight may take to finish
     /// while /readyz already answers 503. Then (or once none is left)
     /// waiting acquires are answered 503 and leave their queues, and
     /// permitd exits.
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_SHUTDOWN_GRACE_MS",
-        default_value_t = 10_000
-    )]
+    #[arg(long, env = "PERMITD_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
 
     /// Threads that serve requests; 0: one per CPU core. One costs the least
     /// CPU per request (a second one wakes the first for work it hands over)
     /// and serves tens of thousands of requests a second; raise it only when
     /// permitd alone keeps a core busy.
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_WORKER_THREADS",
-        default_value_t = 1
-    )]
+    #[arg(long, env = "PERMITD_WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
 
     /// Most Redis connections one instance keeps open.
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_REDIS_POOL_SIZE",
-        default_value_t = 16
-    )]
+    #[arg(long, env = "PERMITD_REDIS_POOL_SIZE", default_value_t = 16)]
     pub redis_pool_size: usize,
 
     /// Bound on opening one Redis connection.
     #[arg(
         long,
-        global = true,
         env = "PERMITD_REDIS_CONNECT_TIMEOUT_MS",
         default_value_t = 1_000
     )]
@@ -457,12 +405,7 @@ pub struct Settings {
 
     /// Bound on one whole store call (pool wait, connect and script): past it
     /// the request is answered 503 instead of hanging.
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_REDIS_TIMEOUT_MS",
-        default_value_t = 2_000
-    )]
+    #[arg(long, env = "PERMITD_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
     pub redis_timeout_ms: u64,
 
     /// Whether the demo is served (true or false): with false, `/demo` and
@@ -470,7 +413,6 @@ pub struct Settings {
     /// document. `permitd demo` runs either way.
     #[arg(
         long,
-        global = true,
         env = "PERMITD_DEMO",
         default_value_t = true,
         action = ArgAction::Set
@@ -480,19 +422,13 @@ pub struct Settings {
     /// Hosts `GET /demo?url=...` may call, comma-separated, each `host` (any
     /// port) or `host:port`. The built-in upstream is always allowed; any
     /// other URL is refused unless its host is listed here.
-    #[arg(
-        long,
-        global = true,
-        env = "PERMITD_DEMO_ALLOWED_HOSTS",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "PERMITD_DEMO_ALLOWED_HOSTS", value_delimiter = ',')]
     pub demo_allowed_hosts: Vec<String>,
 
     /// Most requests one demo run may fan out (`requests` of `GET /demo` and
     /// `permitd demo`), 1-100. Stated in the served OpenAPI document.
     #[arg(
         long,
-        global = true,
         env = "PERMITD_DEMO_MAX_REQUESTS",
         default_value_t = crate::demo::MAX_REQUESTS
     )]
@@ -503,14 +439,13 @@ pub struct Settings {
     /// OpenAPI document.
     #[arg(
         long,
-        global = true,
         env = "PERMITD_DEMO_MAX_DELAY_MS",
         default_value_t = crate::demo::MAX_DELAY_MS
     )]
     pub demo_max_delay_ms: u64,
 
     /// Log lines as human-readable text or as JSON objects.
-    #[arg(long, global = true, env = "PERMITD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    #[arg(long, env = "PERMITD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
 }
 

@@ -79,7 +79,7 @@ impl Application {
                 metrics_public = settings.metrics_public,
                 "access control on: API calls need a bearer token"
             );
-        } else {
+        } else if !settings.embedded {
             tracing::warn!(
                 "no API token configured: anyone who can reach this port may use the API \
                  (set PERMITD_API_TOKENS or --api-token-file to require one)"

@@ -23,11 +23,9 @@ pub enum LogFormat {
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("permitd=info,tower_http=warn,warn"));
-    // Colours only for a terminal: in a file or a log collector the escape
-    // codes would be noise around every field.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+        .with_ansi(colour(&std::io::stdout()));
     match format {
         LogFormat::Pretty => builder.init(),
         // The request's span (method, route, request id, semaphore) once, as
@@ -38,6 +36,13 @@ pub fn init(format: LogFormat) {
             .with_span_list(false)
             .init(),
     }
+}
+
+/// Whether log lines written to `stream` get colours: only on a terminal (in
+/// a pipe, a file or a log collector the escape codes are noise around every
+/// field), and never when NO_COLOR is set to anything (no-color.org).
+fn colour(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Seconds buckets for waits and handoffs: fine below a millisecond, where a
@@ -309,6 +314,7 @@ pub fn init_for_terminal(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Pretty => builder.init(),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use permitd_client::Client;
 
-use crate::config::{DemoArgs, Settings};
+use crate::config::DemoArgs;
 use crate::demo::{
     AllowedHosts, CALL_TIMEOUT, DEADLINE, DemoRequest, RequestResult, Target, headline,
 };
@@ -27,22 +27,24 @@ use crate::startup::Application;
 /// # Errors
 /// When the arguments are out of bounds, the application cannot be built, or
 /// the store fails during the run.
-pub async fn run(settings: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
+pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    let settings = &args.settings;
     let bounds = settings.request_bounds()?;
     // The terminal is the operator's own: any http(s) host may be called.
     let request = DemoRequest::new(
         args.requests.unwrap_or(bounds.demo.default_requests()),
         args.limit,
         args.delay_ms.unwrap_or(bounds.demo.default_delay_ms()),
-        args.url.as_deref(),
+        args.upstream.as_deref(),
         &AllowedHosts::Any,
         &bounds.demo,
     )?;
-    if let Some(server) = &args.server {
+    if let Some(server) = &args.url {
         return run_against(server, args.token.as_deref(), &request).await;
     }
     let mut local = settings.clone();
     local.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    local.embedded = true;
     let app = Application::build(&local).await?;
     let state = app.state().clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

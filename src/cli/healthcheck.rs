@@ -1,17 +1,17 @@
-//! `permitd healthcheck`: whether a running permitd answers `GET /healthz`,
+//! `permitd healthcheck`: whether a running permitd answers `GET <url>/healthz`,
 //! as an exit status, for container health checks (the image needs no curl).
 
 use std::time::Duration;
 
-use crate::config::{HealthcheckArgs, Settings};
+use crate::config::HealthcheckArgs;
 
-/// `permitd healthcheck`: whether the server answers `GET /healthz` with 200
-/// within the timeout. Prints why not to stderr.
-pub async fn run(settings: &Settings, args: &HealthcheckArgs) -> bool {
-    let url = args
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://127.0.0.1:{}/healthz", settings.listen.port()));
+/// `permitd healthcheck`: whether the server answers `GET <url>/healthz`
+/// (`/readyz` with `--ready`) with 200 within the timeout. Prints why not to
+/// stderr.
+pub async fn run(args: &HealthcheckArgs) -> bool {
+    let base = args.url.clone().unwrap_or_else(local_url);
+    let path = if args.ready { "readyz" } else { "healthz" };
+    let url = format!("{}/{path}", base.trim_end_matches('/'));
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_millis(args.timeout_ms))
         .no_proxy()
@@ -34,4 +34,14 @@ pub async fn run(settings: &Settings, args: &HealthcheckArgs) -> bool {
             false
         }
     }
+}
+
+/// permitd on this host, at the port it serves on by PERMITD_LISTEN (the
+/// server's own default, 8080, without it).
+fn local_url() -> String {
+    let port = std::env::var("PERMITD_LISTEN")
+        .ok()
+        .and_then(|listen| listen.parse::<std::net::SocketAddr>().ok())
+        .map_or(8080, |addr| addr.port());
+    format!("http://127.0.0.1:{port}")
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::config::{Cli, Command};
+use crate::config::{Cli, Command, ServerArgs};
 
 /// The command line of this process, or the process exits with clap's
 /// message: status 0 for `--help` and `--version`, 2 for a bad command line,
@@ -38,30 +38,36 @@ fn names_run(args: impl Iterator<Item = String>) -> bool {
 /// # Errors
 /// When the settings are inconsistent, or the command itself fails.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = cli.settings;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
+    let command = cli.command.unwrap_or_else(|| {
+        Command::Serve(Box::new(ServerArgs {
+            settings: cli.settings,
+        }))
+    });
+    match command {
+        Command::Serve(args) => {
+            let settings = args.settings;
             crate::telemetry::init(settings.log_format);
             serve::run(&settings).await?;
         }
         Command::Demo(args) => {
             // Stdout is the demo's own output; logs go to stderr.
-            crate::telemetry::init_for_terminal(settings.log_format);
-            demo::run(&settings, &args).await?;
+            crate::telemetry::init_for_terminal(args.settings.log_format);
+            demo::run(&args).await?;
         }
         Command::Healthcheck(args) => {
             // No logging set up: the exit status is the answer.
-            if !healthcheck::run(&settings, &args).await {
+            if !healthcheck::run(&args).await {
                 return Ok(ExitCode::FAILURE);
             }
         }
         Command::Run(args) => {
             // The command's output is its own; ours (and the client's
             // warnings) go to stderr.
-            crate::telemetry::init_for_terminal(settings.log_format);
+            crate::telemetry::init_for_terminal(crate::telemetry::LogFormat::Pretty);
             return Ok(run::run(&args).await);
         }
-        Command::Openapi => {
+        Command::Openapi(args) => {
+            let settings = args.settings;
             print!(
                 "{}",
                 crate::http::document_yaml(&settings.request_bounds()?)?

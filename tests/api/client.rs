@@ -408,6 +408,9 @@ async fn run_without_capacity_exits_75_without_running_the_command() {
     let (code, stderr) = exit_of(permitd_run(&app, &flags, &script)).await;
     assert_eq!(code, 75, "{stderr}");
     assert!(!std::path::Path::new(&scratch.file("ran")).exists());
+    // When to try again; and plain text on a pipe, no colour codes.
+    assert!(stderr.contains("retry after"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

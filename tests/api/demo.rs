@@ -361,6 +361,11 @@ async fn the_terminal_prints_one_line_per_request_and_the_headline() {
             && lines[4].ends_with("seconds to handle 4 with 2 bounded limit"),
         "{stdout}"
     );
+    // Its embedded permitd is reachable by nobody else: no open-API warning,
+    // and no colours on a pipe.
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!stderr.contains("anyone who can reach"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "{stderr}");
 }
 
 #[tokio::test]
@@ -537,7 +542,7 @@ async fn the_terminal_runs_against_a_server_through_the_client() {
             let output = permitd_command()
                 .args([
                     "demo",
-                    "--server",
+                    "--url",
                     &url,
                     "--requests",
                     "5",

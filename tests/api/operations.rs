@@ -763,9 +763,12 @@ async fn the_body_limit_is_a_setting() {
 
 // ---------------------------------------------------------------- the binary
 
-async fn healthcheck(url: &str) -> bool {
+async fn healthcheck(args: &[&str]) -> bool {
     permitd_command()
-        .args(["healthcheck", "--url", url, "--timeout-ms", "1000"])
+        .arg("healthcheck")
+        .args(args)
+        .args(["--timeout-ms", "1000"])
+        .env_remove("PERMITD_URL")
         .stderr(Stdio::null())
         .status()
         .await
@@ -773,14 +776,67 @@ async fn healthcheck(url: &str) -> bool {
         .success()
 }
 
+/// `healthcheck --url` takes the base URL, as `run --url` does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_healthcheck_subcommand_exits_0_only_when_healthy() {
     let app = spawn_app(Store::Memory).await;
-    let url = app.url("/healthz");
-    let closed = format!("http://127.0.0.1:{}/healthz", free_port());
-    let (up, down) = (healthcheck(&url).await, healthcheck(&closed).await);
-    assert!(up, "a running server is healthy");
-    assert!(!down, "nothing listening is unhealthy");
+    let url = app.url("");
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    assert!(
+        healthcheck(&["--url", &url]).await,
+        "a running server is healthy"
+    );
+    assert!(healthcheck(&["--url", &url, "--ready"]).await, "and ready");
+    assert!(
+        !healthcheck(&["--url", &closed]).await,
+        "nothing listening is unhealthy"
+    );
+    assert!(!healthcheck(&["--url", &closed, "--ready"]).await);
+}
+
+/// Each subcommand takes its own flags only: a server flag given to a
+/// client command is refused (it used to be accepted and ignored), and its
+/// help lists none of them. Bare `permitd` still takes them.
+#[tokio::test]
+async fn a_subcommand_refuses_the_servers_flags() {
+    let help = permitd_command()
+        .args(["run", "--help"])
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(help.contains("--semaphore"), "{help}");
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("--"))
+        .collect();
+    for server_flag in ["listen", "redis-url", "api-token", "max-wait-ms"] {
+        assert!(
+            !flags.iter().any(|f| f.starts_with(server_flag)),
+            "run --help lists {server_flag}"
+        );
+    }
+    let refused = permitd_command()
+        .args(["run", "--url", "http://127.0.0.1:9", "--semaphore", "s"])
+        .args(["--redis-url", "redis://nowhere:1", "--", "true"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(64), "{refused:?}");
+    let stderr = String::from_utf8(refused.stderr).unwrap();
+    assert!(stderr.contains("--redis-url"), "{stderr}");
+    let healthcheck = permitd_command()
+        .args(["healthcheck", "--listen", "127.0.0.1:1"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(healthcheck.status.code(), Some(2), "{healthcheck:?}");
+    let bare = permitd_command()
+        .args(["--listen", "127.0.0.1:0", "--max-wait-ms", "1000", "--help"])
+        .output()
+        .await
+        .unwrap();
+    assert!(bare.status.success(), "{bare:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

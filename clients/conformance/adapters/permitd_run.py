@@ -44,7 +44,7 @@ def child(hold_ms: int) -> None:
 def run(permitd: str, op: str, args: argparse.Namespace) -> None:
     if op == "check":
         code = subprocess.run(
-            [permitd, "healthcheck", "--url", f"{args.url}/readyz"],
+            [permitd, "healthcheck", "--ready", "--url", args.url],
             capture_output=True,
             check=False,
         ).returncode
