@@ -9,12 +9,16 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Problem {
     /// `urn:permitd:problem:<kind>`.
+    /// The problem type, a URI naming the kind of refusal.
     #[serde(rename = "type", default)]
     pub kind: String,
+    /// A short summary of the kind.
     #[serde(default)]
     pub title: String,
+    /// The HTTP status.
     #[serde(default)]
     pub status: u16,
+    /// What happened this time, for people.
     #[serde(default)]
     pub detail: String,
     /// The members beyond the standard four (`limit`, `held`, `available`, …).
@@ -55,7 +59,10 @@ pub enum LostReason {
     Ended,
     /// No refresh was confirmed before the lease would have run out (permitd
     /// unreachable or refusing), so the permit must be taken as gone.
-    Unconfirmed { last_error: String },
+    Unconfirmed {
+        /// Why the last refresh attempt failed.
+        last_error: String,
+    },
 }
 
 impl std::fmt::Display for LostReason {
@@ -78,17 +85,27 @@ pub enum Error {
     /// the last answer; `retry_after` is when a lease next runs out.
     #[error("no permit available: {} of {} units held", shown(*.held), shown(*.limit))]
     NoCapacity {
+        /// The semaphore's limit.
         limit: Option<u32>,
+        /// Units held when it answered.
         held: Option<u32>,
+        /// Units free when it answered (fewer than asked for).
         available: Option<u32>,
+        /// When a lease next runs out (`Retry-After`).
         retry_after: Option<Duration>,
     },
     /// 409: the semaphore exists with another limit, `current`.
     #[error("the semaphore exists with another limit, {}", shown(*.current))]
-    LimitConflict { current: Option<u32> },
+    LimitConflict {
+        /// The limit the semaphore has.
+        current: Option<u32>,
+    },
     /// 409: more units asked for than the limit, so it could never succeed.
     #[error("count is more than the limit, {}", shown(*.limit))]
-    CountExceedsLimit { limit: Option<u32> },
+    CountExceedsLimit {
+        /// The semaphore's limit.
+        limit: Option<u32>,
+    },
     /// 404: no such semaphore (acquire without a limit), or no such permit.
     #[error("not found: {}", .0.detail)]
     NotFound(Problem),
@@ -96,7 +113,9 @@ pub enum Error {
     /// retries the wait allowed.
     #[error("permitd unavailable: {reason}")]
     Unavailable {
+        /// The last failure: a transport error or the 503's detail.
         reason: String,
+        /// The server's `Retry-After`, when it gave one.
         retry_after: Option<Duration>,
     },
     /// The permit's lease was lost while it was held.
@@ -121,7 +140,12 @@ pub enum Error {
     InvalidArgument(String),
     /// Any other answer, with its problem body.
     #[error("permitd answered {status}: {}", .problem.detail)]
-    Api { status: u16, problem: Problem },
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The problem body.
+        problem: Problem,
+    },
 }
 
 /// A number permitd may have left out of a problem body.

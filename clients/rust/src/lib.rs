@@ -28,6 +28,8 @@
 //! - this module: the [`Client`] (base URL, token, timeouts, retry bounds),
 //!   [`Semaphore`] handles, and the one function that sends a request.
 
+#![warn(missing_docs)]
+
 pub mod acquire;
 pub mod error;
 pub mod permit;
@@ -190,6 +192,8 @@ impl Client {
         Self::builder(base_url).build()
     }
 
+    /// A builder for a client of `base_url`, to set a token, timeouts or
+    /// retry bounds before [`ClientBuilder::build`].
     pub fn builder(base_url: &str) -> ClientBuilder {
         ClientBuilder {
             base: base_url.to_owned(),
@@ -393,10 +397,13 @@ pub struct Status {
 pub struct Holder {
     /// The holder's own label, when it gave one.
     pub holder: Option<String>,
+    /// Units the permit holds.
     pub count: u32,
+    /// The permit's fencing token.
     pub fencing_token: u64,
-    /// RFC 3339 times, as permitd writes them.
+    /// When it was granted (RFC 3339, permitd's clock).
     pub acquired_at: String,
+    /// When its lease ends unless refreshed (RFC 3339, permitd's clock).
     pub expires_at: String,
 }
 
@@ -409,6 +416,7 @@ impl Semaphore {
         self
     }
 
+    /// The semaphore's name.
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -87,10 +87,12 @@ impl Permit {
         &self.granted.id
     }
 
+    /// The semaphore it is a permit of.
     pub fn semaphore(&self) -> &str {
         &self.granted.semaphore
     }
 
+    /// Units it holds.
     pub fn count(&self) -> u32 {
         self.granted.count
     }
@@ -106,6 +108,7 @@ impl Permit {
         &self.granted.acquired_at
     }
 
+    /// The label given at acquire, if any.
     pub fn holder(&self) -> Option<&str> {
         self.granted.holder.as_deref()
     }
