@@ -247,6 +247,7 @@ class Run:
         self.stop = threading.Event()
         self.redis: list[Redis] = []
         self.sentinels: list[Redis] = []
+        self.watchers: list[subprocess.Popen[str]] = []
         self.instances: list[Permitd] = []
         self.names = [f"fc-{i}" for i in range(6 if args.mode == "cluster" else 3)]
         self.began = now_ms()
@@ -460,9 +461,11 @@ class Run:
         if self.args.mode == "standalone":
             kinds += ["client-kill", "debug-sleep", "rollback", "delete-meta"]
         elif self.args.mode == "sentinel":
-            kinds += ["sentinel-failover", "sentinel-failover"]
+            kinds += ["sentinel-failover", "sentinel-failover", "kill-master"]
+            kinds += ["kill-replica"]
         else:
-            kinds += ["cluster-failover", "cluster-failover"]
+            kinds += ["cluster-failover", "cluster-failover", "kill-master"]
+            kinds += ["kill-replica"]
         return kinds
 
     def inject(self, kind: str) -> Fault:
@@ -515,8 +518,65 @@ class Run:
             if replicas:
                 redis_cli(self.rng.choice(replicas).port, "CLUSTER", "FAILOVER")
             time.sleep(1.0)
+        elif kind in ("kill-master", "kill-replica"):
+            self.kill_data_node(fault, master=kind == "kill-master")
         fault.end = now_ms()
         return fault
+
+    def role(self, node: Redis) -> str:
+        """`master`, `slave`, or "" for a node that is down."""
+        lines = redis_cli(node.port, "ROLE").splitlines() if node.proc else []
+        return lines[0] if lines else ""
+
+    def kill_data_node(self, fault: Fault, master: bool) -> None:
+        """kill -9 of a Redis master or replica, started again as an
+        operator's supervisor would: a replica after a second; a master (no
+        persistence here) only once its replica has taken over, so that it
+        comes back as a replica and resyncs, instead of as an empty master.
+        A master's writes its replica never got are lost: a lost-write
+        window."""
+        if self.args.mode == "sentinel" and not self.replica_in_sync():
+            fault.kind += " skipped (replica not in sync)"
+            return
+        role = "master" if master else "slave"
+        nodes = [n for n in self.redis if self.role(n) == role]
+        if not nodes:
+            fault.kind += " skipped (none up)"
+            return
+        victim = self.rng.choice(nodes)
+        fault.lost_writes = master
+        follows = [n for n in self.redis if n is not victim and n.proc]
+        if master and self.args.mode == "cluster":
+            follows = [
+                n
+                for n in follows
+                if redis_cli(n.port, "INFO", "replication").count(
+                    f"master_port:{victim.port}"
+                )
+            ]
+        if master and not follows:
+            fault.kind += " skipped (no replica follows it)"
+            return
+        victim.kill()
+        if master:
+            # Promoted within the node timeout (cluster) or down-after plus
+            # the failover (Sentinel): a few seconds.
+            try:
+                wait_until(
+                    "a replica promoted",
+                    lambda: any(self.role(n) == "master" for n in follows),
+                    30,
+                )
+            except RuntimeError:
+                # Reported by its kind; the node comes back as the master.
+                fault.kind += " (no replica promoted within 30 s)"
+        else:
+            time.sleep(1.0)
+        current = next((n for n in self.redis if self.role(n) == "master"), None)
+        if self.args.mode == "sentinel" and current:
+            victim.extra = ["--replicaof", "127.0.0.1", str(current.port)]
+        # A cluster node rejoins from its nodes.conf, as a replica.
+        victim.start()
 
     def replica_in_sync(self) -> bool:
         """Whether the data node that is not the master follows it, link up,
@@ -532,6 +592,41 @@ class Run:
             return False
         wanted = int(masters[0].info("master_repl_offset") or 0)
         return int(replica.info("slave_repl_offset") or -1) >= wanted
+
+    def watch_sentinel(self) -> None:
+        """Records the failovers Sentinel starts on its own (a master that
+        stopped answering its pings for down-after-milliseconds: on 2 busy
+        cores, a stall), each a fault window from the master's +sdown to the
+        +switch-master or -sdown that ends it. Their writes the replica never
+        got are lost, as with a kill -9 of the master."""
+        watcher = subprocess.Popen(
+            ["redis-cli", "-p", str(self.sentinels[0].port), "SUBSCRIBE"]
+            + ["+sdown", "-sdown", "+switch-master"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.watchers.append(watcher)
+        assert watcher.stdout
+        lines = iter(watcher.stdout)
+        opened: Fault | None = None
+        for line in lines:
+            if line.strip() != "message":
+                continue
+            channel = next(lines, "").strip()
+            payload = next(lines, "").strip()
+            if channel == "+sdown" and payload.startswith("master fc "):
+                opened = Fault("sentinel-sdown", now_ms(), now_ms(), lost_writes=True)
+                with self.lock:
+                    self.faults.append(opened)
+            elif opened and (
+                channel == "+switch-master"
+                or (channel == "-sdown" and payload.startswith("master fc "))
+            ):
+                opened.end = now_ms()
+                opened = None
+        if opened:
+            opened.end = now_ms()
 
     def faulting(self) -> None:
         kinds = self.fault_kinds()
@@ -550,6 +645,8 @@ class Run:
             for i in range(self.args.clients)
         ]
         faulter = threading.Thread(target=self.faulting)
+        if self.sentinels:
+            threading.Thread(target=self.watch_sentinel, daemon=True).start()
         for t in [*clients, faulter]:
             t.start()
         time.sleep(self.args.seconds)
@@ -751,6 +848,8 @@ class Run:
         print(f"  {'FAIL' if violations else 'ok'}: {len(violations)} violations")
 
     def close(self) -> None:
+        for w in self.watchers:
+            w.kill()
         for p in self.instances:
             p.kill()
         for r in [*self.sentinels, *self.redis]:
