@@ -105,13 +105,35 @@ async def test_transient_failures_are_retried_with_the_same_key(
     failure: httpx.Response | Exception,
 ) -> None:
     server = Server(failure, httpx.Response(201, json=GRANT))
-    permit = await acquire_with(server, ttl=30)
+    permit = await acquire_with(server, ttl=30, wait=1)
     assert permit.id == GRANT["id"]
     assert len(server.requests) == 2
     assert server.keys[0] is not None
     assert server.keys[0] == server.keys[1]
-    # The body is the same too: the server replays only an identical request.
-    assert server.requests[0].content == server.requests[1].content
+    # The body is the same too, but for the wait left: the server replays
+    # only an identical request, and ignores wait_ms when it compares.
+    first, retry = (json.loads(r.content) for r in server.requests)
+    assert first.pop("wait_ms") >= retry.pop("wait_ms")
+    assert first == retry
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.ConnectError("refused"),
+        httpx.ReadError("connection reset"),
+        problem(503, "store-unavailable", retry_after=0),
+        problem(409, "idempotency-key-in-use"),
+        httpx.Response(502, text="<html>bad gateway</html>"),
+    ],
+)
+async def test_no_wait_is_one_attempt_whatever_the_failure(
+    failure: httpx.Response | Exception,
+) -> None:
+    server = Server(failure, httpx.Response(201, json=GRANT))
+    with pytest.raises(permitd.Unavailable, match="gave up after 1 attempt "):
+        await acquire_with(server, ttl=30)
+    assert len(server.requests) == 1
 
 
 async def test_given_key_is_sent() -> None:
@@ -127,7 +149,7 @@ def test_sync_client_retries_with_the_same_key() -> None:
         httpx.Client(transport=httpx.MockTransport(server)) as http,
         permitd.SyncClient("http://permitd.test", http=http) as client,
     ):
-        permit = client.semaphore("payments", limit=5).acquire()
+        permit = client.semaphore("payments", limit=5).acquire(wait=1)
     assert permit.fencing_token == GRANT["fencing_token"]
     assert server.keys[0] is not None
     assert server.keys[0] == server.keys[1]
@@ -179,7 +201,7 @@ def test_early_no_capacity_is_not_polled_again_at_once() -> None:
 
 def test_retry_that_cannot_start_in_time_gives_up_at_once() -> None:
     plan = AcquirePlan(
-        semaphore="s", body={}, key="k", wait=0.0, timeout=1.5, max_wait=60.0, now=0.0
+        semaphore="s", body={}, key="k", wait=0.5, timeout=1.0, max_wait=60.0, now=0.0
     )
     plan.next_request(0.0)
     assert plan.answered(problem(503, "store-unavailable", retry_after=1), 0.1) == 1.0

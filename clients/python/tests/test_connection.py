@@ -39,6 +39,38 @@ async def test_nothing_listening_is_unavailable_within_the_budget(name: str) -> 
     assert asyncio.all_tasks() == {asyncio.current_task()}
 
 
+async def test_no_wait_against_a_down_permitd_is_one_attempt_at_once(
+    launcher: Launcher, name: str
+) -> None:
+    app = launcher.permitd()
+    acquires: list[httpx.Request] = []
+
+    async def on_request(request: httpx.Request) -> None:
+        if request.method == "POST":
+            acquires.append(request)
+
+    async with (
+        httpx.AsyncClient(event_hooks={"request": [on_request]}) as http,
+        permitd.Client(app.url, http=http) as client,  # the default timeout, 10 s
+    ):
+        sem = client.semaphore(name, limit=1)
+        await (await sem.acquire(ttl=1)).release()  # works while permitd is up
+        app.process.kill()
+        app.process.wait()
+        acquires.clear()
+        started = monotonic()
+        with pytest.raises(permitd.Unavailable) as caught:
+            await sem.acquire(wait=0)
+        elapsed = monotonic() - started
+    # No wait: one request, refused at once, then the error; no backoff
+    # through the 10 s timeout.
+    assert elapsed < 1.0, f"{len(acquires)} attempts in {elapsed:.1f} s"
+    assert len(acquires) == 1
+    assert isinstance(caught.value.__cause__, httpx.ConnectError)
+    assert "cannot reach permitd" in str(caught.value)
+    assert "gave up after 1 attempt " in str(caught.value), str(caught.value)
+
+
 async def test_store_down_is_unavailable_within_the_budget(launcher: Launcher, name: str) -> None:
     redis = launcher.redis()
     app = launcher.permitd(redis=redis, PERMITD_REDIS_TIMEOUT_MS="500")
@@ -48,18 +80,31 @@ async def test_store_down_is_unavailable_within_the_budget(launcher: Launcher, n
             pass  # works while Redis is up
         redis.kill()
         assert await client.ready() is False
+
+        # No wait: the 503 is the answer, not a reason to retry.
+        started = monotonic()
+        with pytest.raises(permitd.Unavailable) as at_once:
+            await sem.acquire()
+        no_wait = monotonic() - started
+
+        # With a wait, retried within wait + timeout. (permitd retries its
+        # store within the wait and answers 503 at its end.)
         started = monotonic()
         with pytest.raises(permitd.Unavailable) as caught:
-            await sem.acquire()
+            await sem.acquire(wait=0.1, timeout=1.4)
         elapsed = monotonic() - started
         with pytest.raises(permitd.Unavailable):
             await sem.status()
+    assert at_once.value.status == 503
+    assert "gave up after 1 attempt " in str(at_once.value), str(at_once.value)
+    assert no_wait < 0.9, no_wait
     error = caught.value
     assert error.status == 503
     assert error.type == "urn:permitd:problem:store-unavailable"
     assert error.retry_after == 1.0
-    # Retry-After (1 s) was honoured between the two attempts the 1.5 s
-    # budget allows, and the client gave up rather than sleep past it.
+    # Retry-After (1 s) was honoured between the two attempts the budget of
+    # wait + timeout (1.5 s) allows, and the client gave up rather than
+    # sleep past it.
     assert "gave up after 2 attempts" in str(error), str(error)
     assert 1.0 <= elapsed <= 1.5 + 0.5, elapsed
     assert asyncio.all_tasks() == {asyncio.current_task()}

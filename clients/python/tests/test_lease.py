@@ -45,6 +45,24 @@ async def test_lost_lease_is_reported(client: permitd.Client, server: Permitd, n
     assert "refresh found it gone" in str(error)
 
 
+async def test_wait_lost_is_none_on_timeout_then_the_loss(
+    client: permitd.Client, server: Permitd, name: str
+) -> None:
+    sem = client.semaphore(name, limit=1)
+    with pytest.raises(permitd.PermitLost):
+        async with sem.acquire(ttl=0.5) as permit:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            assert await permit.wait_lost(timeout=0.3) is None  # held: the timeout ends it
+            assert loop.time() - started >= 0.3
+            await release_behind_its_back(server.url, permit)
+            lost = await permit.wait_lost(timeout=2.0)
+            assert isinstance(lost, permitd.PermitLost)
+            assert lost is permit.lost_error
+            assert lost.permit_id == permit.id
+            assert await permit.wait_lost(timeout=0) is lost  # once lost, at once
+
+
 async def test_lost_lease_is_noted_on_the_blocks_own_error(
     client: permitd.Client, server: Permitd, name: str
 ) -> None:

@@ -110,7 +110,7 @@ async def test_retry_after_a_lost_answer_gets_the_same_permit(server: Permitd, n
         permitd.Client(server.url, http=http) as client,
     ):
         sem = client.semaphore(name, limit=5)
-        permit = await sem.acquire(ttl=10)
+        permit = await sem.acquire(ttl=10, wait=1)
         status = await sem.status()
         await permit.release()
 
@@ -120,6 +120,33 @@ async def test_retry_after_a_lost_answer_gets_the_same_permit(server: Permitd, n
     # The retry was answered with the permit the lost answer carried (a
     # replay), and only that one permit was ever held.
     assert retry_status == 200
+    assert permit.id == first_body["id"]
+    assert status.held == 1
+
+
+async def test_no_wait_is_one_attempt_and_its_key_recovers_a_lost_answer(
+    server: Permitd, name: str
+) -> None:
+    transport = LoseFirstAnswer()
+    async with (
+        httpx.AsyncClient(transport=transport) as http,
+        permitd.Client(server.url, http=http) as client,
+    ):
+        sem = client.semaphore(name, limit=5)
+        acquisition = sem.acquire(ttl=10)  # no wait: one attempt
+        with pytest.raises(permitd.Unavailable, match="gave up after 1 attempt ") as caught:
+            await acquisition
+        assert len(transport.acquires) == 1
+        # The server did grant it; the caller asks again with the same key
+        # and is answered with that permit, not a second one.
+        permit = await sem.acquire(ttl=10, idempotency_key=acquisition.idempotency_key)
+        status = await sem.status()
+        await permit.release()
+
+    assert isinstance(caught.value.__cause__, httpx.ReadError)
+    (first_key, first_status, first_body), (retry_key, retry_status, _) = transport.acquires
+    assert (first_status, retry_status) == (201, 200)
+    assert retry_key == first_key
     assert permit.id == first_body["id"]
     assert status.held == 1
 
@@ -146,7 +173,10 @@ async def test_503_while_redis_stalls_is_retried_with_the_same_key(
         await sem.create()
         redis.pause()
         try:
-            acquiring = asyncio.ensure_future(sem.acquire(ttl=20))
+            # A short wait: the server retries its store within a wait and
+            # answers 503 at its end; the client retries within the timeout
+            # after it (without a wait, the 503 would be the answer).
+            acquiring = asyncio.ensure_future(sem.acquire(ttl=20, wait=0.1))
             await asyncio.wait_for(got_503.wait(), 5.0)
         finally:
             redis.resume()

@@ -205,13 +205,15 @@ class _Budget:
     what: str
     started: float
     deadline: float
+    # False for an operation of one attempt (an acquire without a wait).
+    retries: bool = True
     attempts: int = 0
     # Some attempt may have been carried out although its answer was lost.
     ambiguous: bool = False
 
     def fits(self, delay: float, now: float) -> bool:
-        """Whether a retry after `delay` would still start before the deadline."""
-        return now + delay < self.deadline
+        """Whether a retry after `delay` is allowed and would start before the deadline."""
+        return self.retries and now + delay < self.deadline
 
     def retry_in(self, delay: float, now: float, error: PermitdError) -> float:
         """`delay` before retrying after the refusal `error`, or `Unavailable` if it won't fit."""
@@ -230,6 +232,8 @@ class _Budget:
             f"{self.what}: {reason}; gave up after {self.attempts} "
             f"attempt{'s' if self.attempts != 1 else ''} in {now - self.started:.1f} s"
         )
+        if not self.retries:
+            message += " (no wait: one attempt)"
         if cause is None:
             return Unavailable(message)
         return Unavailable(
@@ -286,6 +290,11 @@ class AcquirePlan:
     Transient failures (no answer, 502/503/504, a 409 for a key whose first
     request is still running) are retried with the same key until
     `wait + timeout` has passed, so a retry never takes a second permit.
+    Without a wait (`wait == 0`) there is one attempt, bounded by `timeout`,
+    and such a failure is `Unavailable` at once: "try once" means one request,
+    not a backoff through the whole timeout. If that request may have been
+    carried out (no answer after it was sent, a 503), its key is what gets
+    that permit back: the caller may ask again with it.
     """
 
     def __init__(
@@ -305,7 +314,10 @@ class AcquirePlan:
         self._max_wait = max_wait
         self._wait_until = now + wait
         self._budget = _Budget(
-            f"acquire on semaphore {semaphore!r}", started=now, deadline=self._wait_until + timeout
+            f"acquire on semaphore {semaphore!r}",
+            started=now,
+            deadline=self._wait_until + timeout,
+            retries=wait > 0,
         )
         self._backoff = Backoff()
         self._poll_started = now

@@ -1,3 +1,4 @@
+# unasync: async-only
 """The asyncio client: `Client`, its `Semaphore`s, and the `Permit`s they grant.
 
 ```python
@@ -15,19 +16,49 @@ A lease that is lost anyway is reported as `PermitLost` when the block ends,
 and `permit.lost` / `await permit.wait_lost()` tell the block while it runs;
 the block is not interrupted, since only it knows how to stop its work safely.
 The decisions themselves (polls, retries, lease timing) are in `_protocol`,
-shared with the synchronous twin in `permitd.sync`.
+and what a permit's answers mean in `_permit`.
+
+This file is also the source of the synchronous twin, `permitd.sync`:
+`scripts/unasync.py` rewrites it (`async def` to `def`, `Client` to
+`SyncClient`, ...). Where asyncio and threads differ it uses the primitives
+of `_concurrency`, whose thread versions the twin gets; the lines only one
+side has are marked `# unasync: async-only` or, commented out here,
+`# unasync: sync-only`. Edit this file, never `sync.py`, then run the script.
 """
+# unasync: sync-only
+# """The synchronous twin of the asyncio client, for scripts: `SyncClient`,
+# `SyncSemaphore`, `SyncPermit`.
+#
+# ```python
+# with permitd.SyncClient("http://127.0.0.1:8080") as client:
+#     sem = client.semaphore("reports", limit=3)
+#     with sem.acquire(ttl=30, wait=10) as permit:
+#         build_report(fencing_token=permit.fencing_token)
+# ```
+#
+# `sem.acquire(...)` acquires at once and returns the permit; used in `with`,
+# the lease is refreshed by a background thread for the block and released
+# when it ends, and a lease lost anyway raises `PermitLost` there (the block is
+# not interrupted: `permit.lost` and `permit.wait_lost(timeout)` tell it). Used
+# without `with`, the caller refreshes and releases. It is the asyncio client's
+# code (`client.py`), rewritten by `scripts/unasync.py`; only the waiting is
+# done with threads instead of tasks (`_concurrency`).
+# """
+# unasync: end
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine, Generator
+# unasync: async-only
+from collections.abc import Generator
+
+# unasync: end
 from time import monotonic
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
 
+from ._concurrency import AsyncEvent, AsyncKeeper, AsyncShieldedWork, async_deadline, async_sleep
 from ._permit import PermitBase
 from ._protocol import (
     USER_AGENT,
@@ -49,7 +80,8 @@ from .errors import NotFound, PermitdError, PermitLost
 from .models import Grant, SemaphoreStatus
 
 # What a failed attempt can raise: httpx's transport errors (its timeouts
-# included), and TimeoutError from the bound put around each whole request.
+# included), and TimeoutError from the bound put around each whole request
+# (asyncio's; threads have only httpx's).
 _TRANSPORT_ERRORS = (httpx.TransportError, TimeoutError)
 
 
@@ -79,13 +111,14 @@ class Client:
         self.max_wait = max_wait
         self._auth = auth_headers(token)
         self._owns_http = http is None
-        self._http = (
-            http if http is not None else httpx.AsyncClient(headers={"User-Agent": USER_AGENT})
-        )
-        # Releases that outlive a cancelled block run as tasks; holding them
-        # here keeps them from being garbage-collected mid-flight, and lets
-        # aclose wait for them.
-        self._background: set[asyncio.Task[None]] = set()
+        if http is None:
+            http = httpx.AsyncClient(headers={"User-Agent": USER_AGENT})
+        # One httpx client for every task or thread: the background refreshes use it too.
+        self._http = http
+        # Releases that must finish although the block that started them is
+        # cancelled (a task's; a thread's just run to their end); aclose waits
+        # for them.
+        self._shielded = AsyncShieldedWork()
 
     @property
     def url(self) -> str:
@@ -103,9 +136,11 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Waits for releases still under way (each bounded by `timeout`), then closes."""
-        while self._background:
-            await asyncio.wait(set(self._background))
+        """Closes, once releases still under way (of cancelled tasks) have ended.
+
+        Each such release is bounded by `timeout`.
+        """
+        await self._shielded.wait()
         if self._owns_http:
             await self._http.aclose()
 
@@ -139,8 +174,8 @@ class Client:
         json: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        """One attempt; httpx's timeouts bound each phase, the outer one the whole."""
-        async with asyncio.timeout(within):
+        """One attempt: httpx's timeouts bound each phase, a deadline (asyncio) the whole."""
+        async with async_deadline(within):
             return await self._http.request(
                 method,
                 self._base + path,
@@ -170,13 +205,7 @@ class Client:
                 if isinstance(result, httpx.Response):
                     return result, plan.ambiguous
                 delay = result
-            await asyncio.sleep(delay)
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
+            await async_sleep(delay)
 
 
 class Semaphore:
@@ -207,11 +236,14 @@ class Semaphore:
     ) -> Acquisition:
         """Asks for `count` units for a lease of `ttl` seconds (server default: 30).
 
-        `wait` is how long to wait for capacity (0: try once); `timeout`
+        `wait` is how long to wait for capacity. With a wait, `timeout`
         (default: the client's) bounds the retries of transient failures on
-        top of it, so the acquire ends within `wait + timeout`. Every attempt
-        carries the same `Idempotency-Key` (a fresh UUID unless given), so a
-        retry whose first attempt was granted unseen gets that same permit.
+        top of it, so the acquire ends within `wait + timeout`; without one
+        (0, the default) there is one attempt, bounded by `timeout`, and no
+        retry. Every attempt carries the same `Idempotency-Key` (a fresh UUID
+        unless given), so a retry whose first attempt was granted unseen gets
+        that same permit; after an `Unavailable`, asking again with the same
+        `idempotency_key` does that too.
 
         `async with sem.acquire(...) as permit:` holds the permit for the
         block (see the module doc); `permit = await sem.acquire(...)` just
@@ -222,14 +254,13 @@ class Semaphore:
         `Unavailable`, `PermitEnded`, `IdempotencyMismatch`, `Unauthorized`.
         """
         body = acquire_body(limit=self._limit, count=count, ttl=ttl, wait=wait, holder=holder)
+        key = acquire_key(idempotency_key)
         timeout = acquire_timeout(timeout, self._client.timeout)
-        return Acquisition(
-            self,
-            body,
-            key=acquire_key(idempotency_key),
-            wait=wait,
-            timeout=timeout,
-        )
+        # unasync: async-only
+        return Acquisition(self, body, key=key, wait=wait, retries_for=timeout)
+        # unasync: sync-only
+        # return self._acquire(body, key=key, wait=wait, retries_for=timeout)
+        # unasync: end
 
     async def status(self) -> SemaphoreStatus:
         """Limit, held, available, waiting and the live holders. `NotFound` if none."""
@@ -278,9 +309,62 @@ class Semaphore:
         )
         read_deleted(response, ambiguous)
 
+    async def _acquire(
+        self, body: dict[str, Any], *, key: str, wait: float, retries_for: float
+    ) -> Permit:
+        """The acquire itself: its polls and retries, until a permit or an error.
 
+        `retries_for` is the acquire's `timeout`: how long transient failures
+        are retried after the wait (none without a wait).
+        """
+        client = self._client
+        plan = AcquirePlan(
+            semaphore=self.name,
+            body=body,
+            key=key,
+            wait=wait,
+            timeout=retries_for,
+            max_wait=client.max_wait,
+            now=monotonic(),
+        )
+        path = semaphore_path(self.name) + "/permits"
+        while True:
+            sent = monotonic()
+            request_body, http_timeout = plan.next_request(sent)
+            try:
+                response = await client._send(
+                    "POST",
+                    path,
+                    json=request_body,
+                    headers={"Idempotency-Key": plan.key},
+                    within=http_timeout,
+                )
+            except _TRANSPORT_ERRORS as exc:
+                delay = plan.failed(exc, monotonic())
+            else:
+                answered = monotonic()
+                result = plan.answered(response, answered)
+                if isinstance(result, Grant):
+                    return Permit(
+                        client,
+                        result,
+                        ttl_ms=body.get("ttl_ms"),
+                        sent_at=sent,
+                        answered_at=answered,
+                        # 200: an earlier request was granted this permit.
+                        replayed=response.status_code == 200,
+                    )
+                delay = result
+            await async_sleep(delay)
+
+
+# unasync: async-only
 class Acquisition:
-    """What `Semaphore.acquire` returns: use it in `async with`, or await it."""
+    """What `Semaphore.acquire` returns: use it in `async with`, or await it.
+
+    (The synchronous twin has no such thing: its `acquire` acquires at once
+    and returns the permit, which is its own `with` block.)
+    """
 
     def __init__(
         self,
@@ -289,13 +373,13 @@ class Acquisition:
         *,
         key: str,
         wait: float,
-        timeout: float,
+        retries_for: float,
     ) -> None:
         self._semaphore = semaphore
         self._body = body
         self.idempotency_key = key
         self._wait = wait
-        self._timeout = timeout
+        self._retries_for = retries_for
         self._permit: Permit | None = None
 
     def __await__(self) -> Generator[Any, None, Permit]:
@@ -303,7 +387,7 @@ class Acquisition:
 
     async def __aenter__(self) -> Permit:
         permit = await self._acquire()
-        permit._start_keeping_alive()
+        permit._hold()
         self._permit = permit
         return permit
 
@@ -317,48 +401,12 @@ class Acquisition:
             await self._permit._end_block(exc)
 
     async def _acquire(self) -> Permit:
-        client = self._semaphore._client
-        name = self._semaphore.name
-        plan = AcquirePlan(
-            semaphore=name,
-            body=self._body,
-            key=self.idempotency_key,
-            wait=self._wait,
-            timeout=self._timeout,
-            max_wait=client.max_wait,
-            now=monotonic(),
+        return await self._semaphore._acquire(
+            self._body, key=self.idempotency_key, wait=self._wait, retries_for=self._retries_for
         )
-        path = semaphore_path(name) + "/permits"
-        while True:
-            sent = monotonic()
-            body, http_timeout = plan.next_request(sent)
-            try:
-                response = await client._send(
-                    "POST",
-                    path,
-                    json=body,
-                    headers={"Idempotency-Key": plan.key},
-                    within=http_timeout,
-                )
-            except _TRANSPORT_ERRORS as exc:
-                delay = plan.failed(exc, monotonic())
-            else:
-                answered = monotonic()
-                result = plan.answered(response, answered)
-                if isinstance(result, Grant):
-                    return Permit(
-                        client,
-                        result,
-                        ttl_ms=self._body.get("ttl_ms"),
-                        sent_at=sent,
-                        answered_at=answered,
-                        # 200: an earlier request was granted this permit.
-                        replayed=response.status_code == 200,
-                    )
-                delay = result
-            await asyncio.sleep(delay)
 
 
+# unasync: end
 class Permit(PermitBase):
     """A held permit: its fencing token and lease, and the calls to refresh and release it."""
 
@@ -376,13 +424,34 @@ class Permit(PermitBase):
             grant, ttl_ms=ttl_ms, sent_at=sent_at, answered_at=answered_at, replayed=replayed
         )
         self._client = client
-        self._lost_event = asyncio.Event()
-        self._keeper: asyncio.Task[None] | None = None
+        self._lost_event = AsyncEvent()
+        self._keeper = AsyncKeeper()
 
-    async def wait_lost(self) -> PermitLost:
-        """Returns once the lease is lost, with the error saying how."""
-        await self._lost_event.wait()
-        assert self._lost is not None
+    # unasync: sync-only
+    # def __enter__(self) -> Self:
+    #     """Holds the permit for the block: refreshed meanwhile, released after."""
+    #     self._hold()
+    #     return self
+    #
+    # def __exit__(
+    #     self,
+    #     exc_type: type[BaseException] | None,
+    #     exc: BaseException | None,
+    #     tb: TracebackType | None,
+    # ) -> None:
+    #     self._end_block(exc)
+    #
+    # unasync: end
+    # `timeout` is a parameter, although asyncio code would rather wrap the
+    # call in asyncio.timeout, so that both clients' `wait_lost` have one
+    # signature and result: a thread has no such wrapper.
+    async def wait_lost(self, timeout: float | None = None) -> PermitLost | None:  # noqa: ASYNC109
+        """The `PermitLost` saying how the lease was lost, once it is.
+
+        None if `timeout` seconds pass first (None, the default: no limit).
+        """
+        if not await self._lost_event.wait(timeout):
+            return None
         return self._lost
 
     async def refresh(self, ttl: float | None = None) -> None:
@@ -405,7 +474,7 @@ class Permit(PermitBase):
         """
         if self._released:
             return
-        await self._stop_keeping_alive()
+        await self._keeper.stop()
         if self._lost is not None:
             self._released = True
             raise self._lost
@@ -417,22 +486,16 @@ class Permit(PermitBase):
     def _signal_lost(self) -> None:
         self._lost_event.set()
 
-    def _start_keeping_alive(self) -> None:
-        self._keeper = asyncio.create_task(
-            self._keep_alive(), name=f"permitd refresh {self.semaphore} {self.id}"
-        )
-
-    async def _stop_keeping_alive(self) -> None:
-        keeper, self._keeper = self._keeper, None
-        if keeper is not None and not keeper.done():
-            keeper.cancel()
-            # wait, unlike await, does not re-raise the keeper's CancelledError.
-            await asyncio.wait([keeper])
+    def _hold(self) -> None:
+        """The start of a block that holds the permit: refreshed in the background from now."""
+        if not self._released and not self._keeper.started:
+            self._keeper.start(self._keep_alive, name=f"permitd refresh {self.semaphore} {self.id}")
 
     async def _keep_alive(self) -> None:
         next_at: float | None = self._schedule.refresh_at
         while next_at is not None:
-            await asyncio.sleep(max(0.0, next_at - monotonic()))
+            if not await self._keeper.sleep_until(next_at):
+                return
             sent = monotonic()
             attempt = self._keep_alive_attempt(sent, self._client.timeout)
             if attempt is None:
@@ -444,14 +507,14 @@ class Permit(PermitBase):
                 )
             except _TRANSPORT_ERRORS as exc:
                 next_at = self._keep_alive_failed(exc, monotonic())
-            else:
-                next_at = self._keep_alive_answered(response, ttl_ms, sent, monotonic())
+                continue
+            if self._keeper.stopped:
+                return  # released meanwhile: this answer must not count
+            next_at = self._keep_alive_answered(response, ttl_ms, sent, monotonic())
 
     async def _end_block(self, exc: BaseException | None) -> None:
-        ending = self._client._spawn(self._finish())
-        # Shielded: a task cancelled (again) while it releases must not cancel
-        # the release too, or the units would stay held until the lease ran out.
-        await asyncio.shield(ending)
+        """The end of a block that held the permit: released, and a loss reported."""
+        await self._client._shielded.run(self._finish)
         self._block_ended(exc)
 
     async def _finish(self) -> None:
