@@ -461,6 +461,11 @@ def main() -> int:
     parser.add_argument("--stores", default="memory,redis")
     parser.add_argument("--only", help="run only the scenarios with this in the name")
     args = parser.parse_args()
+    # Started in the background by a script, this process has SIGINT ignored,
+    # and its adapters would inherit that: a Python adapter then never sees
+    # the Ctrl-C the cancel scenario sends. A handled SIGINT is reset to the
+    # default in every child, as in a terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     clients = [Client(*spec.split("=", 1)) for spec in args.client]
     chosen = [s for s in SCENARIOS if not args.only or args.only in s]
     root = tempfile.mkdtemp(prefix="permitd-conformance-")

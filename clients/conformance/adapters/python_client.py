@@ -102,13 +102,7 @@ def run_sync(op: str, args: argparse.Namespace) -> None:
             with sem.acquire(ttl=ttl_of(args), wait=args.wait_ms / 1000) as permit:
                 emit("acquired", id=permit.id, token=permit.fencing_token)
                 try:
-                    # In slices, so that Ctrl-C's KeyboardInterrupt lands
-                    # between them whatever the wait blocks in.
-                    end = time.monotonic() + args.hold_ms / 1000
-                    lost = None
-                    while lost is None and (left := end - time.monotonic()) > 0:
-                        lost = permit.wait_lost(min(left, 0.05))
-                    if lost:
+                    if permit.wait_lost(args.hold_ms / 1000):
                         emit("lost", detail=str(permit.lost_error))
                         reported = True
                     else:
