@@ -17,6 +17,7 @@ on_each_store!(
     a_permit_is_acquired_and_released,
     the_background_refresh_keeps_a_short_lease_alive,
     a_different_limit_is_a_limit_conflict,
+    create_makes_shares_or_refuses_and_status_lists_the_holders,
     a_full_semaphore_is_no_capacity_after_the_wait,
     dropping_a_permit_releases_it,
     a_wait_longer_than_the_server_allows_is_several_long_polls,
@@ -111,6 +112,31 @@ async fn a_different_limit_is_a_limit_conflict(store: Store) {
         "{too_many:?}"
     );
     permit.release().await.unwrap();
+}
+
+async fn create_makes_shares_or_refuses_and_status_lists_the_holders(store: Store) {
+    let app = Harness::new(store).binary().start().await;
+    let client = client_of(&app);
+    assert!(client.ready().await);
+    let made = client.semaphore("c").limit(2).create().await.unwrap();
+    assert_eq!((made.limit, made.held), (2, 0));
+    let shared = client.semaphore("c").limit(2).create().await.unwrap();
+    assert_eq!(shared.limit, 2);
+    let other = client.semaphore("c").limit(3).create().await;
+    assert!(
+        matches!(other, Err(Error::LimitConflict { current: Some(2) })),
+        "{other:?}"
+    );
+    let permit = client.semaphore("c").acquire().holder("w-1").await.unwrap();
+    let status = client.semaphore("c").status().await.unwrap();
+    assert_eq!(status.holders.len(), 1);
+    assert_eq!(status.holders[0].holder.as_deref(), Some("w-1"));
+    assert_eq!(status.holders[0].fencing_token, permit.fencing_token());
+    let raised = client.semaphore("c").set_limit(5).await.unwrap();
+    assert_eq!((raised.limit, raised.held), (5, 1));
+    permit.release().await.unwrap();
+    let down = Client::new(&format!("http://127.0.0.1:{}", free_port())).unwrap();
+    assert!(!down.ready().await);
 }
 
 async fn a_full_semaphore_is_no_capacity_after_the_wait(store: Store) {

@@ -433,7 +433,7 @@ impl Semaphore {
     /// [`Error::NotFound`] for an unknown semaphore, [`Error::Unavailable`]
     /// when permitd does not answer, or the refusal it answers.
     pub async fn status(&self) -> Result<Status, Error> {
-        let answer = self.call(Method::GET).await?;
+        let answer = self.call(Method::GET, None).await?;
         if answer.status == StatusCode::OK {
             answer.json()
         } else {
@@ -473,23 +473,8 @@ impl Semaphore {
     /// [`Error::Unavailable`] when permitd does not answer, or the refusal it
     /// answers.
     pub async fn set_limit(&self, limit: u32) -> Result<Status, Error> {
-        check_name(&self.name)?;
-        let path = format!("/semaphores/{}", self.name);
         let body = serde_json::json!({ "limit": limit });
-        let answer = self
-            .client
-            .call(
-                Method::PUT,
-                &path,
-                Some(&body),
-                None,
-                self.client.request_timeout(),
-            )
-            .await
-            .map_err(|t| Error::Unavailable {
-                reason: t.message,
-                retry_after: None,
-            })?;
+        let answer = self.call(Method::PUT, Some(&body)).await?;
         if answer.status.is_success() {
             answer.json()
         } else {
@@ -503,7 +488,7 @@ impl Semaphore {
     /// [`Error::NotFound`] for an unknown semaphore, [`Error::Unavailable`]
     /// when permitd does not answer, or the refusal it answers.
     pub async fn delete(&self) -> Result<(), Error> {
-        let answer = self.call(Method::DELETE).await?;
+        let answer = self.call(Method::DELETE, None).await?;
         if answer.status == StatusCode::NO_CONTENT {
             Ok(())
         } else {
@@ -512,11 +497,15 @@ impl Semaphore {
     }
 
     /// `method` on the semaphore's own URL, once; no answer is `Unavailable`.
-    async fn call(&self, method: Method) -> Result<Answer, Error> {
+    async fn call(
+        &self,
+        method: Method,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Answer, Error> {
         check_name(&self.name)?;
         let path = format!("/semaphores/{}", self.name);
         self.client
-            .call(method, &path, None, None, self.client.request_timeout())
+            .call(method, &path, body, None, self.client.request_timeout())
             .await
             .map_err(|t| Error::Unavailable {
                 reason: t.message,
