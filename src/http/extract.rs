@@ -23,9 +23,9 @@ use crate::semaphore::{PermitId, SemaphoreName};
 ///
 /// Deliberately lenient about `Content-Type`: `curl -d '{"limit":5}'` sends a
 /// form content type, and refusing it would make the one-line curl fail. An
-/// empty body, or `null`, is read as `{}`, so every body whose fields are all
-/// optional may be left out (the OpenAPI document states such a body as
-/// "the object, or null").
+/// empty body is read as `{}`, so every body whose fields are all optional
+/// may be left out (the OpenAPI document states such a body as not
+/// required). `null` is not an object, and is refused like any other.
 pub struct JsonBody<T>(pub T);
 
 impl<T> FromRequest<AppState> for JsonBody<T>
@@ -46,11 +46,7 @@ where
             .rposition(|b| !blank(b))
             .map_or(start, |at| at + 1);
         let trimmed = &bytes[start..end];
-        let text: &[u8] = if trimmed.is_empty() || trimmed == b"null" {
-            b"{}"
-        } else {
-            trimmed
-        };
+        let text: &[u8] = if trimmed.is_empty() { b"{}" } else { trimmed };
         // Every body is an object: serde would otherwise read a struct from
         // a JSON array too (`[]` as "all defaults"), which the document
         // does not allow (schemathesis found `[]` accepted).

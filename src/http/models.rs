@@ -103,18 +103,18 @@ pub struct AcquireBody {
     pub limit: Option<u64>,
     /// Units to take at once, all or nothing (default 1). More than the
     /// semaphore's limit could never be granted: 409.
-    #[schema(minimum = 1, maximum = 1_000_000, default = 1)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     #[serde(default, deserialize_with = "optional_whole_number")]
     pub count: Option<u64>,
     /// Lease length in milliseconds (default 30000). The default, minimum
     /// and maximum are the server's configuration.
-    #[schema(minimum = 100, maximum = 3_600_000, default = 30_000)]
+    #[schema(minimum = 100, maximum = 3_600_000)]
     #[serde(default, deserialize_with = "optional_whole_number")]
     pub ttl_ms: Option<u64>,
     /// How long the request may wait for capacity, in milliseconds: a long
     /// poll, served first come first served. 0 (the default) tries once. The
     /// maximum is the server's configured maximum wait.
-    #[schema(minimum = 0, maximum = 60_000, default = 0)]
+    #[schema(minimum = 0, maximum = 60_000)]
     #[serde(default, deserialize_with = "optional_whole_number")]
     pub wait_ms: Option<u64>,
     /// A free-text label shown in status and logs; no control characters.
@@ -131,7 +131,7 @@ pub struct AcquireBody {
 pub struct RefreshBody {
     /// The new lease, in milliseconds from now (default 30000). The default,
     /// minimum and maximum are the server's configuration.
-    #[schema(minimum = 100, maximum = 3_600_000, default = 30_000)]
+    #[schema(minimum = 100, maximum = 3_600_000)]
     #[serde(default, deserialize_with = "optional_whole_number")]
     pub ttl_ms: Option<u64>,
 }

@@ -26,7 +26,7 @@ use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{Object, ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, Required};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::RequestBounds;
@@ -67,9 +67,20 @@ pub struct ApiDoc;
 pub fn with_bounds(mut doc: Document, bounds: &RequestBounds) -> Document {
     if let Some(components) = doc.components.as_mut() {
         let default_ttl = bounds.default_ttl.as_millis();
-        for body in ["AcquireBody", "RefreshBody"] {
-            let ttl = property(&mut components.schemas, body, "ttl_ms");
-            set_bounds(ttl, bounds.min_ttl_ms, bounds.max_ttl_ms, Some(default_ttl));
+        for (body, what) in [
+            ("AcquireBody", "Lease length in milliseconds"),
+            ("RefreshBody", "The new lease, in milliseconds from now"),
+        ] {
+            let mut ttl = property(&mut components.schemas, body, "ttl_ms");
+            // Stated in words, not as `default`: generators (openapi-typescript
+            // among them) make a property with a `default` required.
+            if let Some(ttl) = ttl.as_deref_mut() {
+                ttl.description = Some(format!(
+                    "{what}; left out, this server's default of {default_ttl}. The minimum \
+                     and maximum are this server's configuration."
+                ));
+            }
+            set_bounds(ttl, bounds.min_ttl_ms, bounds.max_ttl_ms, None);
         }
         let wait = property(&mut components.schemas, "AcquireBody", "wait_ms");
         set_bounds(wait, 0, bounds.max_wait_ms, None);
@@ -78,7 +89,43 @@ pub fn with_bounds(mut doc: Document, bounds: &RequestBounds) -> Document {
         with_demo_bounds(&mut doc, bounds);
     }
     describe_bearer(&mut doc);
+    with_optional_bodies(&mut doc);
     doc
+}
+
+/// States a body that may be left out as `required: false` with the
+/// object's schema, where utoipa writes an `Option<Body>` as "null or the
+/// object": generators read the former as an optional argument, while
+/// `oneOf: [null, …]` made openapi-python-client send its "unset" marker as
+/// the body. A `null` body is refused (see `extract::JsonBody`), as the
+/// document now says.
+fn with_optional_bodies(doc: &mut Document) {
+    let items = doc.paths.paths.values_mut();
+    let operations = items.flat_map(|item| {
+        [
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+    });
+    for body in operations.filter_map(|op| op.request_body.as_mut()) {
+        for content in body.content.values_mut() {
+            let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema else {
+                continue;
+            };
+            let object = one_of.items.iter().find_map(|item| match item {
+                RefOr::Ref(object) => Some(object.clone()),
+                RefOr::T(_) => None,
+            });
+            if let Some(object) = object {
+                content.schema = Some(RefOr::Ref(object));
+                body.required = Some(Required::False);
+            }
+        }
+    }
 }
 
 /// The demo's bounds, on a document that has its routes (`--demo`).
