@@ -150,21 +150,24 @@ class Redis:
 
 
 class Permitd:
-    def __init__(self, binary: str, args: list[str]):
-        self.binary, self.args = binary, args
+    def __init__(self, binary: str, args: list[str], log: str):
+        self.binary, self.args, self.log = binary, args, log
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS")}
-        env["RUST_LOG"] = "warn"
-        self.proc = subprocess.Popen(
-            [self.binary, "--listen", f"127.0.0.1:{self.port}", *self.args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
+        # Warnings and the store's own steps (handovers, slot refreshes), with
+        # the access log left out: what a violation is read against.
+        env["RUST_LOG"] = "warn,permitd=info,permitd::access=warn"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "--listen", f"127.0.0.1:{self.port}", *self.args],
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
         wait_until(
             f"permitd :{self.port}",
             lambda: request(self.port, "GET", "/readyz")[0] == 200,
@@ -221,6 +224,8 @@ class Event:
     permit: dict[str, Any] = field(default_factory=dict)
     # The permit a refresh or release was for, or the one granted.
     permit_id: str = ""
+    # A problem's detail: what an error answer said went wrong.
+    detail: str = ""
 
 
 @dataclass
@@ -252,6 +257,10 @@ class Run:
         self.names = [f"fc-{i}" for i in range(6 if args.mode == "cluster" else 3)]
         self.began = now_ms()
         self.excess: dict[str, int] = {}
+        self.failed = False
+        # Set by the Sentinel watch when a failover ends (see inject).
+        self.failover_over = threading.Event()
+        self.failover_aborted = False
 
     # --- set-up -------------------------------------------------------
 
@@ -336,7 +345,10 @@ class Run:
             "500",
         ]
         self.instances = [
-            Permitd(self.args.permitd, args) for _ in range(self.args.instances)
+            Permitd(
+                self.args.permitd, args, os.path.join(self.root, f"permitd-{i}.log")
+            )
+            for i in range(self.args.instances)
         ]
         for name in self.names:
             status, _, _ = request(
@@ -385,6 +397,7 @@ class Run:
                 bound_ms,
                 permit,
                 permit_id or permit.get("id", ""),
+                str(parsed.get("detail", "")) if status >= 400 else "",
             )
         )
         return status, parsed
@@ -505,8 +518,16 @@ class Run:
             # lost (seen here: permits granted before the command came back
             # 404).
             if self.replica_in_sync():
+                # The fault lasts until the failover is over, switched or
+                # given up (a sentinel that lost its link to the replica
+                # gives up after the failover timeout, 5 s here: calls answer
+                # 503 meanwhile, as writes to the old master could be lost).
+                self.failover_over.clear()
                 redis_cli(self.sentinels[0].port, "SENTINEL", "FAILOVER", "fc")
-                time.sleep(2.0)
+                self.failover_over.wait(10.0)
+                if self.failover_aborted:
+                    fault.kind += " (given up by Sentinel)"
+                time.sleep(0.5)
             else:
                 fault.kind = "sentinel-failover skipped (replica not in sync)"
         elif kind == "cluster-failover":
@@ -601,7 +622,7 @@ class Run:
         got are lost, as with a kill -9 of the master."""
         watcher = subprocess.Popen(
             ["redis-cli", "-p", str(self.sentinels[0].port), "SUBSCRIBE"]
-            + ["+sdown", "-sdown", "+switch-master"],
+            + ["+sdown", "-sdown", "+switch-master", "-failover-abort-slave-timeout"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -615,6 +636,9 @@ class Run:
                 continue
             channel = next(lines, "").strip()
             payload = next(lines, "").strip()
+            if channel in ("+switch-master", "-failover-abort-slave-timeout"):
+                self.failover_aborted = channel != "+switch-master"
+                self.failover_over.set()
             if channel == "+sdown" and payload.startswith("master fc "):
                 opened = Fault("sentinel-sdown", now_ms(), now_ms(), lost_writes=True)
                 with self.lock:
@@ -675,6 +699,7 @@ class Run:
             )
         violations = self.check(held)
         self.summary(began, ended, violations)
+        self.failed = bool(violations)
         return 1 if violations else 0
 
     def since_start(self, at: float) -> str:
@@ -731,7 +756,8 @@ class Run:
                     violations.append(
                         f"{e.kind} via instance {e.instance} answered {e.status} outside a "
                         f"fault, sent {self.since_start(e.sent)}, after "
-                        f"{e.answered - e.sent:.0f} ms; {self.fault_before(e.sent)}"
+                        f"{e.answered - e.sent:.0f} ms ({e.detail or 'no detail'}); "
+                        f"{self.fault_before(e.sent)}"
                     )
             if e.answered - e.sent > e.bound_ms:
                 violations.append(
@@ -854,7 +880,12 @@ class Run:
             p.kill()
         for r in [*self.sentinels, *self.redis]:
             r.kill()
-        shutil.rmtree(self.root, ignore_errors=True)
+        # A failed run keeps its servers' files and permitd's logs: what the
+        # violations are read against.
+        if self.failed or self.args.keep:
+            print(f"  logs and data kept in {self.root}")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def main() -> int:
@@ -867,6 +898,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--instances", type=int, default=2)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument(
+        "--keep", action="store_true", help="keep logs and data even when it passes"
+    )
     run = Run(parser.parse_args())
 
     # A SIGTERM (a CI timeout, kill) still stops the servers this run started.

@@ -754,3 +754,61 @@ async fn a_killed_sentinel_master_loses_no_permit_acknowledged_with_wait() {
     assert!(!granted.is_empty());
     assert_eq!(lost, 0, "permits acknowledged by the replica were lost");
 }
+
+/// A `SENTINEL FAILOVER` that Sentinel gives up: the replica refuses
+/// `REPLICAOF NO ONE` (an ACL rule here; in production, a sentinel that lost
+/// its link to the replica), so after the failover timeout (5 s) the leading
+/// sentinel announces `-failover-abort-slave-timeout` and the old master, which
+/// never stopped being one, stays. permitd stopped writing to it the moment the
+/// promotion was announced (those writes could have been lost), and must use
+/// it again once the promotion is given up: not 503 until its handover times
+/// out (15 s) or the next failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_given_up_serves_from_the_old_master_again() {
+    let setup = Arc::new(SentinelSetup::start());
+    let harness = Harness::on_sentinel(setup.clone());
+    let app = harness.spawn().await;
+    let master = setup.master().port();
+    let refused = setup
+        .replica()
+        .command(&["ACL", "SETUSER", "default", "-replicaof", "-slaveof"]);
+    assert!(
+        matches!(refused, Reply::Status(_)),
+        "ACL SETUSER: {refused:?}"
+    );
+    let created = app
+        .put_json("/semaphores/given-up", json!({ "limit": 10_000 }))
+        .await;
+    assert_eq!(created.status(), 201);
+    let asked = Instant::now();
+    let failover = setup.sentinels()[0].command(&["SENTINEL", "FAILOVER", "permitd-data"]);
+    assert!(
+        matches!(failover, Reply::Status(_)),
+        "SENTINEL FAILOVER: {failover:?}"
+    );
+    // Probes every 50 ms: when the handover began (the first 503) and when
+    // permitd served from the old master again (the first 201 after it).
+    let mut first_503 = None;
+    let mut back = None;
+    while back.is_none() && asked.elapsed() < Duration::from_secs(20) {
+        let response = app.acquire("given-up", json!({ "ttl_ms": 60_000 })).await;
+        match response.status().as_u16() {
+            503 if first_503.is_none() => first_503 = Some(asked.elapsed()),
+            201 if first_503.is_some() => back = Some(asked.elapsed()),
+            201 | 503 => {}
+            other => panic!("answered {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(setup.master().port(), master, "the promotion was given up");
+    eprintln!(
+        "SENTINEL FAILOVER given up: writes stopped {first_503:?} after the command, \
+         served from the old master again {back:?} after it (failover timeout 5 s)"
+    );
+    let first_503 = first_503.expect("the promotion was acted on (a 503)");
+    let back = back.expect("never served again within 20 s");
+    assert!(
+        back <= Duration::from_millis(7_000),
+        "served again only {back:?} after the command ({first_503:?} after the first 503)"
+    );
+}

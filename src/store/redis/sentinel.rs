@@ -27,7 +27,14 @@
 //! calls answer 503 until the replica answers `ROLE` master (the pool checks
 //! that before using a connection). Until a sentinel names the new master,
 //! that choice is provisional: the old master is not switched back to, even
-//! when every sentinel still names it, for [`HANDOVER`].
+//! when every sentinel still names it, for [`HANDOVER`], unless the sentinel
+//! that promotes gives up (`-failover-abort-slave-timeout`: the replica never
+//! took the master role within the failover timeout, often because that
+//! sentinel had lost its link to it). The old master then stays the master,
+//! with every write it took, and is used again at once; before, it was
+//! refused until the next failover or the end of the handover (seen by the
+//! fault checker: 9 s of 503s through one instance while the other, started
+//! after the abort, served from the old master).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -67,6 +74,15 @@ pub(super) struct NodeAuth {
     pub(super) certificates: Option<TlsCertificates>,
 }
 
+/// The master a promotion replaces: not to be switched back to until
+/// `until`, or until the promotion is given up (then it is the master again,
+/// under the epoch it had).
+struct Handover {
+    replaced: NodeAddr,
+    epoch: u64,
+    until: Instant,
+}
+
 /// The sentinels of one monitored master, and the master they name.
 pub(super) struct Sentinel {
     sentinels: Vec<redis::Client>,
@@ -80,9 +96,8 @@ pub(super) struct Sentinel {
     /// The master in use and the configuration epoch it was named under.
     current: RwLock<Option<(NodeAddr, u64)>>,
     /// A replica taken as master on a sentinel's word that it promotes it,
-    /// before any sentinel names it: the master it replaces, not to be
-    /// switched back to, and until when (see the module docs).
-    handover: RwLock<Option<(NodeAddr, Instant)>>,
+    /// before any sentinel names it (see the module docs).
+    handover: RwLock<Option<Handover>>,
     /// Bumped when the master changes: the wake subscriber moves with it.
     switches: watch::Sender<u64>,
     /// The pool's failure generation: a switch makes every connection suspect.
@@ -168,7 +183,10 @@ impl Sentinel {
     fn set_current(&self, named: Named) -> NodeAddr {
         let mut handover = self.handover.write().unwrap_or_else(|e| e.into_inner());
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        if let Some((replaced, until)) = handover.as_ref() {
+        if let Some(Handover {
+            replaced, until, ..
+        }) = handover.as_ref()
+        {
             if Instant::now() >= *until
                 || current
                     .as_ref()
@@ -220,11 +238,33 @@ impl Sentinel {
         }
         tracing::warn!(from = %master, to = %replica, master = %self.master_name,
             "Sentinel promotes a replica; no more writes to the old master");
-        *handover = Some((master.clone(), Instant::now() + HANDOVER));
+        *handover = Some(Handover {
+            replaced: master.clone(),
+            epoch: *epoch,
+            until: Instant::now() + HANDOVER,
+        });
         *addr = replica;
         *epoch += 1;
         drop((current, handover));
         self.switched();
+    }
+
+    /// A sentinel gave up promoting a replica of `master`: if that promotion
+    /// is the one in use, `master` is the master again (see the module docs).
+    /// Returns whether it was.
+    fn abort_handover(&self, master: &NodeAddr) -> bool {
+        let mut handover = self.handover.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let Some(given_up) = handover.take_if(|h| h.replaced == *master) else {
+            return false;
+        };
+        let promoted = current.replace((given_up.replaced, given_up.epoch));
+        drop((current, handover));
+        tracing::warn!(master = %self.master_name, to = %master,
+            from = %promoted.map(|(addr, _)| addr.to_string()).unwrap_or_default(),
+            "Sentinel gave up the promotion; writes go to the master again");
+        self.switched();
+        true
     }
 
     /// Every connection to the master before is dropped at its next checkout,
@@ -352,6 +392,13 @@ impl Sentinel {
                     if switched_to(&text, &self.master_name).is_some() {
                         let _ = switched.send(());
                     }
+                } else if channel == ABORT {
+                    // Asked again too: the sentinels' word settles it.
+                    if let Some(master) = given_up(&text, &self.master_name)
+                        && self.abort_handover(&master)
+                    {
+                        let _ = switched.send(());
+                    }
                 } else if let Some((master, replica)) = promoting(&text, &self.master_name) {
                     self.hand_over(&master, replica);
                 }
@@ -380,13 +427,20 @@ const HANDOVER: Duration = Duration::from_secs(15);
 
 const SWITCH: &str = "+switch-master";
 
-/// The announcements followed: the switch, and the two steps that say a
-/// replica is being (or was) promoted, the first sent just before the
-/// leading sentinel tells the replica `REPLICAOF NO ONE`.
-const WATCHED: [&str; 3] = [
+/// The leading sentinel gave up after telling a replica to become master (it
+/// did not, within the failover timeout). The other aborts come before any
+/// promotion, and `-failover-abort-not-elected` from a sentinel that lost the
+/// election while another may be promoting: neither ends a handover.
+const ABORT: &str = "-failover-abort-slave-timeout";
+
+/// The announcements followed: the switch, the two steps that say a replica
+/// is being (or was) promoted, the first sent just before the leading
+/// sentinel tells the replica `REPLICAOF NO ONE`, and the abort after them.
+const WATCHED: [&str; 4] = [
     SWITCH,
     "+failover-state-send-slaveof-noone",
     "+promoted-slave",
+    ABORT,
 ];
 
 /// A master as one sentinel names it, with the configuration epoch it was
@@ -436,6 +490,18 @@ fn promoting(message: &str, master_name: &str) -> Option<(NodeAddr, NodeAddr)> {
                 },
             ))
         }
+        _ => None,
+    }
+}
+
+/// The master in an abort message of ours (`master <name> <ip> <port>`).
+fn given_up(message: &str, master_name: &str) -> Option<NodeAddr> {
+    let parts: Vec<&str> = message.split_whitespace().collect();
+    match parts.as_slice() {
+        ["master", name, host, port] if *name == master_name => Some(NodeAddr {
+            host: (*host).to_owned(),
+            port: port.parse().ok()?,
+        }),
         _ => None,
     }
 }
@@ -572,6 +638,31 @@ mod tests {
         assert_eq!(port(named(6391, 1, false)), 6391);
         // Named now: a later failover back is followed as usual.
         assert_eq!(port(named(6390, 2, false)), 6390);
+        // A promotion given up: the master it replaced, under its epoch, is
+        // the master again at once; an abort of another master's promotion
+        // changes nothing.
+        let other = NodeAddr {
+            port: 6392,
+            ..old.clone()
+        };
+        sentinel.hand_over(&old, new.clone());
+        assert!(!sentinel.abort_handover(&other) && sentinel.is_current(&new));
+        assert!(sentinel.abort_handover(&old) && sentinel.is_current(&old));
+        assert_eq!(port(named(6390, 2, false)), 6390);
+        assert!(!sentinel.abort_handover(&old));
+    }
+
+    #[test]
+    fn an_abort_names_our_master() {
+        assert_eq!(
+            given_up("master mymaster 127.0.0.1 6379", "mymaster"),
+            Some(NodeAddr {
+                host: "127.0.0.1".into(),
+                port: 6379
+            })
+        );
+        assert_eq!(given_up("master other 127.0.0.1 6379", "mymaster"), None);
+        assert_eq!(given_up("slave x 1 2 @ mymaster 1 2", "mymaster"), None);
     }
 
     #[test]
