@@ -126,6 +126,9 @@ class Redis:
             "",
             "--appendonly",
             "no",
+            # Kept with a failed run: what Redis and Sentinel did meanwhile.
+            "--logfile",
+            os.path.join(self.dir, "redis.log"),
         ]
         if not self.sentinel:
             args += self.extra
