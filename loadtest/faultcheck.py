@@ -526,9 +526,11 @@ class Run:
                 # gives up after the failover timeout, 5 s here: calls answer
                 # 503 meanwhile, as writes to the old master could be lost).
                 self.failover_over.clear()
+                self.failover_aborted = False
                 redis_cli(self.sentinels[0].port, "SENTINEL", "FAILOVER", "fc")
-                self.failover_over.wait(10.0)
-                if self.failover_aborted:
+                if not self.failover_over.wait(10.0):
+                    fault.kind += " (not over within 10 s)"
+                elif self.failover_aborted:
                     fault.kind += " (given up by Sentinel)"
                 time.sleep(0.5)
             else:

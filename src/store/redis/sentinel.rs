@@ -31,10 +31,8 @@
 //! that promotes gives up (`-failover-abort-slave-timeout`: the replica never
 //! took the master role within the failover timeout, often because that
 //! sentinel had lost its link to it). The old master then stays the master,
-//! with every write it took, and is used again at once; before, it was
-//! refused until the next failover or the end of the handover (seen by the
-//! fault checker: 9 s of 503s through one instance while the other, started
-//! after the abort, served from the old master).
+//! with every write it took, so it is used again at once rather than refused
+//! until the handover ends or the next failover.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
