@@ -76,7 +76,8 @@ async def main(url: str) -> None:
             sent = time.monotonic()
             reply = await acquire(
                 keys=keys,
-                # ARGV as acquire.lua names them; no deadline (the last).
+                # ARGV as acquire.lua names them; no deadline, and never
+                # queued (so no handoff: the last two).
                 args=[
                     LIMIT,
                     1,
@@ -89,6 +90,7 @@ async def main(url: str) -> None:
                     3000,
                     "permitd:wake:bench",
                     "",
+                    "0",
                     *lifecycle,
                 ],
             )

@@ -263,7 +263,8 @@ fn describe() {
         HANDOFF,
         Unit::Seconds,
         "From the change that freed units (release, expiry, limit raise) to their grant to \
-         the next waiter, on the store's clock"
+         the next waiter, on the store's clock: 0 when that change handed the waiter its \
+         permit"
     );
     describe_gauge!(
         SEMAPHORE_LIMIT,

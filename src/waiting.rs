@@ -4,8 +4,11 @@
 //! One loop serves both stores, because the store does the deciding (who is
 //! next, in FIFO order) and only tells this loop "queued at position N" or a
 //! final answer. Between attempts the loop sleeps until the first of:
-//! - a wake for its ticket (pushed by the store when units may fit: release,
-//!   expiry, limit raise, a waiter ahead leaving);
+//! - its permit, handed to it by the store call that freed the units (a
+//!   release, an expiry, a limit raise, a waiter ahead leaving): it answers
+//!   with it at once, with no attempt of its own;
+//! - a wake for its ticket (pushed by the store when units may fit but it
+//!   could not hand the permit over);
 //! - for the queue's head only, the soonest lease expiry (a holder that
 //!   crashed frees units without anyone telling us);
 //! - on Redis, the end of the soonest waiter lease (a waiter whose instance
@@ -29,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::semaphore::{AcquireOutcome, AcquireRequest, PermitId, SemaphoreName};
-use crate::store::{Attempt, SemaphoreStore, StoreError, Woken};
+use crate::semaphore::{AcquireOutcome, AcquireRequest, Permit, PermitId, SemaphoreName};
+use crate::store::{Attempt, Handoff, SemaphoreStore, StoreError, Woken};
 
 /// How waiting behaves, from settings, plus the shutdown signal.
 #[derive(Debug, Clone)]
@@ -129,7 +132,10 @@ pub async fn acquire(
                     // is read (and so cleared) here: the attempt that follows
                     // answers it, and it must not pass for a later wake's.
                     () = wake.notified() => {
-                        wake.woken();
+                        if let Woken::Granted(handoff) = wake.woken() {
+                            guard.armed = false;
+                            return Ok(handed(request, ticket, handoff, started));
+                        }
                     }
                     () = tokio::time::sleep_until(until.into()) => {}
                     () = settings.shutdown.cancelled() => {
@@ -146,13 +152,10 @@ pub async fn acquire(
             Attempt::Done { outcome, clock_us } => {
                 guard.armed = false;
                 if let AcquireOutcome::Granted(_) = &outcome {
-                    let waited = started.elapsed();
-                    metrics::histogram!(crate::telemetry::ACQUIRE_WAIT)
-                        .record(waited.as_secs_f64());
-                    if let Some(cause_us) = wake.take_woken_at_us() {
-                        let handoff = clock_us.saturating_sub(cause_us);
-                        metrics::histogram!(crate::telemetry::HANDOFF).record(handoff as f64 / 1e6);
-                    }
+                    let handoff_us = wake
+                        .take_woken_at_us()
+                        .map(|cause_us| clock_us.saturating_sub(cause_us));
+                    record_grant(started, handoff_us);
                 }
                 return Ok(outcome);
             }
@@ -178,13 +181,20 @@ pub async fn acquire(
                 loop {
                     tokio::select! {
                         () = wake.notified() => {
-                            // Told it is head and does not fit: nothing to
-                            // attempt before the soonest lease ends.
-                            if let Woken::Head { soonest_expiry } = wake.woken() {
-                                if let Some(expiry) = soonest_expiry {
-                                    until = until.min(Instant::now() + expiry + late);
+                            match wake.woken() {
+                                Woken::Granted(handoff) => {
+                                    guard.armed = false;
+                                    return Ok(handed(request, ticket, handoff, started));
                                 }
-                                continue;
+                                // Told it is head and does not fit: nothing
+                                // to attempt before the soonest lease ends.
+                                Woken::Head { soonest_expiry } => {
+                                    if let Some(expiry) = soonest_expiry {
+                                        until = until.min(Instant::now() + expiry + late);
+                                    }
+                                    continue;
+                                }
+                                Woken::Attempt => {}
                             }
                         }
                         () = tokio::time::sleep_until(until.into()) => {}
@@ -197,6 +207,36 @@ pub async fn acquire(
                 last_try = Instant::now() >= deadline;
             }
         }
+    }
+}
+
+/// The permit the store handed this ticket (its id), from the request.
+fn handed(
+    request: &AcquireRequest,
+    ticket: PermitId,
+    handoff: Handoff,
+    started: Instant,
+) -> AcquireOutcome {
+    // Granted in the very call that freed the units: no time passed between
+    // the two on the store's clock.
+    record_grant(started, Some(0));
+    AcquireOutcome::Granted(Permit {
+        id: ticket,
+        semaphore: request.name.clone(),
+        count: request.count.get(),
+        fencing_token: handoff.fencing_token,
+        acquired_at: handoff.acquired_at,
+        expires_at: handoff.expires_at,
+        holder: request.holder.as_ref().map(|h| h.as_str().to_owned()),
+    })
+}
+
+/// The wait and, when a change that freed units led to the grant, the
+/// handoff: the store-clock µs from that change to the grant.
+fn record_grant(started: Instant, handoff_us: Option<u64>) {
+    metrics::histogram!(crate::telemetry::ACQUIRE_WAIT).record(started.elapsed().as_secs_f64());
+    if let Some(us) = handoff_us {
+        metrics::histogram!(crate::telemetry::HANDOFF).record(us as f64 / 1e6);
     }
 }
 

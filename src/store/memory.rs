@@ -27,7 +27,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{Attempt, Lifecycle, ListCursor, ListError, SemaphoreStore, StoreError, Wakeups};
+use super::{
+    Attempt, Handoff, Lifecycle, ListCursor, ListError, SemaphoreStore, StoreError, Wakeups,
+};
 use crate::semaphore::{
     AcquireOutcome, AcquireRequest, HolderInfo, IdleTtl, Limit, MAX_LISTED_HOLDERS, Millis, Permit,
     PermitId, ReleaseOutcome, SemaphoreName, SemaphorePage, SemaphoreStatus, SemaphoreSummary,
@@ -122,6 +124,31 @@ struct PermitRecord {
     claimed: bool,
 }
 
+/// What a permit is made from: an acquire's request, kept with a queued
+/// ticket that waits in this process so that the change that frees its
+/// units can grant it (direct handoff, see `wake_heads`).
+struct Asked {
+    count: u32,
+    ttl_ms: u64,
+    holder: Option<String>,
+    /// The Idempotency-Key and request fingerprint.
+    idempotency: Option<(String, String)>,
+}
+
+impl Asked {
+    fn new(request: &AcquireRequest) -> Self {
+        Self {
+            count: request.count.get(),
+            ttl_ms: request.ttl.as_millis(),
+            holder: request.holder.as_ref().map(|h| h.as_str().to_owned()),
+            idempotency: request
+                .idempotency_key
+                .as_ref()
+                .map(|k| (k.as_str().to_owned(), request.fingerprint())),
+        }
+    }
+}
+
 struct SemaphoreState {
     limit: u32,
     /// Sum of `count` over `permits`, kept in step inside every critical section.
@@ -148,6 +175,8 @@ struct SemaphoreState {
     busy_until: Millis,
     /// Waiting tickets and their counts, in arrival order.
     queue: Queue,
+    /// The requests of the queued tickets that may be handed their permit.
+    asked: HashMap<PermitId, Asked>,
     /// The head of the queue left since the last wake: the new head must be
     /// told it is head (see `wake_heads`).
     head_left: bool,
@@ -168,6 +197,7 @@ impl SemaphoreState {
             idle_ttl: lifecycle.idle_ttl,
             busy_until: now,
             queue: Queue::default(),
+            asked: HashMap::new(),
             head_left: false,
         }
     }
@@ -228,6 +258,7 @@ impl SemaphoreState {
     }
 
     fn dequeue(&mut self, ticket: PermitId) -> bool {
+        self.asked.remove(&ticket);
         // A key that only marked this waiter is free again (a retry with it
         // is a new request, not one still running).
         if let Some(key) = self.waiting_keys.remove(&ticket)
@@ -265,24 +296,75 @@ impl SemaphoreState {
         self.limit.saturating_sub(self.held)
     }
 
-    /// Wakes the waiters at the head of the queue whose counts fit now, in
-    /// order; the first that does not fit blocks the rest (strict FIFO). When
-    /// the old head left, a new head that does not fit is told so
-    /// (`tell_head`), and aims its timer at the next lease end.
+    /// Serves the waiters at the head of the queue whose counts fit now, in
+    /// order: each that waits in this process is granted its permit here and
+    /// handed it (`Wakeups::grant`), any other is woken to attempt. The first
+    /// that does not fit blocks the rest (strict FIFO). When the old head
+    /// left and every waiter before it was handed its permit, that one is
+    /// the new head and is told so (`tell_head`), to aim its timer at the
+    /// next lease end.
     fn wake_heads(&mut self, wakeups: &Wakeups) {
-        let head_left = std::mem::take(&mut self.head_left);
         let mut free = self.free();
         let cause = now_micros();
-        for (n, (ticket, count)) in self.queue.iter().enumerate() {
+        let mut fitting = Vec::new();
+        let mut blocked = None;
+        for (ticket, count) in self.queue.iter() {
             if count > free {
-                if n == 0 && head_left {
-                    self.tell_head(wakeups, ticket, cause);
-                }
+                blocked = Some(ticket);
                 break;
             }
             free -= count;
-            wakeups.wake(ticket, Some(cause));
+            fitting.push(ticket);
         }
+        let now = Millis::now();
+        let mut all_handed = true;
+        for ticket in fitting {
+            if self.asked.contains_key(&ticket) && wakeups.waits(ticket) {
+                let asked = self.asked.remove(&ticket).expect("looked up above");
+                self.dequeue(ticket);
+                let record = self.grant(ticket, asked, now);
+                let handoff = Handoff {
+                    fencing_token: record.fencing_token,
+                    acquired_at: record.acquired_at,
+                    expires_at: record.expires_at,
+                };
+                wakeups.grant(ticket, Some(cause), handoff);
+            } else {
+                all_handed = false;
+                wakeups.wake(ticket, Some(cause));
+            }
+        }
+        let head_left = std::mem::take(&mut self.head_left);
+        if let Some(ticket) = blocked
+            && all_handed
+            && head_left
+        {
+            self.tell_head(wakeups, ticket, cause);
+        }
+    }
+
+    /// Grants `ticket` the permit `asked` for (the caller checked it fits
+    /// and took it out of the queue).
+    fn grant(&mut self, ticket: PermitId, asked: Asked, now: Millis) -> &PermitRecord {
+        // Never below the clock, as in the Redis scripts (see `store`).
+        self.fence = (self.fence + 1).max(now_micros());
+        let record = PermitRecord {
+            count: asked.count,
+            fencing_token: self.fence,
+            acquired_at: now,
+            expires_at: Millis(now.0 + asked.ttl_ms),
+            holder: asked.holder,
+            idempotency: asked.idempotency,
+            claimed: false,
+        };
+        if let Some((key, _)) = &record.idempotency {
+            self.idempotency.insert(key.clone(), KeyUse::Live(ticket));
+        }
+        self.expiries.insert((record.expires_at, ticket));
+        self.busy(record.expires_at);
+        self.held += asked.count;
+        self.permits.insert(ticket, record);
+        &self.permits[&ticket]
     }
 
     /// After a grant that freed nothing: every waiter that fits was woken by
@@ -578,6 +660,9 @@ impl MemoryStore {
                             );
                             state.waiting_keys.insert(ticket, key.as_str().to_owned());
                         }
+                        if self.wakeups.waits(ticket) {
+                            state.asked.insert(ticket, Asked::new(request));
+                        }
                         state.queue.push(ticket, count)
                     }
                 };
@@ -601,28 +686,7 @@ impl MemoryStore {
         }
 
         state.dequeue(ticket);
-        // Never below the clock, as in the Redis scripts (see `store`).
-        state.fence = (state.fence + 1).max(now_micros());
-        let record = PermitRecord {
-            count,
-            fencing_token: state.fence,
-            acquired_at: now,
-            expires_at: Millis(now.0 + request.ttl.as_millis()),
-            holder: request.holder.as_ref().map(|h| h.as_str().to_owned()),
-            idempotency: request
-                .idempotency_key
-                .as_ref()
-                .map(|k| (k.as_str().to_owned(), request.fingerprint())),
-            claimed: false,
-        };
-        if let Some((key, _)) = &record.idempotency {
-            state.idempotency.insert(key.clone(), KeyUse::Live(ticket));
-        }
-        state.expiries.insert((record.expires_at, ticket));
-        state.busy(record.expires_at);
-        state.held += count;
-        let permit = to_permit(&request.name, ticket, &record);
-        state.permits.insert(ticket, record);
+        let permit = to_permit(&request.name, ticket, state.grant(ticket, Asked::new(request), now));
         // Units this call freed (an expiry) may let the next waiters in.
         if expired {
             state.wake_heads(&self.wakeups);

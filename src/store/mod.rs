@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use wakeups::{Wakeups, Woken};
+pub use wakeups::{Handoff, WakeHandle, Wakeups, Woken};
 
 use crate::semaphore::{
     AcquireOutcome, AcquireRequest, IdleTtl, Limit, Permit, PermitId, ReleaseOutcome,

@@ -11,7 +11,9 @@
 //!
 //! A store may also tell a ticket that it became the head of the queue but
 //! does not fit, and when the soonest lease ends: the waiter then aims its
-//! timer there instead of attempting (see [`Woken`]).
+//! timer there instead of attempting (see [`Woken`]). Or it hands the ticket
+//! its permit: the change that freed the units granted it (direct handoff),
+//! and the waiter answers from the grant with no attempt of its own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -20,7 +22,17 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::semaphore::PermitId;
+use crate::semaphore::{Millis, PermitId};
+
+/// A permit granted to a waiting ticket by the change that freed its units:
+/// what the waiter needs, with its own request, to answer with the permit
+/// (its id is the ticket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handoff {
+    pub fencing_token: u64,
+    pub acquired_at: Millis,
+    pub expires_at: Millis,
+}
 
 struct Slot {
     notify: Notify,
@@ -36,6 +48,8 @@ struct Slot {
     /// The latest head notice: ms until the soonest lease ends, -1 for no
     /// lease, `NO_NOTICE` when none came.
     head_notice_ms: AtomicI64,
+    /// The permit the store granted this ticket, once it did.
+    grant: Mutex<Option<Handoff>>,
 }
 
 const NO_NOTICE: i64 = i64::MIN;
@@ -48,6 +62,7 @@ impl Default for Slot {
             latest_cause_us: AtomicU64::new(0),
             attempt: AtomicBool::new(false),
             head_notice_ms: AtomicI64::new(NO_NOTICE),
+            grant: Mutex::new(None),
         }
     }
 }
@@ -67,6 +82,8 @@ pub enum Woken {
     /// It is the head of the queue and does not fit: nothing to attempt until
     /// the soonest lease ends (`None`: no lease is held), or another wake.
     Head { soonest_expiry: Option<Duration> },
+    /// The store granted it its permit: answer with it, attempt nothing.
+    Granted(Handoff),
 }
 
 /// The waiting tickets of this process.
@@ -110,6 +127,31 @@ impl Wakeups {
             slot.attempt.store(true, Ordering::Release);
             slot.notify.notify_one();
         }
+    }
+
+    /// Hands one ticket its permit, if it waits in this process; returns
+    /// whether it does. A grant outranks every other wake (see
+    /// `WakeHandle::woken`), and is never a copy to drop: there is one per
+    /// ticket.
+    pub fn grant(&self, ticket: PermitId, cause_us: Option<u64>, handoff: Handoff) -> bool {
+        let Some(slot) = self.slots().get(&ticket).cloned() else {
+            return false;
+        };
+        if let Some(us) = cause_us {
+            slot.woken_at_us.store(us, Ordering::Relaxed);
+        }
+        *slot
+            .grant
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handoff);
+        slot.notify.notify_one();
+        true
+    }
+
+    /// Whether this ticket waits in this process (then a store may hand it
+    /// its permit).
+    pub fn waits(&self, ticket: PermitId) -> bool {
+        self.slots().contains_key(&ticket)
     }
 
     /// Tells one ticket, if it waits in this process, that it is the head of
@@ -162,9 +204,18 @@ impl WakeHandle {
         self.slot.notify.notified().await;
     }
 
-    /// What the wake that completed `notified` was for: an attempt, unless
-    /// only head notices came since the waiter last looked.
+    /// What the wake that completed `notified` was for: its permit, once the
+    /// store granted it; else an attempt, unless only head notices came
+    /// since the waiter last looked.
     pub fn woken(&self) -> Woken {
+        let granted = *self
+            .slot
+            .grant
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(handoff) = granted {
+            return Woken::Granted(handoff);
+        }
         // An attempt supersedes any notice: its answer says all a notice
         // would.
         let notice = self.slot.head_notice_ms.swap(NO_NOTICE, Ordering::Acquire);
@@ -237,6 +288,29 @@ mod tests {
         handle.notified().await;
         assert_eq!(handle.woken(), head(Some(10)));
         assert_eq!(handle.take_woken_at_us(), None);
+    }
+
+    #[tokio::test]
+    async fn a_grant_ends_the_wait_and_outranks_every_other_wake() {
+        let wakeups = Wakeups::new();
+        let ticket = PermitId::random();
+        let handoff = Handoff {
+            fencing_token: 7,
+            acquired_at: Millis(1_000),
+            expires_at: Millis(31_000),
+        };
+        assert!(!wakeups.grant(ticket, Some(1), handoff), "nobody waits yet");
+        let handle = wakeups.register(ticket);
+        assert!(wakeups.waits(ticket));
+        wakeups.tell_head(ticket, Some(2), 250);
+        assert!(wakeups.grant(ticket, Some(3), handoff));
+        wakeups.wake(ticket, Some(4));
+        handle.notified().await;
+        assert_eq!(handle.woken(), Woken::Granted(handoff));
+        // Read again (a second look after a failed call): still the grant.
+        assert_eq!(handle.woken(), Woken::Granted(handoff));
+        drop(handle);
+        assert!(!wakeups.waits(ticket));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use permitd::semaphore::{
     AcquireOutcome, AcquireRequest, Count, Holder, IdempotencyKey, IdleTtl, Limit, Permit,
     PermitId, ReleaseOutcome, SemaphoreName, SetLimitOutcome, Ttl, WaitTime,
 };
-use permitd::store::{Attempt, SemaphoreStore};
+use permitd::store::{Attempt, Handoff, SemaphoreStore, WakeHandle, Woken};
 
 use crate::helpers::{Harness, Store, on_every_deployment};
 
@@ -35,6 +35,19 @@ on_every_deployment!(
     an_idle_semaphore_is_forgotten_after_its_idle_ttl,
     a_new_token_is_never_below_the_store_clock,
 );
+
+// Direct handoff, on the store that a test can watch subscribe (see
+// `until_listening`); the HTTP scenarios in `waiting` run it everywhere.
+mod handoff {
+    use super::*;
+    use crate::helpers::on_each_store;
+
+    on_each_store!(
+        a_release_hands_a_ticket_waiting_here_its_permit,
+        a_permit_handed_to_a_ticket_that_left_is_released_by_its_withdrawal,
+        a_ticket_that_does_not_wait_here_is_woken_not_handed,
+    );
+}
 
 /// A fresh store of this kind; keep the harness (its Redis) while using it.
 fn open(store: Store) -> (Harness, Arc<dyn SemaphoreStore>) {
@@ -619,4 +632,135 @@ async fn a_new_token_is_never_below_the_store_clock(store: Store) {
         first.fencing_token,
         second.fencing_token
     );
+}
+
+/// Until the store's wake subscription is up on Redis: a grant is handed
+/// only to an instance that listens (see prelude.lua's hand_off).
+async fn until_listening(harness: &Harness, store: Store) {
+    if store != Store::Redis {
+        return;
+    }
+    let pattern = format!("{}wake:*", harness.key_prefix());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let channels = harness.redis().command(&["PUBSUB", "CHANNELS", &pattern]);
+        if matches!(channels, crate::helpers::Reply::Array(ref c) if !c.is_empty()) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One unit held by a holder, and `ticket` queued behind it, waiting in
+/// this process; returns the holder's permit and the ticket's handle.
+async fn held_with_a_waiter(
+    harness: &Harness,
+    kind: Store,
+    store: &Arc<dyn SemaphoreStore>,
+    waiting: &AcquireRequest,
+    ticket: PermitId,
+) -> (Permit, WakeHandle) {
+    let holder = granted(
+        store,
+        &AcquireRequest {
+            limit: limit(1),
+            ..request(waiting.name.as_str())
+        },
+    )
+    .await;
+    until_listening(harness, kind).await;
+    let handle = store.wakeups().register(ticket);
+    let attempt = store.attempt(waiting, ticket, true).await.unwrap();
+    assert!(
+        matches!(attempt, Attempt::Queued { position: 0, .. }),
+        "{attempt:?}"
+    );
+    (holder, handle)
+}
+
+/// The grant a handle was handed, within a second.
+async fn handed(handle: &WakeHandle) -> Handoff {
+    tokio::time::timeout(Duration::from_secs(1), handle.notified())
+        .await
+        .expect("woken");
+    match handle.woken() {
+        Woken::Granted(handoff) => handoff,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+async fn a_release_hands_a_ticket_waiting_here_its_permit(kind: Store) {
+    let (harness, store) = open(kind);
+    let waiting = AcquireRequest {
+        ttl: ttl(45_000),
+        holder: Some(Holder::parse("next").unwrap()),
+        idempotency_key: Some(IdempotencyKey::parse("handed-1").unwrap()),
+        ..request("hand")
+    };
+    let ticket = PermitId::random();
+    let (holder, handle) = held_with_a_waiter(&harness, kind, &store, &waiting, ticket).await;
+
+    let released = store.release(&name("hand"), holder.id).await.unwrap();
+    assert_eq!(released, ReleaseOutcome::Released);
+    let handoff = handed(&handle).await;
+    assert!(handoff.fencing_token > holder.fencing_token);
+    assert_eq!(handoff.expires_at.0 - handoff.acquired_at.0, 45_000);
+    // Granted by the release itself: held, out of the queue, and the same
+    // permit to the ticket's own attempt and to a retry with its key.
+    assert_eq!(held_and_waiting(&store, "hand").await, (1, 0));
+    let permit = store.permit(&name("hand"), ticket).await.unwrap().unwrap();
+    assert_eq!(
+        (permit.fencing_token, permit.acquired_at, permit.expires_at),
+        (handoff.fencing_token, handoff.acquired_at, handoff.expires_at)
+    );
+    assert_eq!(permit.holder.as_deref(), Some("next"));
+    let again = done(store.attempt(&waiting, ticket, true).await.unwrap());
+    assert_eq!(again, AcquireOutcome::Granted(permit.clone()));
+    let retry = try_once(&store, &waiting).await;
+    assert_eq!(retry, AcquireOutcome::Replayed(permit));
+}
+
+async fn a_permit_handed_to_a_ticket_that_left_is_released_by_its_withdrawal(kind: Store) {
+    let (harness, store) = open(kind);
+    let waiting = request("left");
+    let ticket = PermitId::random();
+    let (holder, handle) = held_with_a_waiter(&harness, kind, &store, &waiting, ticket).await;
+    // The request goes away as the release hands it its permit: it never
+    // answers with it, and its withdrawal gives the units back.
+    store.release(&name("left"), holder.id).await.unwrap();
+    handed(&handle).await;
+    drop(handle);
+    assert_eq!(held_and_waiting(&store, "left").await, (1, 0));
+    store.leave(&name("left"), ticket).await.unwrap();
+    assert_eq!(held_and_waiting(&store, "left").await, (0, 0));
+    assert_eq!(store.permit(&name("left"), ticket).await.unwrap(), None);
+}
+
+async fn a_ticket_that_does_not_wait_here_is_woken_not_handed(kind: Store) {
+    let (harness, store) = open(kind);
+    let waiting = request("away");
+    let holder = granted(
+        &store,
+        &AcquireRequest {
+            limit: limit(1),
+            ..request("away")
+        },
+    )
+    .await;
+    until_listening(&harness, kind).await;
+    // Queued by a caller that does not wait for it here (as the model
+    // test's attempts are): nothing answers a grant, so none is made.
+    let ticket = PermitId::random();
+    let attempt = store.attempt(&waiting, ticket, true).await.unwrap();
+    assert!(matches!(attempt, Attempt::Queued { .. }), "{attempt:?}");
+    let handle = store.wakeups().register(ticket);
+    store.release(&name("away"), holder.id).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), handle.notified())
+        .await
+        .expect("woken");
+    assert_eq!(handle.woken(), Woken::Attempt);
+    assert_eq!(held_and_waiting(&store, "away").await, (0, 1));
+    let permit = done(store.attempt(&waiting, ticket, true).await.unwrap());
+    assert!(matches!(permit, AcquireOutcome::Granted(_)), "{permit:?}");
 }

@@ -31,6 +31,17 @@ mod push {
     );
 }
 
+/// Direct handoff: the change that frees the units grants the waiters their
+/// permits, in order, from the requests they made.
+mod handoff {
+    use super::*;
+
+    on_each_store!(
+        a_release_hands_the_head_waiter_the_permit_it_asked_for,
+        a_raise_past_one_scripts_handoffs_serves_every_waiter_in_order,
+    );
+}
+
 on_each_store!(
     a_waiter_is_granted_when_a_lease_expires_without_any_recheck,
     a_wait_that_runs_out_is_429_after_about_wait_ms,
@@ -281,6 +292,7 @@ async fn a_new_head_that_does_not_fit_is_told_when_the_lease_ahead_ends_and_atte
     app.until_waiting("told", 1).await;
     let second = app.acquire_in_background("told", json!({ "wait_ms": 10_000 }));
     app.until_waiting("told", 2).await;
+    until_listening(app, Store::Redis).await;
     let calls_before = app.redis().calls("fcall");
 
     assert_eq!(app.delete(&held).await.status(), 204);
@@ -296,9 +308,26 @@ async fn a_new_head_that_does_not_fit_is_told_when_the_lease_ahead_ends_and_atte
         after >= Duration::from_millis(300) && after < Duration::from_millis(1500),
         "granted {after:?} after the 500 ms lease ahead began"
     );
-    // The release, the first's attempt, and the second's at the lease end:
-    // being told it is head cost the second no attempt.
-    assert_eq!(app.redis().calls("fcall") - calls_before, 3);
+    // The release (which handed the first its permit) and the second's
+    // attempt at the lease end: being told it is head cost the second no
+    // attempt, and the handoff cost the first none.
+    assert_eq!(app.redis().calls("fcall") - calls_before, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_costs_the_waiter_no_script_call() {
+    let apps = apps(Store::Redis, 1, 30_000).await;
+    let app = &apps[0];
+    let held = hold(app, "cheap", json!({ "limit": 1 })).await;
+    until_listening(app, Store::Redis).await;
+    let waiter = app.acquire_in_background("cheap", json!({ "wait_ms": 10_000 }));
+    app.until_waiting("cheap", 1).await;
+    let calls_before = app.redis().calls("fcall");
+    assert_eq!(app.delete(&held).await.status(), 204);
+    assert_eq!(waiter.await.unwrap().status, 201);
+    // A contended cycle is the waiter's first attempt and the holder's
+    // release: the release granted the waiter, which attempted no more.
+    assert_eq!(app.redis().calls("fcall") - calls_before, 1, "only the release ran a script");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,4 +360,90 @@ async fn a_dropped_subscriber_connection_does_not_strand_waiters() {
     assert_eq!(app.delete(&path).await.status(), 204);
     assert_eq!(second.await.unwrap().status, 201);
     assert!(released_at.elapsed() < Duration::from_millis(500));
+}
+
+/// Until the app's wake subscription is up on Redis: a release hands a
+/// waiter its permit only while the waiter's instance listens.
+async fn until_listening(app: &TestApp, store: Store) {
+    if store != Store::Redis {
+        return;
+    }
+    // The app's own Redis: any wake channel on it is the app's.
+    let pattern = "*wake:*";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let channels = app.redis().command(&["PUBSUB", "CHANNELS", pattern]);
+        if matches!(channels, crate::helpers::Reply::Array(ref c) if !c.is_empty()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn a_release_hands_the_head_waiter_the_permit_it_asked_for(store: Store) {
+    let apps = apps(store, 1, 30_000).await;
+    let app = &apps[0];
+    let held = hold(app, "hand", json!({ "limit": 1 })).await;
+    until_listening(app, store).await;
+    let body = json!({ "wait_ms": 10_000, "ttl_ms": 45_000, "holder": "next" });
+    let send = |body: &Value| {
+        app.client
+            .post(app.url("/semaphores/hand/permits"))
+            .header("Idempotency-Key", "hand-1")
+            .json(body)
+            .send()
+    };
+    let waiter = tokio::spawn(send(&body));
+    app.until_waiting("hand", 1).await;
+    assert_eq!(app.delete(&held).await.status(), 204);
+
+    let waited = waiter.await.unwrap().unwrap();
+    assert_eq!(waited.status(), 201);
+    let permit: Value = waited.json().await.unwrap();
+    assert_eq!((permit["count"].as_u64(), permit["holder"].as_str()), (Some(1), Some("next")));
+    let at = |field: &str| humantime::parse_rfc3339(permit[field].as_str().unwrap()).unwrap();
+    let lease = at("expires_at").duration_since(at("acquired_at")).unwrap();
+    assert_eq!(lease, Duration::from_secs(45), "{permit}");
+    // A real permit: held, replayed to a retry with its key, released once.
+    let status = app.status("hand").await;
+    assert_eq!((status["held"].as_u64(), status["waiting"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(status["holders"][0]["holder"], "next");
+    let retry = send(&body).await.unwrap();
+    assert_eq!(retry.status(), 200);
+    let replayed: Value = retry.json().await.unwrap();
+    assert_eq!(
+        (&replayed["id"], &replayed["fencing_token"]),
+        (&permit["id"], &permit["fencing_token"])
+    );
+    let path = crate::helpers::permit_path(&permit);
+    assert_eq!(app.delete(&path).await.status(), 204);
+    assert_eq!(app.status("hand").await["held"], 0);
+}
+
+async fn a_raise_past_one_scripts_handoffs_serves_every_waiter_in_order(store: Store) {
+    // More waiters than one script serves (prelude.lua's WAKE_CAP, 200): the
+    // rest are served as the first are, still in arrival order.
+    const WAITERS: usize = 230;
+    let apps = apps(store, 1, 30_000).await;
+    let app = &apps[0];
+    hold(app, "wide", json!({ "limit": 1 })).await;
+    until_listening(app, store).await;
+    let mut waiters = Vec::new();
+    for n in 1..=WAITERS {
+        waiters.push(app.acquire_in_background("wide", json!({ "wait_ms": 30_000 })));
+        app.until_waiting("wide", n as u64).await;
+    }
+    let raised = app
+        .put_json("/semaphores/wide", json!({ "limit": WAITERS + 1 }))
+        .await;
+    assert_eq!(raised.status(), 200);
+    let mut tokens = Vec::new();
+    for waiter in waiters {
+        let waited = waiter.await.unwrap();
+        assert_eq!(waited.status, 201, "{:?}", waited.body);
+        tokens.push(waited.body["fencing_token"].as_u64().unwrap());
+    }
+    let out_of_order = tokens.windows(2).filter(|pair| pair[0] >= pair[1]).count();
+    assert_eq!(out_of_order, 0, "tokens out of arrival order: {tokens:?}");
 }

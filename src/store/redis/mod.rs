@@ -717,6 +717,10 @@ impl SemaphoreStore for RedisStore {
             .map(|k| k.as_str())
             .unwrap_or("");
         let fingerprint = request.fingerprint();
+        // Handed its permit by the release (see prelude.lua's hand_off) only
+        // when it waits here, to answer from the grant, and when answers need
+        // no WAIT for replicas first (a handed grant is answered before any).
+        let handoff = queue && self.wait.is_none() && self.wakeups.waits(ticket);
         let ticket = ticket.to_string();
         let args = [
             limit.as_str(),
@@ -730,6 +734,7 @@ impl SemaphoreStore for RedisStore {
             &self.waiter_lease_ms,
             &self.wake_channel,
             "",
+            if handoff { "1" } else { "0" },
         ];
         // A call that found more ended leases than one call sweeps asks to
         // be called again (see prelude.lua's `sweep_capped`); each call

@@ -27,8 +27,8 @@ use tokio::task::JoinHandle;
 use super::cluster::Cluster;
 use super::pubsub;
 use super::sentinel::Sentinel;
-use crate::semaphore::PermitId;
-use crate::store::Wakeups;
+use crate::semaphore::{Millis, PermitId};
+use crate::store::{Handoff, Wakeups};
 use crate::telemetry;
 
 /// Which node the subscription goes to.
@@ -139,22 +139,7 @@ pub(super) async fn subscribe(
         metrics::gauge!(telemetry::REDIS_WAKE_SUBSCRIBED).increment(1.0);
         // Whatever was published while we were not subscribed is lost.
         wakeups.wake_all();
-        let wake = |_: &str, payload: &[u8]| {
-            let text = String::from_utf8_lossy(payload);
-            // "ticket \n cause µs", or a head notice with a third line: ms
-            // until the soonest lease ends (see prelude.lua).
-            let mut parts = text.splitn(3, '\n');
-            let ticket = parts.next().and_then(|t| PermitId::parse(t).ok());
-            let cause_us = parts.next().and_then(|us| us.parse().ok());
-            let head_notice = parts.next().and_then(|ms| ms.parse().ok());
-            match (ticket, head_notice) {
-                (Some(ticket), Some(soonest_ms)) => {
-                    wakeups.tell_head(ticket, cause_us, soonest_ms);
-                }
-                (Some(ticket), None) => wakeups.wake(ticket, cause_us),
-                (None, _) => {}
-            }
-        };
+        let wake = |_: &str, payload: &[u8]| deliver(&wakeups, payload);
         // Sentinel switched masters: what the scripts publish now goes to
         // the new one.
         let switched = async {
@@ -171,6 +156,45 @@ pub(super) async fn subscribe(
         metrics::gauge!(telemetry::REDIS_WAKE_SUBSCRIBED).decrement(1.0);
         tracing::warn!("wake subscription lost; waiting acquires re-check");
         wakeups.wake_all();
+    }
+}
+
+/// Passes one message of the wake channel to `Wakeups`: "ticket \n cause
+/// µs" (a wake), with a third line "ms until the soonest lease ends" (a head
+/// notice), or with "g \n fence \n acquired ms \n expires ms" (a grant:
+/// the script that freed the units handed the ticket its permit). See
+/// prelude.lua.
+fn deliver(wakeups: &Wakeups, payload: &[u8]) {
+    let text = String::from_utf8_lossy(payload);
+    let mut parts = text.splitn(3, '\n');
+    let Some(ticket) = parts.next().and_then(|t| PermitId::parse(t).ok()) else {
+        return;
+    };
+    let cause_us = parts.next().and_then(|us| us.parse().ok());
+    match parts.next() {
+        None => wakeups.wake(ticket, cause_us),
+        Some(rest) => {
+            if let Some(grant) = rest.strip_prefix("g\n") {
+                let mut fields = grant.split('\n').map(str::parse::<u64>);
+                if let (Some(Ok(fence)), Some(Ok(acquired)), Some(Ok(expires)), None) =
+                    (fields.next(), fields.next(), fields.next(), fields.next())
+                {
+                    let handoff = Handoff {
+                        fencing_token: fence,
+                        acquired_at: Millis(acquired),
+                        expires_at: Millis(expires),
+                    };
+                    wakeups.grant(ticket, cause_us, handoff);
+                } else {
+                    // Unreadable: its next attempt finds the permit it holds.
+                    wakeups.wake(ticket, cause_us);
+                }
+            } else if let Ok(soonest_ms) = rest.parse() {
+                wakeups.tell_head(ticket, cause_us, soonest_ms);
+            } else {
+                wakeups.wake(ticket, cause_us);
+            }
+        }
     }
 }
 

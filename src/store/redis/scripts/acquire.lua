@@ -15,6 +15,11 @@ ARGV[10] wake channel of the calling permitd instance
 ARGV[11] deadline on the Redis clock (ms), or '': the caller has given up by
          then, so an attempt that reaches Redis later (a stalled or
          partitioned link delivered it late) must grant nothing
+ARGV[12] '1' when the ticket waits in the calling instance, which answers
+         it from a published grant: the whole request is kept with the
+         ticket, so a release can hand it its permit (see the prelude's
+         hand_off); '0' when it must attempt itself (the instance waits for
+         replicas before answering a grant)
 
 Returns one of:
   {'not_found', now_us}
@@ -199,7 +204,11 @@ if not fit then
       set_meta('qseq', int(number))
       set_meta('qlen', num('qlen') + 1)
       redis.call('ZADD', queue_key, number, ticket)
-      redis.call('HSET', waiters_key, ticket, ARGV[2] .. '\n' .. ARGV[10])
+      local record = ARGV[2] .. '\n' .. ARGV[10]
+      if ARGV[12] == '1' then
+        record = table.concat({ record, ARGV[3], ARGV[5], ARGV[6], ARGV[4] }, '\n')
+      end
+      redis.call('HSET', waiters_key, ticket, record)
       if ARGV[5] ~= '' then
         -- A retry with this key while this request waits is refused (409).
         -- The mark is looked at again when the waiter lease ends, and goes

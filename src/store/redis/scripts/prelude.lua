@@ -19,7 +19,10 @@ KEYS (the same nine for every script, all under the semaphore's hash tag
   KEYS[4] idem     hash: Idempotency-Key -> a live permit's id, or a mark
                    (see below)
   KEYS[5] queue    zset: waiting ticket -> arrival number (FIFO order)
-  KEYS[6] waiters  hash: waiting ticket -> count "\n" wake channel
+  KEYS[6] waiters  hash: waiting ticket -> count "\n" wake channel, and
+                   when it may be handed its permit (see hand_off) the rest
+                   of its request: "\n" ttl "\n" Idempotency-Key "\n"
+                   fingerprint "\n" holder
   KEYS[7] wleases  zset: waiting ticket -> waiter lease end (ms); a waiter
                    whose instance stopped renewing it is dropped from the queue
   KEYS[8] left     zset: withdrawn ticket -> when to forget it (ms); an attempt
@@ -79,16 +82,19 @@ it touches. Its hints are only ever safe to trust:
   wsoon  the same for the waiter leases in `wleases`
   lefts  when the last withdrawal in `left` is forgotten: before it, an
          attempt checks `left`; after it, `left` is empty
-  wnext, wfree  where a capped wake of the queue stopped (see wake_heads)
+  wnext, wfree  where a capped serve of the queue stopped (see serve)
 A hint that is missing (data written before they existed) is recomputed.
 
-Waking: when a change may let waiters proceed, the script PUBLISHes
-"ticket \n now_us" on the channel of the permitd instance where that ticket
-waits; that instance then runs acquire for it again. Only waiters that fit are
-woken, in queue order, so a release wakes one waiter, not all of them. A new
-head of the queue that does not fit is told "ticket \n now_us \n ms until the
-soonest lease ends (-1: none)" instead: its instance aims the waiter's timer
-there without running acquire (see tell_head).
+Serving waiters: when a change may let waiters proceed, the script serves
+the ones that fit, in queue order, so a release serves one waiter, not all
+of them. A waiter whose whole request is stored is handed its permit by that
+script, which PUBLISHes the grant on the channel of the permitd instance
+where the ticket waits (see hand_off): a contended cycle is then two script
+calls, the holder's release and the waiter's first attempt. Any other is
+woken: "ticket \n now_us" on that channel, and its instance runs acquire for
+it again. A new head of the queue that does not fit is told "ticket \n
+now_us \n ms until the soonest lease ends (-1: none)" instead: its instance
+aims the waiter's timer there without running acquire (see tell_head).
 ]]
 -- The state of one call: the keys and settings it was passed, the clock,
 -- the meta hash. Set by begin() at the start of every call and nowhere kept
@@ -546,17 +552,24 @@ local function lease_orphans(lease_ms)
   lower_hint('wsoon', now_ms + lease_ms)
 end
 
--- A waiter's count and wake channel. A queued ticket whose record vanished
--- is taken out of the queue (it cannot be woken, and must not block those
--- behind it; its next attempt queues it again): nil then.
+-- A waiter's count, wake channel, and the rest of its request when it may be
+-- handed its permit (see hand_off): "ttl \n key \n fingerprint \n holder",
+-- else nil. A queued ticket whose record vanished is taken out of the queue
+-- (it cannot be woken, and must not block those behind it; its next attempt
+-- queues it again): nil then.
 local function waiter(ticket)
   local record = redis.call('HGET', waiters_key, ticket)
   if not record then
     dequeue(ticket)
     return nil
   end
-  local newline = string.find(record, '\n', 1, true)
-  return tonumber(string.sub(record, 1, newline - 1)), string.sub(record, newline + 1)
+  local first = string.find(record, '\n', 1, true)
+  local second = string.find(record, '\n', first + 1, true)
+  if not second then
+    return tonumber(string.sub(record, 1, first - 1)), string.sub(record, first + 1)
+  end
+  return tonumber(string.sub(record, 1, first - 1)), string.sub(record, first + 1, second - 1),
+    string.sub(record, second + 1)
 end
 
 local function free_units()
@@ -567,9 +580,10 @@ local function free_units()
   return free
 end
 
--- Calls visit(ticket, count, channel) for each waiter in queue order, in
--- batches, until it returns false or the queue ends. Waiters whose record
--- vanished are dropped on the way (see waiter()).
+-- Calls visit(ticket, count, channel, rest) for each waiter in queue order
+-- (rest: see waiter()), in batches, until it returns false or the queue
+-- ends; it returns 'gone' when it took the ticket out of the queue (a
+-- handoff). Waiters whose record vanished are dropped on the way.
 local function each_waiter(visit)
   if num('qlen') == 0 then
     return
@@ -586,11 +600,16 @@ local function each_waiter(visit)
     end
     local gone = 0
     for i = 1, #batch do
-      local count, channel = waiter(batch[i])
+      local count, channel, rest = waiter(batch[i])
       if not count then
         gone = gone + 1
-      elseif not visit(batch[i], count, channel) then
-        return
+      else
+        local went = visit(batch[i], count, channel, rest)
+        if not went then
+          return
+        elseif went == 'gone' then
+          gone = gone + 1
+        end
       end
     end
     at = at + #batch - gone
@@ -637,78 +656,130 @@ local function tell_head(ticket, channel)
   redis.call('PUBLISH', channel, ticket .. '\n' .. int(now_us) .. '\n' .. int(soonest_expiry_in_ms()))
 end
 
--- Wakes the waiters at the head of the queue whose counts fit now, in order;
--- the first that does not fit blocks the rest (strict FIFO). When this call
--- took the old head out, a new head that does not fit is told so (tell_head),
--- and aims its timer at the next lease end.
+-- Keeps a granted permit: its record, lease and Idempotency-Key. The first
+-- permit of an idle semaphore creates the permit keys (see touched()).
+local function keep_permit(id, record, expires, idem)
+  if num('held') == 0 then
+    touched(nil, permits_key)
+    touched(nil, expiry_key)
+  end
+  redis.call('HSET', permits_key, id, record)
+  redis.call('ZADD', expiry_key, expires, id)
+  lower_hint('soon', expires)
+  touched(expires)
+  if idem ~= '' then
+    redis.call('HSET', idem_key, idem, id)
+    touched(nil, idem_key)
+  end
+end
+
+-- Grants a waiter its permit in this call, from the request stored with
+-- its ticket (`rest`, see waiter()), and publishes the grant to its
+-- instance, which answers the waiting request from it with no script of
+-- its own ("ticket \n now_us \n g \n fence \n acquired_ms \n expires_ms").
+-- Only while that instance listens on its channel: a grant nobody hears
+-- would hold its units until the lease ends, so a waiter whose instance is
+-- gone is only woken (nobody hears it either) and leaves the queue when its
+-- waiter lease ends. A grant published but lost on the way (the
+-- subscription dropped) is not lost: the instance re-checks every waiter
+-- when it subscribes again, and an attempt of a ticket that holds its
+-- permit returns that permit; a waiter that left meanwhile releases it
+-- (leave.lua). Returns whether it granted.
+local function hand_off(ticket, count, channel, rest)
+  if redis.call('PUBSUB', 'NUMSUB', channel)[2] == 0 then
+    return false
+  end
+  local ttl, idem, fingerprint, holder = string.match(rest, '^(%d+)\n([^\n]*)\n([^\n]*)\n(.*)$')
+  if not ttl then
+    return false
+  end
+  dequeue(ticket)
+  local fence = int(next_fence())
+  local expires = now_ms + tonumber(ttl)
+  keep_permit(ticket, encode({ count = int(count), fence = fence, acquired = int(now_ms),
+    idem = idem, fingerprint = fingerprint, expires = expires, claimed = '0', holder = holder }),
+    expires, idem)
+  add_held(count)
+  redis.call('PUBLISH', channel, table.concat({ ticket, int(now_us), 'g', fence, int(now_ms),
+    int(expires) }, '\n'))
+  return true
+end
+
+-- Serves the waiters that fit now, in queue order, from `free` units: each
+-- is handed its permit (hand_off) or, when it cannot be, woken to attempt.
+-- The first that does not fit blocks the rest (strict FIFO); if every one
+-- before it was handed its permit and the head left, it is the new head and
+-- is told so (tell_head), to aim its timer at the next lease end.
 --
--- At most WAKE_CAP are woken by one call, so that no script runs long
+-- At most WAKE_CAP are served by one call, so that no script runs long
 -- whatever the queue (a raise with 10,000 waiters took 62 ms in one
--- script). When the cap stops it, `wnext` (the queue score of the last one
--- woken) and `wfree` (the units left after those woken) let each grant wake
--- the next few (continue_wakes), so the rest follow as the first are served.
+-- script). At the cap the next one that fits is woken, and `wnext` (its
+-- queue score) and `wfree` (the units left after it) say where to go on:
+-- its own attempt, and any grant after, serves the next WAKE_CAP from
+-- there (continue_wakes), so the rest follow as the first are served.
 local WAKE_CAP = 200
 
-local function wake_heads()
-  if meta.wnext and meta.wnext ~= '' then
-    set_meta('wnext', '')
-  end
-  local free = free_units()
-  if free == 0 and not head_left then
-    return
-  end
-  local woken, last, capped = 0, nil, false
-  each_waiter(function(ticket, count, channel)
+local function serve(visit_from, free, at_head)
+  local served, handed, capped = 0, 0, nil
+  visit_from(function(ticket, count, channel, rest, score)
     if count > free then
-      if woken == 0 and head_left then
+      if at_head and served == handed and head_left then
         tell_head(ticket, channel)
       end
       return false
     end
-    if woken == WAKE_CAP then
-      capped = true
+    free = free - count
+    if served == WAKE_CAP then
+      wake(ticket, channel)
+      capped = score or redis.call('ZSCORE', queue_key, ticket)
       return false
     end
-    free = free - count
-    woken = woken + 1
-    last = ticket
+    served = served + 1
+    if rest and hand_off(ticket, count, channel, rest) then
+      handed = handed + 1
+      return 'gone'
+    end
     wake(ticket, channel)
     return true
   end)
   if capped then
-    set_meta('wnext', redis.call('ZSCORE', queue_key, last))
+    set_meta('wnext', capped)
     set_meta('wfree', int(free))
+  elseif meta.wnext and meta.wnext ~= '' then
+    set_meta('wnext', '')
   end
 end
 
--- After a grant, when a capped wake_heads left waiters that fit unwoken:
--- wakes the next two of them (two, so the woken stay ahead of the served).
+-- Serves the head of the queue (see serve), after a change that may let
+-- waiters proceed.
+local function wake_heads()
+  local free = free_units()
+  if free == 0 and not head_left then
+    if meta.wnext and meta.wnext ~= '' then
+      set_meta('wnext', '')
+    end
+    return
+  end
+  serve(each_waiter, free, true)
+end
+
+-- After a grant, when a capped serve left waiters that fit unserved: serves
+-- the next WAKE_CAP after where it stopped, from the units it left.
 local function continue_wakes()
   local from = meta.wnext
   if not from or from == '' then
     return
   end
-  local free = num('wfree')
-  local batch = redis.call('ZRANGEBYSCORE', queue_key, '(' .. from, '+inf', 'WITHSCORES',
-    'LIMIT', 0, 2)
-  if #batch == 0 then
-    set_meta('wnext', '')
-    return
-  end
-  for i = 1, #batch, 2 do
-    local count, channel = waiter(batch[i])
-    if count then
-      if count > free then
-        -- Blocked here: the next release or raise takes it from the head.
-        set_meta('wnext', '')
+  serve(function(visit)
+    local batch = redis.call('ZRANGEBYSCORE', queue_key, '(' .. from, '+inf', 'WITHSCORES',
+      'LIMIT', 0, WAKE_CAP + 1)
+    for i = 1, #batch, 2 do
+      local count, channel, rest = waiter(batch[i])
+      if count and not visit(batch[i], count, channel, rest, batch[i + 1]) then
         return
       end
-      free = free - count
-      wake(batch[i], channel)
     end
-    set_meta('wnext', batch[i + 1])
-  end
-  set_meta('wfree', int(free))
+  end, num('wfree'), false)
 end
 
 -- After a grant that freed nothing: the waiters that fit were all woken by
@@ -742,23 +813,6 @@ local function wake_first()
     else
       wake(head[1], channel)
     end
-  end
-end
-
--- Keeps a granted permit: its record, lease and Idempotency-Key. The first
--- permit of an idle semaphore creates the permit keys (see touched()).
-local function keep_permit(id, record, expires, idem)
-  if num('held') == 0 then
-    touched(nil, permits_key)
-    touched(nil, expiry_key)
-  end
-  redis.call('HSET', permits_key, id, record)
-  redis.call('ZADD', expiry_key, expires, id)
-  lower_hint('soon', expires)
-  touched(expires)
-  if idem ~= '' then
-    redis.call('HSET', idem_key, idem, id)
-    touched(nil, idem_key)
   end
 end
 
