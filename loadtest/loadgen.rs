@@ -64,6 +64,10 @@ struct Args {
     /// A name for this run in the output.
     #[arg(long, default_value = "run")]
     label: String,
+    /// Ports of Redis nodes (on 127.0.0.1) whose script calls in the window
+    /// are counted per cycle, from `INFO commandstats` (repeatable).
+    #[arg(long)]
+    redis_port: Vec<u16>,
 }
 
 #[derive(Default)]
@@ -254,6 +258,43 @@ async fn new_throttle_peer(client: &reqwest::Client, url: &str) -> u64 {
 }
 
 /// Bucket counts of `permitd_handoff_seconds` from a /metrics page.
+/// Script calls (FCALL, EVALSHA, EVAL and their read-only forms) the Redis
+/// nodes on these ports have run, from `redis-cli info commandstats`; `None`
+/// with no port or when one does not answer.
+fn script_calls(ports: &[u16]) -> Option<u64> {
+    if ports.is_empty() {
+        return None;
+    }
+    let mut calls = 0;
+    for port in ports {
+        let output = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "info", "commandstats"])
+            .output()
+            .ok()?;
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let Some((name, fields)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            if matches!(
+                name,
+                "fcall" | "fcall_ro" | "evalsha" | "evalsha_ro" | "eval" | "eval_ro"
+            ) {
+                let n = fields
+                    .strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()?;
+                calls += n;
+            }
+        }
+    }
+    Some(calls)
+}
+
 async fn handoff_buckets(url: &str) -> Vec<(f64, f64)> {
     let Ok(response) = reqwest::get(format!("{url}/metrics")).await else {
         return Vec::new();
@@ -360,7 +401,9 @@ async fn main() {
     tokio::time::sleep_until(window_start.into()).await;
     let cpu_before: Vec<Option<u64>> = args.pid.iter().map(|&p| cpu_ticks(p)).collect();
     let buckets_before = handoff_buckets(&args.url).await;
+    let scripts_before = script_calls(&args.redis_port);
     tokio::time::sleep_until(window_end.into()).await;
+    let scripts_after = script_calls(&args.redis_port);
     let cpu_after: Vec<Option<u64>> = args.pid.iter().map(|&p| cpu_ticks(p)).collect();
     let buckets_after = handoff_buckets(&args.url).await;
     shared.stop.store(true, Ordering::Relaxed);
@@ -440,6 +483,9 @@ async fn main() {
         "client_cycles_max": per_client.last(),
         "client_spread_vs_median": (spread * 1000.0).round() / 1000.0,
         "server_cpu_us_per_cycle": cpu_us_per_cycle,
+        "script_calls_per_cycle": scripts_before.zip(scripts_after).and_then(|(b, a)| {
+            (cycles > 0).then(|| ((a - b) as f64 / cycles as f64 * 100.0).round() / 100.0)
+        }),
         "peak_rss_mib": args.pid.iter().map(|&p| json!(peak_rss_mib(p))).collect::<Vec<_>>(),
         "errors": shared.errors.load(Ordering::Relaxed),
     });

@@ -125,6 +125,10 @@ def main() -> None:
             ],
         ),
         (
+            "W2 script calls per cycle (commandstats)",
+            [v(f"{R}/contended", "script_calls_per_cycle"), no, no, no, no],
+        ),
+        (
             "W1 Redis commands per cycle (commandstats)",
             [v(cost[0], "redis_commands_per_cycle"), no, no]
             + [v(cost[1], "redis_commands_per_cycle"), no],
@@ -239,71 +243,70 @@ def main() -> None:
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
 
-    # Redis cost.
-    commands = get("permitd-redis/uncontended/redis-cost", "redis_commands_per_cycle")
+    # The targets as restated with direct handoff: absolute figures where the
+    # issue names them, ratios against the peers in this same run.
+    calls = get("permitd-redis/contended", "script_calls_per_cycle")
     target(
-        "Redis commands per uncontended cycle, permitd",
-        fmt(commands),
-        commands,
-        10,
+        "Script calls per contended cycle (W2), permitd on Redis",
+        fmt(calls),
+        calls,
+        2,
         ratio=False,
         unit="",
-        source="Redis commands: INFO commandstats around permitd's W1 run, the "
-        "commands run inside the scripts per cycle (TIME included)",
+        source="Script calls: INFO commandstats (FCALL and EVALSHA) over W2's "
+        "measured window, per cycle",
     )
-    for loop, w, rs_key in (
-        ("uncontended", "W1", "redis-semaphore/uncontended"),
-        ("contended", "W2", "redis-semaphore/contended"),
-    ):
+    for loop, w, bound in (("contended", "W2", 70), ("uncontended", "W1", 40)):
         a = get(f"permitd-redis/{loop}", "server_cpu_us_per_cycle", 1)
-        b = get(rs_key, "redis_cpu_us_per_cycle")
+        b = get(f"redis-semaphore/{loop}", "redis_cpu_us_per_cycle")
         target(
-            f"{w} Redis CPU µs per cycle, permitd / redis-semaphore",
-            f"{fmt(a)} / {fmt(b)}",
-            ratio(a, b),
-            2,
+            f"{w} Redis CPU µs per cycle, permitd (redis-semaphore)",
+            f"{fmt(a)} ({fmt(b)})",
+            a,
+            bound,
+            ratio=False,
+            unit=" µs",
             source="Redis CPU: the redis-server process's utime + stime from /proc "
             "over the measured window, per cycle",
         )
-    a = get("permitd-redis/uncontended/redis-cost", "script_us_per_cycle")
-    rs_script = get("redis-semaphore/uncontended/redis-cost", "script_us_per_cycle")
-    rs_zrem = get(
-        "redis-semaphore/uncontended/redis-cost", "release_command_us_per_cycle"
-    )
-    b = get("redis-semaphore/uncontended/redis-cost", "command_us_per_cycle")
+    a = get("permitd-redis/contended", "server_cpu_us_per_cycle", 0)
+    t = get("throttle/contended", "server_cpu_us_per_cycle", 0)
     target(
-        "W1 scripts' µs per cycle, permitd / redis-semaphore",
-        f"{fmt(a)} / {fmt(b)} (EVALSHA {fmt(rs_script)} + ZREM {fmt(rs_zrem)})",
-        ratio(a, b),
-        2,
-        source="Scripts' µs: INFO commandstats usec around each W1 run, per "
-        "cycle: permitd's two script calls (FCALL on Redis 7); redis-semaphore's one acquire EVALSHA plus "
-        "its release, which is a plain ZREM, not a script",
+        "W2 server CPU µs per cycle, permitd on Redis (throttle)",
+        f"{fmt(a)} ({fmt(t)})",
+        a,
+        75,
+        ratio=False,
+        unit=" µs",
+        source="Server CPU: the server process's utime + stime from /proc over the "
+        "measured window, per cycle (permitd's own process, Redis not included)",
     )
-    # Server CPU.
-    for loop, w in (("uncontended", "W1"), ("contended", "W2")):
-        t = get(f"throttle/{loop}", "server_cpu_us_per_cycle", 0)
-        for store, bound in (("redis", 1.5), ("memory", 0.8)):
-            a = get(f"permitd-{store}/{loop}", "server_cpu_us_per_cycle", 0)
-            target(
-                f"{w} server CPU µs per cycle, permitd {store} / throttle",
-                f"{fmt(a)} / {fmt(t)}",
-                ratio(a, t),
-                bound,
-                source="Server CPU: the server process's utime + stime from /proc "
-                "over the measured window, per cycle (permitd's own process, Redis "
-                "not included)",
-            )
-    # Contended.
-    a = get("permitd-redis/contended", "cycles_per_s")
-    b = get("redis-semaphore/contended", "cycles_per_s")
-    target(
-        "W2 cycles/s, permitd on Redis / redis-semaphore",
-        f"{fmt(a)} / {fmt(b)}",
-        ratio(a, b),
-        0.8,
-        at_least=True,
-    )
+    for q, bound in (("p50", 0.2), ("p99", 0.6)):
+        a = get("permitd-redis/contended", f"handoff_{q}_ms")
+        server = get("permitd-redis/contended", f"server_handoff_{q}_ms")
+        target(
+            f"W2 handoff {q} ms seen by the clients, permitd on Redis",
+            f"clients {fmt(a)} (server {fmt(server)})",
+            a,
+            bound,
+            ratio=False,
+            unit=" ms",
+            source="Handoff: as the clients see it, a release sent -> the grant of "
+            "that unit to the next client received, both HTTP legs included (how "
+            "the peers compare); in brackets permitd's own permitd_handoff_seconds, "
+            "release -> grant on the store's clock (0 for a direct handoff)",
+        )
+    for name, a_label, b_label, bound in (
+        ("W2 cycles/s, permitd on Redis / throttle", "permitd-redis/contended",
+         "throttle/contended", 1.0),
+        ("W2 cycles/s, permitd on Redis / redis-semaphore", "permitd-redis/contended",
+         "redis-semaphore/contended", 0.85),
+        ("W1 cycles/s, permitd memory / throttle", "permitd-memory/uncontended",
+         "throttle/uncontended", 1.0),
+    ):
+        a, b = get(a_label, "cycles_per_s"), get(b_label, "cycles_per_s")
+        target(name, f"{fmt(a)} / {fmt(b)}", ratio(a, b), bound, at_least=True)
+    # Kept as they were: fairness, and waits far below a barging peer's.
     for store in ("redis", "memory"):
         a = get(f"permitd-{store}/contended", "client_spread_vs_median")
         target(
@@ -324,36 +327,6 @@ def main() -> None:
         ratio(a, b),
         0.1,
     )
-    for store, p50 in (("redis", 0.2), ("memory", 0.1)):
-        for q, bound in (("p50", p50), ("p99", 1.0)):
-            a = get(f"permitd-{store}/contended", f"handoff_{q}_ms")
-            server = get(f"permitd-{store}/contended", f"server_handoff_{q}_ms")
-            target(
-                f"W2 handoff {q} ms seen by the clients, permitd {store}",
-                f"clients {fmt(a)} (server {fmt(server)})",
-                a,
-                bound,
-                ratio=False,
-                unit=" ms",
-                source="Handoff: as the clients see it, a release sent -> the grant of "
-                "that unit to the next client received, both HTTP legs included (how "
-                "the peers compare); in brackets permitd's own permitd_handoff_seconds, "
-                "release -> grant on the store's clock",
-            )
-    # Memory.
-    for store in ("redis", "memory"):
-        a = get(f"permitd-{store}/contended", "peak_rss_mib", 0)
-        t = get("throttle/contended", "peak_rss_mib", 0)
-        target(
-            f"W2 peak RSS MiB, permitd {store}",
-            f"{fmt(a)} (throttle {fmt(t)})",
-            a,
-            16,
-            ratio=False,
-            unit=" MiB",
-            source="Peak RSS: the server's VmHWM from /proc after the W2 runs (its "
-            "startup included; with repeats, the earlier W1 rounds too)",
-        )
 
     met = sum(t["result"] == "met" for t in targets)
     print(f"\nSpeed targets ({how}): {met} of {len(targets)} met")

@@ -686,7 +686,11 @@ impl MemoryStore {
         }
 
         state.dequeue(ticket);
-        let permit = to_permit(&request.name, ticket, state.grant(ticket, Asked::new(request), now));
+        let permit = to_permit(
+            &request.name,
+            ticket,
+            state.grant(ticket, Asked::new(request), now),
+        );
         // Units this call freed (an expiry) may let the next waiters in.
         if expired {
             state.wake_heads(&self.wakeups);

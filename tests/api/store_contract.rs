@@ -712,7 +712,11 @@ async fn a_release_hands_a_ticket_waiting_here_its_permit(kind: Store) {
     let permit = store.permit(&name("hand"), ticket).await.unwrap().unwrap();
     assert_eq!(
         (permit.fencing_token, permit.acquired_at, permit.expires_at),
-        (handoff.fencing_token, handoff.acquired_at, handoff.expires_at)
+        (
+            handoff.fencing_token,
+            handoff.acquired_at,
+            handoff.expires_at
+        )
     );
     assert_eq!(permit.holder.as_deref(), Some("next"));
     let again = done(store.attempt(&waiting, ticket, true).await.unwrap());

@@ -327,7 +327,11 @@ async fn a_handoff_costs_the_waiter_no_script_call() {
     assert_eq!(waiter.await.unwrap().status, 201);
     // A contended cycle is the waiter's first attempt and the holder's
     // release: the release granted the waiter, which attempted no more.
-    assert_eq!(app.redis().calls("fcall") - calls_before, 1, "only the release ran a script");
+    assert_eq!(
+        app.redis().calls("fcall") - calls_before,
+        1,
+        "only the release ran a script"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,13 +405,19 @@ async fn a_release_hands_the_head_waiter_the_permit_it_asked_for(store: Store) {
     let waited = waiter.await.unwrap().unwrap();
     assert_eq!(waited.status(), 201);
     let permit: Value = waited.json().await.unwrap();
-    assert_eq!((permit["count"].as_u64(), permit["holder"].as_str()), (Some(1), Some("next")));
+    assert_eq!(
+        (permit["count"].as_u64(), permit["holder"].as_str()),
+        (Some(1), Some("next"))
+    );
     let at = |field: &str| humantime::parse_rfc3339(permit[field].as_str().unwrap()).unwrap();
     let lease = at("expires_at").duration_since(at("acquired_at")).unwrap();
     assert_eq!(lease, Duration::from_secs(45), "{permit}");
     // A real permit: held, replayed to a retry with its key, released once.
     let status = app.status("hand").await;
-    assert_eq!((status["held"].as_u64(), status["waiting"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(
+        (status["held"].as_u64(), status["waiting"].as_u64()),
+        (Some(1), Some(0))
+    );
     assert_eq!(status["holders"][0]["holder"], "next");
     let retry = send(&body).await.unwrap();
     assert_eq!(retry.status(), 200);

@@ -713,10 +713,10 @@ end
 --
 -- At most WAKE_CAP are served by one call, so that no script runs long
 -- whatever the queue (a raise with 10,000 waiters took 62 ms in one
--- script). At the cap the next one that fits is woken, and `wnext` (its
--- queue score) and `wfree` (the units left after it) say where to go on:
--- its own attempt, and any grant after, serves the next WAKE_CAP from
--- there (continue_wakes), so the rest follow as the first are served.
+-- script). The last one it serves is woken, not handed its permit, and
+-- `wnext` (its queue score) and `wfree` (the units left after it) say where
+-- to go on: its own attempt, and any grant after, serves the next WAKE_CAP
+-- from there (continue_wakes), so the rest follow as the first are served.
 local WAKE_CAP = 200
 
 local function serve(visit_from, free, at_head)
@@ -729,7 +729,8 @@ local function serve(visit_from, free, at_head)
       return false
     end
     free = free - count
-    if served == WAKE_CAP then
+    if served == WAKE_CAP - 1 then
+      -- The last this call serves: woken, so that its attempt goes on.
       wake(ticket, channel)
       capped = score or redis.call('ZSCORE', queue_key, ticket)
       return false
