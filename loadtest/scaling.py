@@ -50,7 +50,10 @@ def free_port() -> int:
 
 def redis_cli(port: int, *args: str) -> str:
     return subprocess.run(
-        ["redis-cli", "-p", str(port), *args], check=True, capture_output=True, text=True
+        ["redis-cli", "-p", str(port), *args],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
 
 
@@ -81,7 +84,9 @@ def resp(port: int, *args: str) -> Any:
                 return [read() for _ in range(int(rest))]
             if kind == b"$":
                 n = int(rest)
-                return None if n < 0 else stream.read(n + 2)[:-2].decode(errors="replace")
+                return (
+                    None if n < 0 else stream.read(n + 2)[:-2].decode(errors="replace")
+                )
             if kind == b":":
                 return int(rest)
             if kind == b"-":
@@ -91,9 +96,14 @@ def resp(port: int, *args: str) -> Any:
         return read()
 
 
+SLOWEST: dict[str, float] = {}
+
+
 def slowest_script_ms(ports: list[int]) -> tuple[float, int]:
-    """The slowest script in SLOWLOG (ms) and how many ran over 10 ms; resets it."""
+    """The slowest script in SLOWLOG (ms) and how many ran over 10 ms; resets it.
+    The slowest of each script (its function's name) goes into SLOWEST."""
     slowest, over = 0.0, 0
+    SLOWEST.clear()
     for port in ports:
         for entry in resp(port, "SLOWLOG", "GET", "100000"):
             # id, timestamp, duration µs, [command, args...], client, name
@@ -101,6 +111,8 @@ def slowest_script_ms(ports: list[int]) -> tuple[float, int]:
             if command and command[0].lower() in SCRIPT_CALLS:
                 slowest = max(slowest, us / 1000)
                 over += us > 10_000
+                script = command[1].rsplit("_", 1)[-1]
+                SLOWEST[script] = max(SLOWEST.get(script, 0.0), us / 1000)
         resp(port, "SLOWLOG", "RESET")
     return slowest, over
 
@@ -117,7 +129,9 @@ class Http:
         self, method: str, path: str, body: Any = None
     ) -> tuple[int, dict[str, str], Any]:
         if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+            self.reader, self.writer = await asyncio.open_connection(
+                "127.0.0.1", self.port
+            )
         assert self.reader is not None
         data = b"" if body is None else json.dumps(body).encode()
         head = f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(data)}\r\n"
@@ -140,7 +154,9 @@ class Http:
             self.writer.close()
 
 
-async def fan(port: int, jobs: list[tuple[str, str, Any]], width: int = 32) -> list[Any]:
+async def fan(
+    port: int, jobs: list[tuple[str, str, Any]], width: int = 32
+) -> list[Any]:
     """Runs requests over `width` connections; returns the bodies in order."""
     results: list[Any] = [None] * len(jobs)
     next_job = 0
@@ -162,7 +178,9 @@ async def fan(port: int, jobs: list[tuple[str, str, Any]], width: int = 32) -> l
     return results
 
 
-async def cycle_cost(port: int, ports: list[int], name: str, cycles: int = 2000) -> float:
+async def cycle_cost(
+    port: int, ports: list[int], name: str, cycles: int = 2000
+) -> float:
     """Redis script µs per try-once acquire + release cycle on `name`."""
     http = Http(port)
     for _ in range(100):  # warm-up
@@ -170,7 +188,9 @@ async def cycle_cost(port: int, ports: list[int], name: str, cycles: int = 2000)
         await http.request("DELETE", f"/semaphores/{name}/permits/{permit['id']}")
     calls0, usec0 = script_usec(ports)
     for _ in range(cycles):
-        status, _, permit = await http.request("POST", f"/semaphores/{name}/permits", {})
+        status, _, permit = await http.request(
+            "POST", f"/semaphores/{name}/permits", {}
+        )
         assert status == 201, (status, permit)
         await http.request("DELETE", f"/semaphores/{name}/permits/{permit['id']}")
     calls1, usec1 = script_usec(ports)
@@ -188,7 +208,10 @@ async def held_rows(port: int, ports: list[int]) -> list[dict[str, Any]]:
         await http.request("PUT", f"/semaphores/{name}", {"limit": held + 1_000})
         http.close()
         started = time.monotonic()
-        await fan(port, [("POST", f"/semaphores/{name}/permits", {"ttl_ms": 3_600_000})] * held)
+        await fan(
+            port,
+            [("POST", f"/semaphores/{name}/permits", {"ttl_ms": 3_600_000})] * held,
+        )
         filled_s = time.monotonic() - started
         slowest_script_ms(ports)
         us = await cycle_cost(port, ports, name)
@@ -260,7 +283,9 @@ async def raise_row(port: int, ports: list[int]) -> dict[str, Any]:
     async def waiter() -> None:
         conn = Http(port)
         status, _, permit = await conn.request(
-            "POST", f"/semaphores/{name}/permits", {"wait_ms": 120_000, "ttl_ms": 600_000}
+            "POST",
+            f"/semaphores/{name}/permits",
+            {"wait_ms": 120_000, "ttl_ms": 600_000},
         )
         if status != 201:
             raise RuntimeError(f"waiter answered {status} {permit}")
@@ -292,6 +317,7 @@ async def raise_row(port: int, ports: list[int]) -> dict[str, Any]:
         "last_grant_ms": round((granted_at[-1] - raised) * 1000, 1),
         "slowest_script_ms": round(slowest, 2),
         "scripts_over_10ms": over,
+        "slowest_by_script_ms": {k: round(v, 2) for k, v in SLOWEST.items()},
     }
 
 
@@ -299,12 +325,15 @@ async def list_row(port: int, ports: list[int]) -> dict[str, Any]:
     """GET /semaphores pages with 100,000 semaphores in Redis."""
     total = 100_000
     started = time.monotonic()
-    await fan(port, [("PUT", f"/semaphores/list-{i:06d}", {"limit": 1}) for i in range(total)])
+    await fan(
+        port, [("PUT", f"/semaphores/list-{i:06d}", {"limit": 1}) for i in range(total)]
+    )
     filled_s = time.monotonic() - started
     http = Http(port)
     slowest_script_ms(ports)
-    times, cursor, pages = [], None, 0
-    deep_times = []
+    times: list[float] = []
+    deep_times: list[float] = []
+    cursor, pages = None, 0
     while pages < 300:
         path = "/semaphores?limit=100" + (f"&cursor={cursor}" if cursor else "")
         t = time.monotonic()
@@ -337,7 +366,9 @@ async def cluster_row(
         http = Http(p)
         await http.request("PUT", "/semaphores/cycle-10", {"limit": 1_000})
         http.close()
-        await fan(p, [("POST", "/semaphores/cycle-10/permits", {"ttl_ms": 3_600_000})] * 10)
+        await fan(
+            p, [("POST", "/semaphores/cycle-10/permits", {"ttl_ms": 3_600_000})] * 10
+        )
     standalone = await cycle_cost(standalone_port, [redis_port], "cycle-10")
     cluster = await cycle_cost(port, cluster_ports, "cycle-10")
     return {
@@ -350,9 +381,23 @@ async def cluster_row(
 def start(binary: str, work: str) -> tuple[list[subprocess.Popen[bytes]], int, int]:
     redis_port, http_port = free_port(), free_port()
     redis = subprocess.Popen(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", work, "--slowlog-log-slower-than", "1000",
-         "--slowlog-max-len", "100000"],
+        [
+            "redis-server",
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            work,
+            "--slowlog-log-slower-than",
+            "1000",
+            "--slowlog-max-len",
+            "100000",
+        ],
         stdout=subprocess.DEVNULL,
     )
     for _ in range(100):
@@ -362,8 +407,15 @@ def start(binary: str, work: str) -> tuple[list[subprocess.Popen[bytes]], int, i
         except subprocess.CalledProcessError:
             time.sleep(0.05)
     permitd = subprocess.Popen(
-        [binary, "--listen", f"127.0.0.1:{http_port}", "--redis-url",
-         f"redis://127.0.0.1:{redis_port}", "--max-wait-ms", "300000"],
+        [
+            binary,
+            "--listen",
+            f"127.0.0.1:{http_port}",
+            "--redis-url",
+            f"redis://127.0.0.1:{redis_port}",
+            "--max-wait-ms",
+            "300000",
+        ],
         env={**os.environ, "RUST_LOG": "warn"},
         stdout=subprocess.DEVNULL,
     )
@@ -383,13 +435,20 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             ports = [redis_port]
             for port in args.cluster_port or []:
                 resp(port, "CONFIG", "SET", "slowlog-log-slower-than", "1000")
-            rows = await held_rows(http_port, ports)
-            rows.append(await queued_row(http_port, ports))
-            rows.append(await raise_row(http_port, ports))
-            rows.append(await list_row(http_port, ports))
-            if args.cluster_url:
+            rows = []
+            if args.only in (None, "held"):
+                rows += await held_rows(http_port, ports)
+            if args.only in (None, "queued"):
+                rows.append(await queued_row(http_port, ports))
+            if args.only in (None, "raise"):
+                rows.append(await raise_row(http_port, ports))
+            if args.only in (None, "list"):
+                rows.append(await list_row(http_port, ports))
+            if args.cluster_url and args.only is None:
                 rows.append(
-                    await cluster_row(http_port, redis_port, args.cluster_url, args.cluster_port)
+                    await cluster_row(
+                        http_port, redis_port, args.cluster_url, args.cluster_port
+                    )
                 )
             return rows
         finally:
@@ -404,17 +463,22 @@ def main() -> None:
     parser.add_argument("--cluster-url")
     parser.add_argument("--cluster-port", type=int, action="append")
     parser.add_argument("--out")
+    parser.add_argument("--only", choices=["held", "queued", "raise", "list"])
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     rows = asyncio.run(run(args))
     keys = [k for row in rows for k in row if k != "row"]
     cols = list(dict.fromkeys(keys))
-    print("\nScaling (one semaphore per row; Redis µs are script time, INFO commandstats)")
+    print(
+        "\nScaling (one semaphore per row; Redis µs are script time, INFO commandstats)"
+    )
     print("\n| | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for row in rows:
-        print(f"| {row['row']} | " + " | ".join(str(row.get(c, "-")) for c in cols) + " |")
+        print(
+            f"| {row['row']} | " + " | ".join(str(row.get(c, "-")) for c in cols) + " |"
+        )
     if args.out:
         with open(args.out, "w") as file:
             for row in rows:

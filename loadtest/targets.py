@@ -256,7 +256,7 @@ def main() -> None:
         source="Script calls: INFO commandstats (FCALL and EVALSHA) over W2's "
         "measured window, per cycle",
     )
-    for loop, w, bound in (("contended", "W2", 70), ("uncontended", "W1", 40)):
+    for loop, w, bound in (("contended", "W2", 70.0), ("uncontended", "W1", 40.0)):
         a = get(f"permitd-redis/{loop}", "server_cpu_us_per_cycle", 1)
         b = get(f"redis-semaphore/{loop}", "redis_cpu_us_per_cycle")
         target(
@@ -297,12 +297,24 @@ def main() -> None:
             "release -> grant on the store's clock (0 for a direct handoff)",
         )
     for name, a_label, b_label, bound in (
-        ("W2 cycles/s, permitd on Redis / throttle", "permitd-redis/contended",
-         "throttle/contended", 1.0),
-        ("W2 cycles/s, permitd on Redis / redis-semaphore", "permitd-redis/contended",
-         "redis-semaphore/contended", 0.85),
-        ("W1 cycles/s, permitd memory / throttle", "permitd-memory/uncontended",
-         "throttle/uncontended", 1.0),
+        (
+            "W2 cycles/s, permitd on Redis / throttle",
+            "permitd-redis/contended",
+            "throttle/contended",
+            1.0,
+        ),
+        (
+            "W2 cycles/s, permitd on Redis / redis-semaphore",
+            "permitd-redis/contended",
+            "redis-semaphore/contended",
+            0.85,
+        ),
+        (
+            "W1 cycles/s, permitd memory / throttle",
+            "permitd-memory/uncontended",
+            "throttle/uncontended",
+            1.0,
+        ),
     ):
         a, b = get(a_label, "cycles_per_s"), get(b_label, "cycles_per_s")
         target(name, f"{fmt(a)} / {fmt(b)}", ratio(a, b), bound, at_least=True)
@@ -328,22 +340,23 @@ def main() -> None:
         0.1,
     )
 
-    met = sum(t["result"] == "met" for t in targets)
+    met = sum(row["result"] == "met" for row in targets)
     print(f"\nSpeed targets ({how}): {met} of {len(targets)} met")
     print("\n| target | measured | ratio | target | result |")
     print("|---|---|---|---|---|")
-    for t in targets:
-        shown_ratio = f"{t['ratio']:.2f}x" if t["ratio"] is not None else "-"
+    for row in targets:
+        shown_ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-"
         print(
-            f"| {t['target']} | {t['measured']} | {shown_ratio} | {t['bound']} | {t['result']} |"
+            f"| {row['target']} | {row['measured']} | {shown_ratio} | {row['bound']} "
+            f"| {row['result']} |"
         )
     print("\nHow the rows are measured:")
-    for source in dict.fromkeys(t["source"] for t in targets if t["source"]):
+    for source in dict.fromkeys(row["source"] for row in targets if row["source"]):
         print(f"- {source}.")
     if args.out:
         with open(args.out, "w") as file:
-            for t in targets:
-                file.write(json.dumps({"label": "target", **t}) + "\n")
+            for row in targets:
+                file.write(json.dumps({"label": "target", **row}) + "\n")
 
 
 if __name__ == "__main__":

@@ -201,3 +201,39 @@ fn deliver(wakeups: &Wakeups, payload: &[u8]) {
 fn to_redis_error(e: crate::store::StoreError) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, "no master", e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Woken;
+
+    #[tokio::test]
+    async fn each_kind_of_message_reaches_the_waiter_as_what_it_is() {
+        let wakeups = Wakeups::new();
+        let ticket = PermitId::random();
+        let handle = wakeups.register(ticket);
+        let message = |rest: &str| format!("{ticket}\n{rest}").into_bytes();
+
+        deliver(&wakeups, &message("10\n250"));
+        handle.notified().await;
+        let head = Woken::Head {
+            soonest_expiry: Some(Duration::from_millis(250)),
+        };
+        assert_eq!(handle.woken(), head);
+        deliver(&wakeups, &message("11"));
+        handle.notified().await;
+        assert_eq!(handle.woken(), Woken::Attempt);
+        // A grant that cannot be read is a wake: the attempt finds the permit.
+        deliver(&wakeups, &message("12\ng\n7\n1000"));
+        handle.notified().await;
+        assert_eq!(handle.woken(), Woken::Attempt);
+        deliver(&wakeups, &message("13\ng\n7\n1000\n31000"));
+        handle.notified().await;
+        let handoff = Handoff {
+            fencing_token: 7,
+            acquired_at: Millis(1000),
+            expires_at: Millis(31000),
+        };
+        assert_eq!(handle.woken(), Woken::Granted(handoff));
+    }
+}
