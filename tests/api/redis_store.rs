@@ -257,7 +257,7 @@ async fn an_attempt_that_arrives_after_its_withdrawal_neither_grants_nor_queues(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_limit_raise_wakes_each_waiter_once_and_at_most_200_per_script() {
+async fn a_limit_raise_wakes_each_waiter_once_and_at_most_100_per_script() {
     use permitd::semaphore::{
         AcquireRequest, Count, IdleTtl, Limit, PermitId, SemaphoreName, Ttl, WaitTime,
     };
@@ -297,10 +297,10 @@ async fn a_limit_raise_wakes_each_waiter_once_and_at_most_200_per_script() {
         .set_limit(&name, Limit::new(WAITERS + 1).unwrap(), IdleTtl::Keep)
         .await
         .unwrap();
-    // The first 200 at once (so the script stays short), then each grant
+    // The first 100 at once (so the script stays short), then each grant
     // wakes the next ones: one wake per waiter in all, not one per waiter
     // per grant.
-    assert_eq!(redis.calls("publish"), 200, "the raise wakes the first 200");
+    assert_eq!(redis.calls("publish"), 100, "the raise wakes the first 100");
     for ticket in &tickets {
         let granted = store.attempt(&request, *ticket, true).await.unwrap();
         assert!(matches!(granted, Attempt::Done { .. }), "{granted:?}");

@@ -432,7 +432,7 @@ async fn a_release_hands_the_head_waiter_the_permit_it_asked_for(store: Store) {
 }
 
 async fn a_raise_past_one_scripts_handoffs_serves_every_waiter_in_order(store: Store) {
-    // More waiters than one script serves (prelude.lua's WAKE_CAP, 200): the
+    // More waiters than one script serves (prelude.lua's WAKE_CAP, 100): the
     // rest are served as the first are, still in arrival order.
     const WAITERS: usize = 230;
     let apps = apps(store, 1, 30_000).await;
