@@ -384,6 +384,15 @@ pub struct Settings {
     #[arg(long, env = "PERMITD_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
 
+    /// On SIGTERM or Ctrl-C, how long permitd first goes on accepting and
+    /// serving every request as usual, with /readyz answering 503, before
+    /// the drain (--shutdown-grace-ms) begins: load balancers and
+    /// Kubernetes' endpoint updates take a while to stop sending. A second
+    /// signal ends the delay. Default: 5000 on Kubernetes (where
+    /// KUBERNETES_SERVICE_HOST is set), 0 elsewhere.
+    #[arg(long, env = "PERMITD_SHUTDOWN_DELAY_MS")]
+    pub shutdown_delay_ms: Option<u64>,
+
     /// Threads that serve requests; 0: one per CPU core. One costs the least
     /// CPU per request (a second one wakes the first for work it hands over)
     /// and serves tens of thousands of requests a second; raise it only when
@@ -553,6 +562,16 @@ impl Settings {
     }
 
     /// See `--wait-recheck-ms`; at least 10 ms.
+    /// `--shutdown-delay-ms`, or its default: 5 s in a Kubernetes pod, whose
+    /// endpoints are removed as SIGTERM is sent and take seconds to reach
+    /// every proxy; none elsewhere, where nothing routes around the process
+    /// on its own.
+    pub fn shutdown_delay(&self) -> Duration {
+        let on_kubernetes = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let default = if on_kubernetes { 5_000 } else { 0 };
+        Duration::from_millis(self.shutdown_delay_ms.unwrap_or(default))
+    }
+
     pub fn wait_recheck(&self) -> Duration {
         Duration::from_millis(self.wait_recheck_ms.max(10))
     }

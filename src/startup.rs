@@ -27,6 +27,10 @@ use tokio_util::sync::CancellationToken;
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// `--shutdown-delay-ms`: served as usual, /readyz 503, before the drain.
+    delay: Duration,
+    /// Ends the delay early (a second signal), when set.
+    hurry: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// `--shutdown-grace-ms`.
     grace: Duration,
     /// After the grace, how long waiting acquires get to leave their queues
@@ -101,6 +105,8 @@ impl Application {
                 metered,
                 drain: Arc::default(),
             }),
+            delay: settings.shutdown_delay(),
+            hurry: None,
             grace: Duration::from_millis(settings.shutdown_grace_ms),
             settle: Duration::from_millis(settings.redis_timeout_ms) + Duration::from_secs(1),
         })
@@ -116,6 +122,14 @@ impl Application {
         self.local_addr().port()
     }
 
+    /// A future that, once it completes, ends the shutdown delay at once
+    /// (`permitd serve` passes a second SIGTERM or Ctrl-C).
+    #[must_use]
+    pub fn hurried_by(mut self, hurry: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.hurry = Some(Box::pin(hurry));
+        self
+    }
+
     /// What the handlers share (the store, the demo's configuration, …), for
     /// commands that run the scenario beside the server (`permitd demo`).
     pub fn state(&self) -> &AppState {
@@ -123,7 +137,8 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then drains: `/readyz` answers
-    /// 503 at once while requests keep being served; once no request other
+    /// 503 at once while requests keep being served, new connections too,
+    /// for the shutdown delay (`--shutdown-delay-ms`); then, once no request other
     /// than an acquire is in flight, or the grace (`--shutdown-grace-ms`)
     /// is over, waiting acquires are answered 503 and leave their queues
     /// (rather than holding shutdown for their whole wait), the listener
@@ -139,13 +154,34 @@ impl Application {
         tracing::info!(address = %self.local_addr(), store = self.state.store.kind(), "permitd listening");
         let waiters = self.state.waiting.shutdown.clone();
         let drain = Arc::clone(&self.state.drain);
-        let (grace, settle) = (self.grace, self.settle);
+        let (delay, grace, settle) = (self.delay, self.grace, self.settle);
+        let hurry = self.hurry;
         let stopping = CancellationToken::new();
         let stopped = stopping.clone();
         let server =
             axum::serve(self.listener, router(self.state)).with_graceful_shutdown(async move {
                 shutdown.await;
                 drain.begin();
+                if !delay.is_zero() {
+                    // Still accepting and serving: whoever routes to this
+                    // instance learns from /readyz (or its endpoint update)
+                    // to stop, and meanwhile nobody is refused.
+                    tracing::info!(
+                        delay_ms = delay.as_millis() as u64,
+                        "shutting down after the delay: /readyz answers 503, everything else \
+                         is served (a second signal ends the delay)"
+                    );
+                    let hurry = async {
+                        match hurry {
+                            Some(hurry) => hurry.await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = hurry => tracing::info!("second signal: the delay ends now"),
+                    }
+                }
                 tracing::info!(
                     grace_ms = grace.as_millis() as u64,
                     in_flight = drain.in_flight(),

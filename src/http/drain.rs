@@ -1,7 +1,8 @@
 //! Draining on shutdown: what a request sees between the signal and the exit.
 //!
 //! When shutdown begins, `/readyz` answers 503 at once (so load balancers
-//! stop sending), while the server keeps accepting and serving. Requests in
+//! stop sending), while the server keeps accepting and serving: for the
+//! shutdown delay as usual (`startup`), then while it drains. Requests in
 //! flight are counted here ([`Drain::enter`]) so the shutdown can wait until none is
 //! left, within `--shutdown-grace-ms`; then the waiting acquires are answered
 //! 503 and leave their queues (`waiting`), and the server stops. Acquires are

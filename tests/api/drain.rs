@@ -1,7 +1,8 @@
 //! A clean drain, on the real binary: on SIGTERM `/readyz` turns 503 at
 //! once while requests in flight finish, then waiting acquires are answered
 //! 503 with `Retry-After` and leave the queue (a second instance on the same
-//! Redis sees nobody stranded), and the process exits 0.
+//! Redis sees nobody stranded), and the process exits 0. With a shutdown
+//! delay, new connections are accepted and served as usual first.
 
 use std::time::{Duration, Instant};
 
@@ -176,5 +177,89 @@ async fn a_request_that_outlives_the_grace_does_not_hold_the_exit() {
     assert!(
         status.is_some_and(|s| s.success()),
         "exit status {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_the_shutdown_delay_a_new_connection_is_served_and_only_readyz_is_503() {
+    let harness = Harness::new(Store::Redis);
+    let observer = harness.spawn().await;
+    let mut app = harness
+        .binary()
+        .arg("--shutdown-delay-ms")
+        .arg("1500")
+        .start()
+        .await;
+    let held = observer.acquire("delayed", json!({ "limit": 1 })).await;
+    assert_eq!(held.status(), 201);
+    let waiter = wait_for_permit(&app, "delayed");
+    observer.until_waiting("delayed", 1).await;
+
+    app.terminate();
+    let signalled = Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A client that arrives now, on a connection of its own (what a proxy
+    // that has not heard of the endpoint's removal opens).
+    let late = ApiClient::new(app.addr);
+    let problem = expect_problem(late.get("/readyz").await, 503).await;
+    assert_eq!(problem["type"], "urn:permitd:problem:shutting-down");
+    let permit = late.acquire("late", json!({ "limit": 1 })).await;
+    assert_eq!(permit.status(), 201);
+    let path = crate::helpers::permit_path(&permit.json().await.unwrap());
+    assert_eq!(late.delete(&path).await.status(), 204);
+    assert!(
+        !waiter.is_finished(),
+        "the waiter was answered in the delay"
+    );
+    assert_eq!(observer.status("delayed").await["waiting"], 1);
+
+    // Then the drain: the waiter gets 503 and leaves the queue, and the
+    // process exits 0.
+    let answered = waiter.await.unwrap();
+    assert_eq!(answered.status(), 503);
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(1400),
+        "answered {:?} after the signal, within the delay",
+        signalled.elapsed()
+    );
+    assert_eq!(observer.status("delayed").await["waiting"], 0);
+    assert_eq!(observer.status("late").await["held"], 0);
+    let status = app.exit_status(Duration::from_secs(10)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_kubernetes_pod_the_delay_is_on_and_a_second_signal_ends_it() {
+    let harness = Harness::new(Store::Memory);
+    // Every pod has it; no --shutdown-delay-ms: the default.
+    let mut app = harness
+        .binary()
+        .env("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+        .start()
+        .await;
+    app.terminate();
+    let signalled = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let late = ApiClient::new(app.addr);
+    expect_problem(late.get("/readyz").await, 503).await;
+    assert_eq!(
+        late.get("/healthz").await.status(),
+        200,
+        "still serving 1 s in"
+    );
+
+    app.terminate();
+    let status = app.exit_status(Duration::from_secs(3)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}"
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_millis(4_000),
+        "held for the 5 s default after the second signal: {:?}",
+        signalled.elapsed()
     );
 }

@@ -33,7 +33,9 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    fn new(addr: std::net::SocketAddr) -> Self {
+    /// Calls to `addr` over connections of its own (none shared with
+    /// another `ApiClient`).
+    pub fn new(addr: std::net::SocketAddr) -> Self {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -446,6 +448,9 @@ impl BinaryBuilder {
             .args(&self.args)
             .env_remove("REDIS_URL")
             .env_remove("PERMITD_API_TOKENS")
+            // The shutdown delay's default depends on it (5 s in a pod).
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("PERMITD_SHUTDOWN_DELAY_MS")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         let output = || match &self.log {
             Some(file) => Stdio::from(file.try_clone().expect("a log file handle")),
