@@ -241,6 +241,8 @@ pub async fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn Semaphor
             // permitd at all (too old) stops the start.
             match store.ping().await.and(store.report().await) {
                 Ok(report) => {
+                    metrics::gauge!(crate::telemetry::STORE_WARNINGS)
+                        .set(report.warnings.len() as f64);
                     tracing::info!(
                         redis = %shown,
                         mode = report.mode.unwrap_or("standalone"),

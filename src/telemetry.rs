@@ -85,6 +85,9 @@ pub const REDIS_POOL_WAITING: &str = "permitd_redis_pool_waiting_calls";
 /// 1 (every cluster node on a cluster) while subscribed, 0 while not
 /// (waiters then fall back to re-checking every `--wait-recheck-ms`).
 pub const REDIS_WAKE_SUBSCRIBED: &str = "permitd_redis_wake_subscribed";
+/// How many store settings to change (Redis `maxmemory-policy`, …) the last
+/// look found, at start and at each `/readyz`: what its `warnings` list.
+pub const STORE_WARNINGS: &str = "permitd_store_warnings";
 /// Always 1, labelled with the `version`: shows what runs where.
 pub const BUILD_INFO: &str = "permitd_build_info";
 /// Per-semaphore gauges, labelled `semaphore`, for the names listed in
@@ -249,6 +252,12 @@ fn describe() {
          cluster); 0 while none, when waiting acquires are only served by their periodic \
          re-check"
     );
+    describe_gauge!(
+        STORE_WARNINGS,
+        "Store settings to change (such as a Redis maxmemory-policy that may evict \
+         semaphores) found at start and at the last /readyz: what its warnings list"
+    );
+    metrics::gauge!(STORE_WARNINGS).set(0.0);
     describe_gauge!(BUILD_INFO, "Always 1; the version label says what runs");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Present from the start, so rate() over it works before the first expiry.

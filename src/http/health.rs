@@ -76,6 +76,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
     }
     state.store.ping().await?;
     let report = state.store.report().await?;
+    metrics::gauge!(crate::telemetry::STORE_WARNINGS).set(report.warnings.len() as f64);
     Ok(Json(Readiness {
         status: "ready",
         store: state.store.kind(),
