@@ -13,6 +13,7 @@ after it are the answer it shows, and are checked:
   `curl -i`);
 - `# name: value`: that header, with the value as shown (`…` matches
   anything);
+- any other line: a line the command printed (`…` matches anything);
 - `# {...}`, over one or more lines: the JSON body's shape: every key shown
   is there with a value of the same type, and the same value unless the
   shown one has `…` in it, or is a time, an id or a number over a million
@@ -152,7 +153,7 @@ def check(command: str, shown: list[str], output: str, code: int) -> list[str]:
                 problems.append(f"status {status}, the README shows {line}")
         elif line.startswith(("{", "[")) or json_lines:
             json_lines.append(line)
-        elif re.match(r"^[a-z-]+: ", line):
+        elif re.match(r"^[a-z-]+: ", line) and head:
             name, _, value = line.partition(": ")
             actual = headers.get(name)
             pattern = ".*".join(re.escape(p) for p in value.split("…"))
@@ -161,7 +162,10 @@ def check(command: str, shown: list[str], output: str, code: int) -> list[str]:
                     f"header {name}: {actual!r}, the README shows {value!r}"
                 )
         else:
-            problems.append(f"cannot read what the README shows: {line!r}")
+            # A line of plain output: some line printed must match it.
+            pattern = ".*".join(re.escape(p) for p in line.split("…"))
+            if not any(re.fullmatch(pattern, out) for out in output.splitlines()):
+                problems.append(f"no line printed matches {line!r}")
     if json_lines:
         try:
             expected = shown_json(json_lines)
@@ -177,9 +181,14 @@ def check(command: str, shown: list[str], output: str, code: int) -> list[str]:
     return problems
 
 
-def run_block(name: str, block: list[str], base: str) -> tuple[int, list[str]]:
+def run_block(
+    name: str, block: list[str], base: str, binary: str
+) -> tuple[int, list[str]]:
+    # `permitd` on PATH is the binary under test (the blocks call it).
+    path = f"{os.path.dirname(os.path.abspath(binary))}:{os.environ['PATH']}"
     shell = subprocess.Popen(
         ["bash", "--noprofile", "--norc"],
+        env={**os.environ, "PATH": path},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -276,7 +285,7 @@ def main() -> None:
         for name, block in found:
             processes, base = start(binary, free_port() if store == "redis" else None)
             try:
-                ran, failures = run_block(f"{name} ({store})", block, base)
+                ran, failures = run_block(f"{name} ({store})", block, base, binary)
             finally:
                 for process in reversed(processes):
                     process.terminate()
