@@ -19,7 +19,9 @@ after it are the answer it shows, and are checked:
   shown one has `…` in it, or is a time, an id or a number over a million
   (these differ from run to run; `,…` stands for keys left out).
 A step that shows no answer must still exit 0. Comment lines before a
-command describe it and are not checked.
+command describe it and are not checked. A ```python block marked the same
+way runs whole (with $README_PYTHON), and its last comment lines are what
+it shows.
 """
 
 import json
@@ -41,15 +43,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def blocks(readme: str) -> list[tuple[str, list[str]]]:
+def blocks(readme: str) -> list[tuple[str, list[tuple[str, list[str]]]]]:
+    """Each runnable block's name and steps (see `steps`); a Python block
+    is one step, run whole by $README_PYTHON (python3 by default), showing
+    the comment lines it ends with."""
     found = []
     lines = readme.splitlines()
     for i, line in enumerate(lines):
         match = re.fullmatch(r"<!-- readme-test: (\S+) -->", line.strip())
-        if not match or i + 1 >= len(lines) or lines[i + 1].strip() != "```sh":
+        fence = lines[i + 1].strip() if match and i + 1 < len(lines) else ""
+        if match is None or fence not in ("```sh", "```python"):
             continue
+        name = match.group(1)
         end = lines.index("```", i + 2)
-        found.append((match.group(1), lines[i + 2 : end]))
+        block = lines[i + 2 : end]
+        if fence == "```sh":
+            found.append((name, steps(block)))
+            continue
+        code = list(block)
+        shown: list[str] = []
+        while code and code[-1].startswith("#"):
+            shown.insert(0, code.pop()[1:].strip())
+        script = "\n".join(code)
+        found.append(
+            (
+                name,
+                [(f"\"${{README_PYTHON:-python3}}\" - <<'PY'\n{script}\nPY", shown)],
+            )
+        )
     return found
 
 
@@ -182,7 +203,7 @@ def check(command: str, shown: list[str], output: str, code: int) -> list[str]:
 
 
 def run_block(
-    name: str, block: list[str], base: str, binary: str
+    name: str, block: list[tuple[str, list[str]]], base: str, binary: str
 ) -> tuple[int, list[str]]:
     # `permitd` on PATH is the binary under test (the blocks call it).
     path = f"{os.path.dirname(os.path.abspath(binary))}:{os.environ['PATH']}"
@@ -198,7 +219,7 @@ def run_block(
     assert shell.stdin is not None and shell.stdout is not None
     failures = []
     ran = 0
-    for command, shown in steps(block):
+    for command, shown in block:
         command = command.replace("http://127.0.0.1:8080", base)
         shell.stdin.write(f"{command}\necho; echo {MARK} $?\n")
         shell.stdin.flush()

@@ -637,18 +637,9 @@ async fn a_new_token_is_never_below_the_store_clock(store: Store) {
 /// Until the store's wake subscription is up on Redis: a grant is handed
 /// only to an instance that listens (see prelude.lua's hand_off).
 async fn until_listening(harness: &Harness, store: Store) {
-    if store != Store::Redis {
-        return;
-    }
-    let pattern = format!("{}wake:*", harness.key_prefix());
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let channels = harness.redis().command(&["PUBSUB", "CHANNELS", &pattern]);
-        if matches!(channels, crate::helpers::Reply::Array(ref c) if !c.is_empty()) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "never subscribed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if store == Store::Redis {
+        let pattern = format!("{}wake:*", harness.key_prefix());
+        harness.redis().until_subscribed(&pattern).await;
     }
 }
 

@@ -369,19 +369,9 @@ async fn a_dropped_subscriber_connection_does_not_strand_waiters() {
 /// Until the app's wake subscription is up on Redis: a release hands a
 /// waiter its permit only while the waiter's instance listens.
 async fn until_listening(app: &TestApp, store: Store) {
-    if store != Store::Redis {
-        return;
-    }
-    // The app's own Redis: any wake channel on it is the app's.
-    let pattern = "*wake:*";
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let channels = app.redis().command(&["PUBSUB", "CHANNELS", pattern]);
-        if matches!(channels, crate::helpers::Reply::Array(ref c) if !c.is_empty()) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never subscribed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if store == Store::Redis {
+        // The app's own Redis: any wake channel on it is the app's.
+        app.redis().until_subscribed("*wake:*").await;
     }
 }
 

@@ -172,6 +172,21 @@ impl RedisServer {
             .map(|v| v.trim().to_owned())
     }
 
+    /// Until some client is subscribed to a channel matching `pattern`
+    /// (a permitd instance's wake channel: a release hands a waiter its
+    /// permit only while its instance listens); panics after 5 s.
+    pub async fn until_subscribed(&self, pattern: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let channels = self.command(&["PUBSUB", "CHANNELS", pattern]);
+            if matches!(channels, Reply::Array(ref c) if !c.is_empty()) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "nobody subscribed to {pattern}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// How many times `command` (lower case, as `INFO commandstats` names
     /// it) ran since the start or the last `CONFIG RESETSTAT`; panics if
     /// Redis does not answer, so a silent node never reads as zero calls.
