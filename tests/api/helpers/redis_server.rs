@@ -182,7 +182,10 @@ impl RedisServer {
             if matches!(channels, Reply::Array(ref c) if !c.is_empty()) {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "nobody subscribed to {pattern}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nobody subscribed to {pattern}"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
