@@ -393,6 +393,15 @@ pub struct Settings {
     #[arg(long, env = "PERMITD_SHUTDOWN_DELAY_MS")]
     pub shutdown_delay_ms: Option<u64>,
 
+    /// Most acquires that may wait at once in this instance. Each holds a
+    /// connection, so a descriptor, for its wait; past the bound a waiting
+    /// acquire is tried once and, if no unit is free, answered 503 at once
+    /// with Retry-After, so waiters never take the descriptors a release
+    /// needs. Default: the open-descriptor limit less a reserve of a
+    /// quarter of it (at least 64, at most 4096).
+    #[arg(long, env = "PERMITD_MAX_WAITERS")]
+    pub max_waiters: Option<usize>,
+
     /// Threads that serve requests; 0: one per CPU core. One costs the least
     /// CPU per request (a second one wakes the first for work it hands over)
     /// and serves tens of thousands of requests a second; raise it only when
@@ -562,6 +571,16 @@ impl Settings {
     }
 
     /// See `--wait-recheck-ms`; at least 10 ms.
+    /// `--max-waiters`, or its default from `descriptors`, the soft limit
+    /// on open descriptors: that less a reserve for everything else (the
+    /// listener, Redis connections, the holders' own calls to release).
+    pub fn max_waiters(&self, descriptors: u64) -> usize {
+        self.max_waiters.unwrap_or_else(|| {
+            let reserve = (descriptors / 4).clamp(64, 4096);
+            usize::try_from(descriptors.saturating_sub(reserve).max(1)).unwrap_or(usize::MAX)
+        })
+    }
+
     /// `--shutdown-delay-ms`, or its default: 5 s in a Kubernetes pod, whose
     /// endpoints are removed as SIGTERM is sent and take seconds to reach
     /// every proxy; none elsewhere, where nothing routes around the process

@@ -82,6 +82,10 @@ pub enum ApiError {
     /// 503: permitd is shutting down (`/readyz` while draining).
     #[error("shutting down")]
     ShuttingDown,
+    /// 503: `--max-waiters` acquires already wait in this instance, and
+    /// this one did not fit when tried once.
+    #[error("too many waiting acquires")]
+    TooManyWaiters { max: usize },
     /// 503: the request was not answered within `--request-timeout-ms` (plus
     /// the wait it asked for).
     #[error("request timed out")]
@@ -98,6 +102,7 @@ impl From<WaitError> for ApiError {
         match e {
             WaitError::Store(e) => ApiError::Store(e),
             WaitError::ShuttingDown => ApiError::ShuttingDown,
+            WaitError::TooManyWaiters { max } => ApiError::TooManyWaiters { max },
         }
     }
 }
@@ -117,7 +122,9 @@ impl ApiError {
             ApiError::PermitEnded => StatusCode::GONE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NoCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Timeout | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout | ApiError::ShuttingDown | ApiError::TooManyWaiters { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -140,6 +147,7 @@ impl ApiError {
             ApiError::NoCapacity { .. } => "no-capacity",
             ApiError::Timeout => "request-timeout",
             ApiError::ShuttingDown => "shutting-down",
+            ApiError::TooManyWaiters { .. } => "too-many-waiters",
             ApiError::Store(e) if e.is_transient() => "store-unavailable",
             ApiError::Store(_) => "internal",
         }
@@ -161,6 +169,7 @@ impl ApiError {
             ApiError::NoCapacity { .. } => "No permit available",
             ApiError::Timeout => "Request timed out",
             ApiError::ShuttingDown => "Shutting down",
+            ApiError::TooManyWaiters { .. } => "Too many waiting acquires",
             ApiError::Store(e) if e.is_transient() => "Store unavailable",
             ApiError::Store(_) => "Internal error",
         }
@@ -188,6 +197,10 @@ impl ApiError {
                 "the bearer token is not one this server accepts".into()
             }
             ApiError::ShuttingDown => "this instance is shutting down; use another".into(),
+            ApiError::TooManyWaiters { max } => format!(
+                "{max} acquires already wait in this instance (--max-waiters), and no unit is \
+                 free now; retry after Retry-After, or on another instance"
+            ),
             ApiError::Timeout => "the request was not answered within the server's time \
                  limit; retry shortly"
                 .into(),
@@ -249,7 +262,7 @@ impl ApiError {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             ApiError::Store(e) if e.is_transient() => Some(1),
-            ApiError::Timeout | ApiError::ShuttingDown => Some(1),
+            ApiError::Timeout | ApiError::ShuttingDown | ApiError::TooManyWaiters { .. } => Some(1),
             _ => None,
         }
     }
@@ -272,6 +285,11 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(secs) = self.retry_after_secs() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let ApiError::TooManyWaiters { .. } = self {
+            // Gives the descriptor back: a client that keeps the connection
+            // open would hold it as a waiter would.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let ApiError::Unauthorized { presented } = self {
             // RFC 6750: name the realm; say "invalid_token" only when one was sent.
@@ -334,8 +352,10 @@ pub struct Problem {
     pub available: Option<u32>,
 }
 
-/// The store cannot be reached, or the request took longer than the server
-/// allows (`request-timeout`); retry after `Retry-After` seconds.
+/// The store cannot be reached, the request took longer than the server
+/// allows (`request-timeout`), or (a waiting acquire) as many acquires as
+/// `--max-waiters` already wait in this instance (`too-many-waiters`); retry
+/// after `Retry-After` seconds.
 #[derive(ToResponse)]
 #[response(
     content_type = "application/problem+json",

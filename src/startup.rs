@@ -21,7 +21,7 @@ use crate::secret::Secret;
 use crate::store::SemaphoreStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::waiting::WaitSettings;
+use crate::waiting::{WaitPlaces, WaitSettings};
 use tokio_util::sync::CancellationToken;
 
 pub struct Application {
@@ -53,9 +53,12 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let max_waiters = settings.max_waiters(descriptor_limit());
+        tracing::info!(max_waiters, "waiting acquires this instance takes at once");
         let waiting = WaitSettings {
             recheck: settings.wait_recheck(),
             shutdown: CancellationToken::new(),
+            places: WaitPlaces::new(max_waiters),
         };
         // The demo calls its built-in upstream on the address actually bound.
         // With access control on, the demo's calls to its built-in upstream
@@ -206,6 +209,47 @@ impl Application {
                 Ok(())
             }
         }
+    }
+}
+
+/// This process's soft limit on open descriptors.
+pub fn descriptor_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return 1024;
+    }
+    limit.rlim_cur
+}
+
+/// Raises the soft limit on open descriptors to the hard limit, as servers
+/// commonly do: every waiting acquire holds a connection, and the usual soft
+/// limit (1,024) is small for a fleet of waiters. Logs the figure.
+pub fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) != 0 {
+            return;
+        }
+        let before = limit.rlim_cur;
+        // Linux refuses more than fs.nr_open (2^20 by default) even when the
+        // hard limit is unlimited.
+        limit.rlim_cur = limit.rlim_max.min(1 << 20);
+        if limit.rlim_cur > before && libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) != 0 {
+            limit.rlim_cur = before;
+        }
+        tracing::info!(
+            before,
+            now = limit.rlim_cur,
+            "open-descriptor limit (soft, raised to the hard limit)"
+        );
     }
 }
 

@@ -112,6 +112,7 @@ pub const ACQUIRE_OUTCOMES: &[&str] = &[
     "idempotency_in_flight",
     "permit_ended",
     "invalid",
+    "too_many_waiters",
     "error",
 ];
 pub const REFRESH_OUTCOMES: &[&str] = &["refreshed", "gone"];

@@ -28,6 +28,7 @@
 //! queue and, if it had just been granted, its permit is released.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,48 @@ pub struct WaitSettings {
     pub recheck: Duration,
     /// Cancelled when permitd begins to shut down.
     pub shutdown: CancellationToken,
+    /// The most acquires that may wait at once in this process
+    /// (`--max-waiters`).
+    pub places: Arc<WaitPlaces>,
+}
+
+/// Places for waiting acquires. Each waiter holds a connection, so one
+/// descriptor, for its whole wait: bounded, so that waiters can never take
+/// the last descriptors and lock out the release that would serve them.
+#[derive(Debug)]
+pub struct WaitPlaces {
+    max: usize,
+    taken: AtomicUsize,
+}
+
+impl WaitPlaces {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            taken: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A place, held until the guard drops; `None` when all are taken.
+    fn take(self: &Arc<Self>) -> Option<Place> {
+        if self.taken.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.taken.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Place(self.clone()))
+    }
+}
+
+struct Place(Arc<WaitPlaces>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Withdraws a ticket if the waiting future is dropped before it finished.
@@ -78,6 +121,10 @@ pub enum WaitError {
     /// the queue was given up.
     #[error("permitd is shutting down")]
     ShuttingDown,
+    /// As many acquires as `--max-waiters` already wait in this process, and
+    /// this one, tried once, did not fit.
+    #[error("too many waiting acquires")]
+    TooManyWaiters { max: usize },
 }
 
 /// Acquires, waiting up to `request.wait` for capacity in FIFO order.
@@ -109,6 +156,27 @@ pub async fn acquire(
         };
     }
 
+    // No place left to wait in: tried once, so a unit that is free is still
+    // granted; otherwise answered at once, so the connection (a descriptor)
+    // is given back instead of held for the whole wait.
+    let Some(_place) = settings.places.take() else {
+        return match store.attempt(request, ticket, false).await? {
+            Attempt::Done {
+                outcome: AcquireOutcome::Unavailable { .. },
+                ..
+            } => {
+                guard.armed = false;
+                Err(WaitError::TooManyWaiters {
+                    max: settings.places.max(),
+                })
+            }
+            Attempt::Done { outcome, .. } => {
+                guard.armed = false;
+                Ok(outcome)
+            }
+            Attempt::Queued { .. } => Err(queued_without_asking().into()),
+        };
+    };
     let started = Instant::now();
     let deadline = started + request.wait.as_duration();
     let wake = store.wakeups().register(ticket);
@@ -397,6 +465,7 @@ mod tests {
         let settings = WaitSettings {
             recheck: Duration::from_millis(20),
             shutdown,
+            places: WaitPlaces::new(10),
         };
         let answer = acquire(&store, &waiting, &settings).await;
         assert!(matches!(answer, Err(WaitError::ShuttingDown)), "{answer:?}");

@@ -7,6 +7,7 @@ use crate::startup::Application;
 /// # Errors
 /// When the application cannot be built or stops accepting connections.
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
+    crate::startup::raise_descriptor_limit();
     let app = Application::build(settings).await?;
     let signals = signals();
     let (first, second) = (signals.clone(), signals);

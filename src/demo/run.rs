@@ -204,10 +204,18 @@ async fn acquire(run: &Run, index: u32) -> Result<Option<crate::semaphore::Permi
         let outcome = waiting::acquire(&run.store, &request, &run.waiting).await;
         // A demo cut short by a shutdown is abandoned like one whose store
         // failed.
-        let outcome = outcome.map_err(|e| match e {
-            WaitError::Store(e) => e,
-            WaitError::ShuttingDown => StoreError::Unavailable("permitd is shutting down".into()),
-        })?;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(WaitError::Store(e)) => return Err(e),
+            Err(WaitError::ShuttingDown) => {
+                return Err(StoreError::Unavailable("permitd is shutting down".into()));
+            }
+            // As full as can be: wait a little, as for a unit.
+            Err(WaitError::TooManyWaiters { .. }) => {
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        };
         match outcome {
             AcquireOutcome::Granted(permit) | AcquireOutcome::Replayed(permit) => {
                 return Ok(Some(permit.id));

@@ -130,7 +130,10 @@ pub async fn acquire_permit(
     let outcome = match waiting::acquire(&state.store, &request, &state.waiting).await {
         Ok(outcome) => outcome,
         Err(e) => {
-            count_acquire("error");
+            count_acquire(match e {
+                waiting::WaitError::TooManyWaiters { .. } => "too_many_waiters",
+                _ => "error",
+            });
             return Err(e.into());
         }
     };

@@ -682,6 +682,12 @@ impl<'a> Case<'a> {
             Step::Delete => {
                 self.log.push("delete".into());
                 let answer = self.store.delete(&self.name).await;
+                // Its permits end with it. A retry of a ticket that held one
+                // (its answer was lost) is a new acquire, granted under the
+                // same id with a new token: the id is free again.
+                for id in self.model.permits.keys() {
+                    self.fences.remove(id);
+                }
                 let expected = self.model.delete();
                 // Waiters of a deleted semaphore hear so on their next
                 // attempt (not found), so their tickets stay open.

@@ -447,3 +447,77 @@ async fn a_raise_past_one_scripts_handoffs_serves_every_waiter_in_order(store: S
     let out_of_order = tokens.windows(2).filter(|pair| pair[0] >= pair[1]).count();
     assert_eq!(out_of_order, 0, "tokens out of arrival order: {tokens:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_past_the_descriptor_limit_never_lock_out_the_release() {
+    // 256 descriptors, soft and hard: the default --max-waiters is 192.
+    let harness = Harness::new(Store::Redis);
+    let app = harness
+        .binary()
+        .descriptor_limit(256)
+        .arg("--wait-recheck-ms")
+        .arg("30000")
+        .start()
+        .await;
+    let held = app.acquire("fd", json!({ "limit": 1 })).await;
+    assert_eq!(held.status(), 201);
+    let held = held.headers()["location"].to_str().unwrap().to_owned();
+    let head = app.acquire_in_background("fd", json!({ "wait_ms": 20_000 }));
+    app.until_waiting("fd", 1).await;
+
+    // 400 more, each on a connection of its own.
+    const FLOOD: usize = 400;
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|_| {
+            let one = ApiClient::new(app.addr);
+            tokio::spawn(async move {
+                let answer = one.acquire("fd", json!({ "wait_ms": 8_000 })).await;
+                let status = answer.status().as_u16();
+                let kind = answer.json::<Value>().await.ok().map(|p| p["type"].clone());
+                (status, kind)
+            })
+        })
+        .collect();
+    // The queue fills up to the bound and no further; those past it are
+    // answered at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut most = 0;
+    while flood.iter().filter(|f| f.is_finished()).count() < 100 || most < 150 {
+        assert!(
+            Instant::now() < deadline,
+            "not answered past the bound: {most} waiting"
+        );
+        most = most.max(app.status("fd").await["waiting"].as_u64().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..10 {
+        most = most.max(app.status("fd").await["waiting"].as_u64().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(most <= 192, "{most} waiting, past the bound of 192");
+
+    // A new connection is served, and the holder can release.
+    let late = ApiClient::new(app.addr);
+    let healthy = tokio::time::timeout(Duration::from_secs(5), late.get("/healthz")).await;
+    assert_eq!(healthy.expect("/healthz answered").status(), 200);
+    let released = tokio::time::timeout(Duration::from_secs(5), late.delete(&held)).await;
+    assert_eq!(released.expect("the release answered").status(), 204);
+    // And the head waiter is granted the unit.
+    let head = tokio::time::timeout(Duration::from_secs(5), head).await;
+    assert_eq!(head.expect("the head was granted").unwrap().status, 201);
+
+    let mut refused = 0;
+    for waiter in flood {
+        let (status, kind) = waiter.await.unwrap();
+        match status {
+            503 => {
+                assert_eq!(kind, Some(json!("urn:permitd:problem:too-many-waiters")));
+                refused += 1;
+            }
+            201 | 429 => {}
+            other => panic!("a waiter was answered {other}"),
+        }
+    }
+    // Places freed by waits that ran out were taken by later ones.
+    assert!(refused >= 100, "only {refused} refused past the bound");
+}

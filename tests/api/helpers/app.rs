@@ -407,6 +407,8 @@ pub struct BinaryBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     log: Option<std::fs::File>,
+    /// Its limit on open descriptors, soft and hard, when set.
+    descriptors: Option<u64>,
     redis: Option<Arc<RedisServer>>,
     deployment: Deployment,
 }
@@ -419,6 +421,7 @@ impl BinaryBuilder {
             args: Vec::new(),
             env: Vec::new(),
             log: None,
+            descriptors: None,
             redis: None,
             deployment: Deployment::None,
         }
@@ -441,6 +444,14 @@ impl BinaryBuilder {
         self
     }
 
+    /// Starts it with at most `n` open descriptors, soft and hard (as
+    /// `ulimit -n n` does; permitd's raise to the hard limit then changes
+    /// nothing).
+    pub fn descriptor_limit(mut self, n: u64) -> Self {
+        self.descriptors = Some(n);
+        self
+    }
+
     fn command(&self, port: u16) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_permitd"));
         command
@@ -459,6 +470,23 @@ impl BinaryBuilder {
         };
         command.stdout(output()).stderr(output());
         die_with_parent(&mut command);
+        if let Some(n) = self.descriptors {
+            // SAFETY: setrlimit is async-signal-safe and touches no shared
+            // state.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         command
     }
 
