@@ -15,7 +15,6 @@ semaphore, after a readiness check (so every series has appeared).
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,14 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml  # type: ignore[import-untyped]
+from local_redis import free_port, start_redis
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def manifests() -> list[dict[str, Any]]:
@@ -98,11 +92,7 @@ def used_metrics() -> dict[str, set[str]]:
 def live_metrics(binary: str) -> set[str]:
     redis_port, port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as work:
-        redis = subprocess.Popen(
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
-            + ["--save", "", "--appendonly", "no", "--dir", work],
-            stdout=subprocess.DEVNULL,
-        )
+        redis = start_redis(redis_port, work)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PERMITD_")}
         permitd = subprocess.Popen(
             [

@@ -27,20 +27,15 @@ it shows.
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
+from local_redis import free_port, start_redis
+
 MARK = "__readme_step_done__"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def blocks(readme: str) -> list[tuple[str, list[tuple[str, list[str]]]]]:
@@ -254,24 +249,7 @@ def start(
     }
     if redis_port is not None:
         work = tempfile.mkdtemp()
-        processes.append(
-            subprocess.Popen(
-                [
-                    "redis-server",
-                    "--port",
-                    str(redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    work,
-                ],
-                stdout=subprocess.DEVNULL,
-            )
-        )
+        processes.append(start_redis(redis_port, work))
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}"
     port = free_port()
     processes.append(
