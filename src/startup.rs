@@ -212,45 +212,43 @@ impl Application {
     }
 }
 
-/// This process's soft limit on open descriptors.
-pub fn descriptor_limit() -> u64 {
+/// This process's limits on open descriptors, soft and hard.
+fn nofile() -> Option<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes the struct we pass and nothing else.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
-        return 1024;
-    }
-    limit.rlim_cur
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } == 0).then_some(limit)
+}
+
+/// This process's soft limit on open descriptors.
+pub fn descriptor_limit() -> u64 {
+    nofile().map_or(1024, |limit| limit.rlim_cur)
 }
 
 /// Raises the soft limit on open descriptors to the hard limit, as servers
 /// commonly do: every waiting acquire holds a connection, and the usual soft
 /// limit (1,024) is small for a fleet of waiters. Logs the figure.
 pub fn raise_descriptor_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Some(mut limit) = nofile() else {
+        return;
     };
-    // SAFETY: getrlimit and setrlimit read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) != 0 {
-            return;
-        }
-        let before = limit.rlim_cur;
-        // Linux refuses more than fs.nr_open (2^20 by default) even when the
-        // hard limit is unlimited.
-        limit.rlim_cur = limit.rlim_max.min(1 << 20);
-        if limit.rlim_cur > before && libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) != 0 {
-            limit.rlim_cur = before;
-        }
-        tracing::info!(
-            before,
-            now = limit.rlim_cur,
-            "open-descriptor limit (soft, raised to the hard limit)"
-        );
+    let before = limit.rlim_cur;
+    // Linux refuses more than fs.nr_open (2^20 by default) even when the
+    // hard limit is unlimited.
+    limit.rlim_cur = limit.rlim_max.min(1 << 20);
+    // SAFETY: setrlimit reads the struct we pass and nothing else.
+    if limit.rlim_cur > before
+        && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) } != 0
+    {
+        limit.rlim_cur = before;
     }
+    tracing::info!(
+        before,
+        now = limit.rlim_cur,
+        "open-descriptor limit (soft, raised to the hard limit)"
+    );
 }
 
 /// A token the demo may call its built-in upstream with (`use` suffices; the

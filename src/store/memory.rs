@@ -319,8 +319,11 @@ impl SemaphoreState {
         let now = Millis::now();
         let mut all_handed = true;
         for ticket in fitting {
-            if self.asked.contains_key(&ticket) && wakeups.waits(ticket) {
-                let asked = self.asked.remove(&ticket).expect("looked up above");
+            let asked = wakeups
+                .waits(ticket)
+                .then(|| self.asked.remove(&ticket))
+                .flatten();
+            if let Some(asked) = asked {
                 self.dequeue(ticket);
                 let record = self.grant(ticket, asked, now);
                 let handoff = Handoff {

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -48,8 +48,9 @@ struct Slot {
     /// The latest head notice: ms until the soonest lease ends, -1 for no
     /// lease, `NO_NOTICE` when none came.
     head_notice_ms: AtomicI64,
-    /// The permit the store granted this ticket, once it did.
-    grant: Mutex<Option<Handoff>>,
+    /// The permit the store granted this ticket, once it did (once only: a
+    /// ticket is one permit).
+    grant: OnceLock<Handoff>,
 }
 
 const NO_NOTICE: i64 = i64::MIN;
@@ -62,7 +63,7 @@ impl Default for Slot {
             latest_cause_us: AtomicU64::new(0),
             attempt: AtomicBool::new(false),
             head_notice_ms: AtomicI64::new(NO_NOTICE),
-            grant: Mutex::new(None),
+            grant: OnceLock::new(),
         }
     }
 }
@@ -140,10 +141,7 @@ impl Wakeups {
         if let Some(us) = cause_us {
             slot.woken_at_us.store(us, Ordering::Relaxed);
         }
-        *slot
-            .grant
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handoff);
+        let _ = slot.grant.set(handoff);
         slot.notify.notify_one();
         true
     }
@@ -208,12 +206,7 @@ impl WakeHandle {
     /// store granted it; else an attempt, unless only head notices came
     /// since the waiter last looked.
     pub fn woken(&self) -> Woken {
-        let granted = *self
-            .slot
-            .grant
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(handoff) = granted {
+        if let Some(&handoff) = self.slot.grant.get() {
             return Woken::Granted(handoff);
         }
         // An attempt supersedes any notice: its answer says all a notice
